@@ -1,0 +1,276 @@
+"""Trained bundles: ``model.safetensors`` + ``manifest.json``, nothing pickled.
+
+The manifest carries everything inference needs: architecture, label space, preprocessing, thresholds,
+temperature, metadata encoders, metrics, the resolved config, package versions and intended use. The weights'
+SHA-256 is recorded, so a tampered or truncated file fails to load with a clear error.
+
+Bundles are written to a temporary folder beside the target and renamed into place: a failed run never leaves
+a partial bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlens.data.labels import LabelSpace
+from medlens.data.transforms import Preprocessing
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, tampered with or of an unknown format."""
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("medlens", "torch", "torchvision", "timm", "lightning", "numpy", "albumentations", "onnxruntime"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if v != v else v
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+@dataclass
+class Manifest:
+    """Everything needed to rebuild and use a trained model."""
+
+    architecture: dict[str, Any]
+    label_space: LabelSpace
+    preprocessing: Preprocessing
+    thresholds: list[float] = field(default_factory=list)
+    temperature: float = 1.0
+    metadata_encoder: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    weights_source: str = "raw"  # "raw" or "ema": which weights were kept
+    intended_use: str = ""
+    anomaly: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=package_versions)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    weights_sha256: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def task(self) -> str:
+        return self.label_space.task
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.label_space.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({
+            "format": "medlens-bundle",
+            "format_version": self.format_version,
+            "created": self.created,
+            "task": self.label_space.task,
+            "label_names": list(self.label_space.names),
+            "architecture": self.architecture,
+            "preprocessing": self.preprocessing.to_dict(),
+            "thresholds": self.thresholds,
+            "temperature": self.temperature,
+            "metadata_encoder": self.metadata_encoder,
+            "anomaly": self.anomaly,
+            "weights_source": self.weights_source,
+            "weights_sha256": self.weights_sha256,
+            "metrics": self.metrics,
+            "history": self.history,
+            "intended_use": self.intended_use,
+            "versions": self.versions,
+            "config": self.config,
+            "extra": self.extra,
+        })
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> Manifest:
+        if d.get("format") != "medlens-bundle":
+            raise BundleError(f"{source}: not a medlens bundle manifest")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise BundleError(f"{source}: bundle format {d.get('format_version')} is newer than this medlens supports ({FORMAT_VERSION})")
+        try:
+            return cls(
+                architecture=d["architecture"],
+                label_space=LabelSpace(tuple(d["label_names"]), d["task"]),
+                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                thresholds=list(d.get("thresholds") or []),
+                temperature=float(d.get("temperature") or 1.0),
+                metadata_encoder=d.get("metadata_encoder"),
+                metrics=d.get("metrics") or {},
+                history=d.get("history") or [],
+                config=d.get("config") or {},
+                weights_source=d.get("weights_source", "raw"),
+                intended_use=d.get("intended_use", ""),
+                anomaly=d.get("anomaly"),
+                extra=d.get("extra") or {},
+                versions=d.get("versions") or {},
+                created=d.get("created", ""),
+                weights_sha256=d.get("weights_sha256"),
+                format_version=int(d.get("format_version", FORMAT_VERSION)),
+            )
+        except KeyError as e:
+            raise BundleError(f"{source}: manifest field {e.args[0]!r} is missing") from None
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the network (eval mode, CPU) and its manifest."""
+
+    model: nn.Module
+    manifest: Manifest
+    path: Path | None = None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True) -> Path:
+    """Write a bundle folder atomically (temp folder, then rename).
+
+    Example:
+        >>> save_bundle(model, manifest, "runs/demo/bundle")  # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} exists")
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        manifest.weights_sha256 = sha256_file(tmp / WEIGHTS)
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest.to_dict(), f, indent=2)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a bundle's manifest (the folder or the manifest file)."""
+    p = Path(path)
+    mf = p / MANIFEST if p.is_dir() else p
+    if not mf.is_file():
+        raise BundleError(f"{p}: no {MANIFEST} (not a medlens bundle folder)")
+    try:
+        d = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mf}: manifest is not valid JSON ({e})") from None
+    return Manifest.from_dict(d, str(mf))
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load a bundle folder: rebuild the network from the manifest and load the safetensors weights.
+
+    No pickled code is ever executed. With ``verify`` the weights' SHA-256 must match the manifest.
+
+    Example:
+        >>> b = load_bundle("runs/pneumoniamnist/bundle")  # doctest: +SKIP
+        >>> b.manifest.label_names  # doctest: +SKIP
+        ['normal', 'pneumonia']
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from medlens.models import create_model
+
+    p = Path(path)
+    if not p.is_dir():
+        raise BundleError(f"{p}: bundle folder not found")
+    manifest = read_manifest(p)
+    wf = p / WEIGHTS
+    if not wf.is_file():
+        raise BundleError(f"{p}: {WEIGHTS} is missing")
+    if verify and manifest.weights_sha256 and sha256_file(wf) != manifest.weights_sha256:
+        raise BundleError(f"{wf}: checksum does not match the manifest (file modified or corrupt)")
+    try:
+        state = load_file(str(wf))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{wf}: not a valid safetensors file ({e})") from None
+    model = create_model(manifest.architecture)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"{wf}: weights do not fit the architecture in the manifest ({str(e)[:300]})") from None
+    model.eval()
+    return Bundle(model=model, manifest=manifest, path=p)
+
+
+def update_manifest(path: str | Path, **fields: Any) -> Manifest:
+    """Change manifest fields of an existing bundle (e.g. evaluation results), atomically."""
+    p = Path(path)
+    m = read_manifest(p)
+    for k, v in fields.items():
+        if not hasattr(m, k):
+            raise AttributeError(f"manifest has no field {k!r}")
+        setattr(m, k, v)
+    write_json_atomic(p / MANIFEST, m.to_dict())
+    return m

@@ -1,0 +1,444 @@
+"""Run configuration: Pydantic models that mirror the YAML file one-to-one.
+
+Every model forbids unknown keys, so a typo such as ``optim.lrr`` is an error that names the key and the
+file instead of being silently ignored. ``load_config`` reads YAML, applies ``--set key=value`` overrides and
+``MEDLENS__SECTION__KEY`` environment overrides, and validates once.
+
+Example:
+    >>> from medlens.config import load_config
+    >>> cfg = load_config("configs/pneumoniamnist.yaml", overrides=["optim.lr=3e-4"])  # doctest: +SKIP
+    >>> cfg.optim.lr  # doctest: +SKIP
+    0.0003
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Task = Literal["binary", "multiclass", "multilabel", "anomaly"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message names the file and the key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------- data
+class SplitConfig(StrictModel):
+    """How samples are assigned to train/val/test.
+
+    ``method: auto`` uses the dataset's own split when it has one, else a seeded stratified split
+    (group-wise when ``group`` is set on the samples).
+    """
+
+    method: Literal["auto", "predefined", "stratified", "group", "kfold"] = "auto"
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 0
+    # Refuse to train when a patient/exam group appears in two splits (predefined splits can leak).
+    allow_group_leakage: bool = False
+    # k-fold cross-validation (medlens cv): number of folds and which fold is validation.
+    folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+
+
+class MetadataConfig(StrictModel):
+    """Tabular patient metadata used by fusion models (age, sex, anatomical site)."""
+
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    encoding: Literal["onehot", "embedding"] = "onehot"
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class _DataBase(StrictModel):
+    """Options common to every data source."""
+
+    label_names: list[str] | None = None  # explicit label order; inferred (sorted) when omitted
+    task: Task | None = None  # inferred from the source when omitted
+    unknown_labels: Literal["ignore", "negative"] = "ignore"
+    normal_label: str | None = None  # anomaly task: the class the autoencoder is trained on
+    image_size: int = Field(224, ge=8, le=4096)
+    channels: Literal[1, 3] = 3
+    mean: list[float] | None = None  # per channel, in [0, 1] units; ImageNet stats for 3 channels by default
+    std: list[float] | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = None
+    num_workers: int | None = Field(None, ge=0)  # None: chosen from the CPU count
+    cache_images: bool | Literal["auto"] = "auto"  # keep decoded images in memory (small datasets)
+    augment: Literal["none", "light", "strong"] = "light"
+    color_augment: bool | None = None  # None: only for 3-channel images
+    sampler: Literal["default", "weighted"] = "default"
+    max_samples: int | None = Field(None, ge=1)
+    on_bad_image: Literal["skip", "error"] = "error"
+    metadata: MetadataConfig | None = None
+
+
+class FolderData(_DataBase):
+    """One sub-folder per class: ``root/<class>/*.png``; or ``root/<split>/<class>/*`` when splits exist."""
+
+    kind: Literal["folder"] = "folder"
+    root: str
+
+
+class CsvData(_DataBase):
+    """A CSV with an image path column and labels either in one delimited column or one 0/1 column each."""
+
+    kind: Literal["csv"] = "csv"
+    path: str
+    image_root: str | None = None  # image paths are relative to this (default: the CSV's folder)
+    image_column: str = "path"
+    label_column: str | None = None  # one column holding label names, e.g. "Effusion|Mass"
+    label_delimiter: str = "|"
+    label_columns: list[str] | None = None  # or one 0/1/blank column per label
+    no_finding: str | None = None  # a value meaning "no label" in label_column (multi-label), e.g. "No Finding"
+    group_column: str | None = None
+    split_column: str | None = None
+    metadata_columns: list[str] = Field(default_factory=list)
+
+
+class MedMNISTData(_DataBase):
+    """An official MedMNIST ``.npz`` file, from a local path or downloaded by flag (MD5-checked)."""
+
+    kind: Literal["medmnist"] = "medmnist"
+    flag: str | None = None  # e.g. pneumoniamnist; inferred from the file name when omitted
+    path: str | None = None  # local .npz; default: <root>/<flag>.npz
+    root: str | None = None  # default: $MEDLENS_DATA_DIR or ~/.cache/medlens/medmnist
+    size: Literal[28, 64, 128, 224] = 28
+    download: bool = True
+
+
+class JsonlData(_DataBase):
+    """One JSON object per line with a file name and a list of labels."""
+
+    kind: Literal["jsonl"] = "jsonl"
+    path: str
+    image_root: str | None = None
+    image_field: str = "filename"
+    labels_field: str = "labels"
+    group_field: str | None = "old_examination_id"
+    id_field: str | None = None
+    split_field: str | None = None
+    metadata_fields: list[str] = Field(default_factory=list)
+
+
+class SqlData(_DataBase):
+    """Images and annotations in a SQL database (SQLite file or PostgreSQL server)."""
+
+    kind: Literal["sql"] = "sql"
+    url: str | None = None  # e.g. sqlite:///data.db or postgresql+psycopg://user@host/db; env MEDLENS_DB_URL
+    password_env: str | None = "MEDLENS_DB_PASSWORD"
+    password_file: str | None = None
+    dataset: str
+    label_set: str
+    label_set_version: int | None = None  # None: the newest version
+    image_root: str | None = None
+    chunk_size: int = Field(5000, ge=1)
+
+
+class NihData(_DataBase):
+    """NIH ChestX-ray14 ``Data_Entry_2017*.csv`` tables, optionally several sources harmonised."""
+
+    kind: Literal["nih"] = "nih"
+    path: str  # Data_Entry csv (or .csv.gz)
+    image_root: str | None = None
+    images: str | None = None  # optional CSV/listing restricting to the images present
+    harmonize: dict[str, str] = Field(default_factory=dict)  # source label -> target label
+    extra_sources: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class HfData(_DataBase):
+    """A Hugging Face ``datasets`` dataset: local parquet/arrow/imagefolder, or a hub name when online."""
+
+    kind: Literal["hf"] = "hf"
+    path: str  # local folder/file, or a hub name
+    format: Literal["auto", "parquet", "arrow", "imagefolder", "hub"] = "auto"
+    image_column: str = "image"
+    label_column: str = "label"
+    split_map: dict[str, str] = Field(default_factory=dict)  # hf split name -> train/val/test
+
+
+class SyntheticData(_DataBase):
+    """Generated images for demos and tests: bright blobs decide the class (no download needed)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    num_samples: int = Field(600, ge=10)
+    num_labels: int = Field(2, ge=1)
+    seed: int = 0
+
+
+DataConfig = Annotated[
+    FolderData | CsvData | MedMNISTData | JsonlData | SqlData | NihData | HfData | SyntheticData,
+    Field(discriminator="kind"),
+]
+
+
+# -------------------------------------------------------------------------------------------- model
+class ModelConfig(StrictModel):
+    """Network: a timm backbone with a linear head, or an autoencoder for ``task: anomaly``."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False  # timm hub weights (needs network on first use)
+    checkpoint: str | None = None  # local state dict (.pth/.pt/.safetensors), e.g. a self-supervised ResNet-50
+    small_input: bool | Literal["auto"] = "auto"  # adapt the stem for 28-64 px inputs
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # Anomaly detection (task: anomaly)
+    autoencoder: Literal["unet", "reversed"] = "unet"
+    ae_depth: int = Field(3, ge=1, le=6)
+    ae_width: int = Field(32, ge=4)
+    latent_dim: int = Field(128, ge=2)
+    anomaly_score: Literal["mean", "percentile"] = "mean"
+    score_percentile: float = Field(99.0, gt=0.0, le=100.0)
+    anomaly_fpr: float = Field(0.05, gt=0.0, lt=1.0)  # threshold: this false-positive rate on val normals
+
+
+# -------------------------------------------------------------------------------------------- optim
+class OptimConfig(StrictModel):
+    """Loss, optimiser and learning-rate schedule."""
+
+    loss: Literal["auto", "bce", "ce", "focal", "mse", "mse_ssim"] = "auto"
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    class_weights: Literal["none", "auto"] | list[float] = "none"
+    pos_weight: Literal["none", "auto"] | list[float] = "none"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    backbone_lr: float | None = Field(None, gt=0.0)  # None: same as lr
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "plateau", "multistep", "none"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    milestones: list[int] = Field(default_factory=lambda: [30, 60])
+    gamma: float = Field(0.1, gt=0.0)
+    plateau_patience: int = Field(2, ge=0)
+    freeze_backbone: bool = False
+    freeze_epochs: int = Field(0, ge=0)
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    accumulate_grad_batches: int = Field(1, ge=1)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class TrainerConfig(StrictModel):
+    """Lightning Trainer settings."""
+
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int = -1
+    max_time_s: float | None = None  # stop training after this many seconds (best checkpoint kept)
+    limit_train_batches: float | int | None = None
+    precision: Literal["32", "bf16", "16", "auto"] = "32"
+    channels_last: bool = False
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    monitor: str = "auto"  # e.g. val/auroc_macro; auto picks by task
+    monitor_mode: Literal["max", "min", "auto"] = "auto"
+    early_stopping_patience: int | None = None
+    threshold_method: Literal["f1", "youden", "fixed"] = "f1"
+    fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    calibrate: bool = True  # fit temperature scaling on validation
+    tta: bool = False
+    deterministic: bool = True
+    log_every_n_steps: int = 20
+    progress_bar: bool = True
+    auto_resume: bool = False
+    resume: str | None = None
+    val_check_interval: float | int | None = None
+
+
+class OutputConfig(StrictModel):
+    """Where runs go."""
+
+    dir: str = "runs"
+    name: str | None = None  # default: config file stem
+    overwrite: bool = False
+
+
+class TrackingConfig(StrictModel):
+    """Experiment trackers; several may run at once."""
+
+    backends: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["csv"])
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<run dir>/../mlflow.db
+    experiment: str = "medlens"
+    wandb_project: str | None = None
+
+
+class RunConfig(StrictModel):
+    """One training run. Sections mirror the YAML file."""
+
+    name: str | None = None
+    seed: int = 42
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    targets: dict[str, float] = Field(default_factory=dict)  # e.g. {auroc_macro: 0.86}: report met / not met
+    intended_use: str = (
+        "Research use only. Not a medical device; outputs are not a diagnosis and must be reviewed by a "
+        "qualified clinician."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_finite(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if not (x == x):  # NaN check without numpy
+                raise ValueError(f"target {k!r} is NaN")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        d = self.data
+        for name, vals in (("mean", d.mean), ("std", d.std)):
+            if vals is not None and len(vals) != d.channels:
+                raise ValueError(f"data.{name} has {len(vals)} values but data.channels is {d.channels}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value with YAML rules, so ``3e-4`` is a float and ``[a, b]`` a list."""
+    value = yaml.safe_load(text) if text != "" else ""
+    # YAML 1.1 reads "3e-4" as a string; accept it as a float as users expect.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(text)
+    return out
+
+
+def _env_overrides(prefix: str = "MEDLENS__") -> list[str]:
+    """``MEDLENS__OPTIM__LR=3e-4`` -> ``optim.lr=3e-4`` (pydantic-settings' nested delimiter style)."""
+    items = []
+    for k, v in os.environ.items():
+        if k.startswith(prefix) and len(k) > len(prefix):
+            items.append(k[len(prefix) :].lower().replace("__", ".") + "=" + v)
+    return sorted(items)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.endswith("Data")))
+        # Pydantic puts the discriminator tag in the location; drop it for readability.
+        parts = [p for p in loc.split(".") if p not in {"folder", "csv", "medmnist", "jsonl", "sql", "nih", "hf", "synthetic"}]
+        loc = ".".join(parts)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {loc!r}")
+        else:
+            lines.append(f"{source}: {loc or '<root>'}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> RunConfig:
+    """Validate a config dict (after overrides) into a :class:`RunConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping with sections data, model, optim, ...")
+    merged = apply_overrides(raw, [*_env_overrides(), *(overrides or [])])
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config, apply overrides, and validate it.
+
+    Relative data paths in the file are resolved against the file's folder, so a config can be run from
+    anywhere.
+
+    Args:
+        path: YAML file.
+        overrides: ``section.key=value`` strings, applied after the file and environment.
+
+    Returns:
+        The validated config.
+
+    Example:
+        >>> cfg = load_config("configs/pneumoniamnist.yaml", ["trainer.max_epochs=1"])  # doctest: +SKIP
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    cfg = config_from_dict(raw, source=str(p), overrides=overrides)
+    if cfg.name is None and cfg.output.name is None:
+        cfg.output.name = p.stem
+    return _resolve_paths(cfg, p.parent.resolve())
+
+
+_PATH_FIELDS = ("root", "path", "image_root", "images", "password_file")
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Make relative data paths absolute against ``base`` when the file exists there."""
+    d = cfg.data
+    for f in _PATH_FIELDS:
+        if not hasattr(d, f):
+            continue
+        v = getattr(d, f)
+        if not isinstance(v, str) or not v or "://" in v or Path(v).is_absolute():
+            continue
+        cand = (base / v).resolve()
+        # A cwd-relative path that exists wins; an hf hub name (no such file anywhere) is left alone.
+        if not Path(v).exists() and (cand.exists() or d.kind != "hf"):
+            setattr(d, f, str(cand))
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_absolute() and not Path(cfg.model.checkpoint).exists():
+        cfg.model.checkpoint = str((base / cfg.model.checkpoint).resolve())
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML text (saved with every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

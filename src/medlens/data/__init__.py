@@ -1,0 +1,1 @@
+"""Data: readers -> one sample schema -> splits -> transforms -> torch datasets."""

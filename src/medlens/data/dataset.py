@@ -1,0 +1,185 @@
+"""Torch datasets and loaders over a :class:`SampleTable`.
+
+Batches are :class:`Batch` dataclasses (images, targets with NaN for unknown, the known-mask, row indices and
+optional metadata), not tuples of unknown meaning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medlens.data.io import ImageReadError, load_image
+from medlens.data.samples import SampleTable
+from medlens.data.transforms import Preprocessing, geometry
+
+log = logging.getLogger("medlens.data")
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        images: float32 (B, C, H, W), normalised.
+        targets: float32 (B, K); NaN where the label is unknown.
+        mask: bool (B, K); True where the label is known.
+        index: int64 (B,) row numbers in the table the loader was built on.
+        metadata: float32 (B, M) encoded tabular features, or None.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    index: torch.Tensor
+    metadata: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def collate(items: list[dict | None]) -> Batch | None:
+    items = [it for it in items if it is not None]  # skipped unreadable images (on_bad_image: skip)
+    if not items:
+        return None
+    t = torch.from_numpy(np.stack([it["targets"] for it in items]))
+    meta = None
+    if items[0].get("metadata") is not None:
+        meta = torch.from_numpy(np.stack([it["metadata"] for it in items]).astype(np.float32))
+    return Batch(
+        images=torch.from_numpy(np.stack([it["image"] for it in items])),
+        targets=t,
+        mask=~torch.isnan(t),
+        index=torch.tensor([it["index"] for it in items], dtype=torch.int64),
+        metadata=meta,
+    )
+
+
+class ImageDataset(Dataset):
+    """Rows of a table, decoded and transformed.
+
+    Args:
+        table: the samples.
+        transform: uint8 image -> float32 (C, H, W), from :func:`medlens.data.transforms.make_transform`.
+        pp: preprocessing; with ``cache=True`` images are decoded and resized once and kept in memory.
+        cache: keep decoded, resized uint8 images in memory (small datasets).
+        on_bad_image: ``skip`` drops unreadable images (listed in ``self.skipped``), ``error`` raises.
+        metadata_encoder: maps a row's metadata dict to a float vector (fusion models), or None.
+    """
+
+    def __init__(
+        self,
+        table: SampleTable,
+        transform: Callable[[np.ndarray], np.ndarray],
+        pp: Preprocessing | None = None,
+        cache: bool = False,
+        on_bad_image: str = "error",
+        metadata_encoder: Callable[[SampleTable], np.ndarray] | None = None,
+    ) -> None:
+        self.table = table
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.skipped: list[str] = []
+        self.metadata = metadata_encoder(table) if metadata_encoder is not None else None
+        self._cache: list[np.ndarray | None] | np.ndarray | None = None
+        if table.in_memory:
+            self._cache = table.images
+        elif cache and pp is not None:
+            self._cache = self._decode_all(pp)
+
+    def _decode_all(self, pp: Preprocessing) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = []
+        for p in self.table.images:
+            try:
+                out.append(geometry(load_image(p), pp))  # resized once; the transform's resize is then a no-op
+            except ImageReadError:
+                if self.on_bad_image == "error":
+                    raise
+                self.skipped.append(str(p))
+                out.append(None)
+        if self.skipped:
+            log.warning("skipped %d unreadable images, e.g. %s", len(self.skipped), self.skipped[:3])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def load(self, i: int) -> np.ndarray | None:
+        if self._cache is not None:
+            return self._cache[i]
+        try:
+            return load_image(self.table.images[i])
+        except ImageReadError:
+            if self.on_bad_image == "error":
+                raise
+            log.warning("skipping unreadable image %s", self.table.images[i])
+            return None
+
+    def __getitem__(self, i: int) -> dict | None:
+        img = self.load(i)
+        if img is None:
+            return None
+        return {
+            "image": self.transform(img),
+            "targets": self.table.targets[i],
+            "index": int(i),
+            "metadata": None if self.metadata is None else self.metadata[i],
+        }
+
+
+def default_num_workers(table: SampleTable, cached: bool) -> int:
+    """In-memory or cached data needs no workers (process start-up costs more than it saves on 2 cores)."""
+    if table.in_memory or cached:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    sampler: torch.utils.data.Sampler | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=num_workers > 0,
+        generator=g,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def weighted_sampler(table: SampleTable, seed: int = 0) -> torch.utils.data.WeightedRandomSampler:
+    """Sample rows with weight inversely proportional to their class frequency.
+
+    Multi-label rows take the weight of their rarest positive label (all-negative rows: the negative rate).
+    """
+    t = np.nan_to_num(table.targets, nan=0.0)
+    if table.label_space.task in ("binary", "multiclass"):
+        counts = t.sum(axis=0)
+        cls = t.argmax(axis=1)
+        w = 1.0 / np.maximum(counts[cls], 1.0)
+    else:
+        pos = np.maximum(t.sum(axis=0), 1.0)
+        neg_rows = max(float((t.sum(axis=1) == 0).sum()), 1.0)
+        inv = np.where(t > 0, 1.0 / pos[None, :], 0.0)
+        w = np.where(t.sum(axis=1) > 0, inv.max(axis=1), 1.0 / neg_rows)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(w), replacement=True, generator=g)

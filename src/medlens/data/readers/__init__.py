@@ -1,0 +1,63 @@
+"""Readers: one per data source, registered by the config's ``data.kind``.
+
+Each reader is a function ``read(cfg) -> SampleTable``. ``read_dataset(cfg)`` dispatches on ``cfg.kind``;
+``list_readers()`` names them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from medlens.data.samples import SampleTable
+from medlens.registry import Registry
+
+READERS: Registry = Registry("data kind")
+
+# Reader modules register themselves on import; imported lazily so optional dependencies stay optional.
+_MODULES = {
+    "folder": "medlens.data.readers.folder",
+    "csv": "medlens.data.readers.csv",
+    "medmnist": "medlens.data.readers.medmnist",
+    "synthetic": "medlens.data.readers.synthetic",
+    "jsonl": "medlens.data.readers.jsonl",
+    "sql": "medlens.data.readers.sql",
+    "nih": "medlens.data.readers.nih",
+    "hf": "medlens.data.readers.hf",
+}
+
+
+def _ensure(kind: str) -> None:
+    if kind not in READERS and kind in _MODULES:
+        importlib.import_module(_MODULES[kind])
+
+
+def list_readers() -> list[str]:
+    """Names of all data kinds."""
+    return sorted(_MODULES)
+
+
+def read_dataset(cfg) -> SampleTable:
+    """Read the dataset a ``data`` config section describes.
+
+    Example:
+        >>> table = read_dataset(cfg.data)  # doctest: +SKIP
+    """
+    _ensure(cfg.kind)
+    table = READERS.create(cfg.kind, cfg)
+    if cfg.max_samples is not None and len(table) > cfg.max_samples:
+        table = table.subset(_head_per_split(table, cfg.max_samples))
+    return table
+
+
+def _head_per_split(table: SampleTable, n: int):
+    """First rows, keeping each predefined split's share."""
+    import numpy as np
+
+    if table.splits is None:
+        return np.arange(n)
+    out = []
+    for s in ("train", "val", "test", None):
+        rows = np.where(table.splits == s)[0] if s is not None else np.where([x is None for x in table.splits])[0]
+        k = int(round(n * len(rows) / len(table)))
+        out.append(rows[:k])
+    return np.sort(np.concatenate(out))

@@ -1,0 +1,116 @@
+"""``kind: csv`` -- an image path column plus labels in one delimited column or one 0/1/blank column each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medlens.data.labels import LabelError, encode_multi, encode_single
+from medlens.data.readers import READERS
+from medlens.data.readers._common import check_images_exist, make_label_space, resolve_image
+from medlens.data.samples import SampleTable
+from medlens.data.splits import normalize_split_name
+
+_TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE = {"0", "0.0", "false", "no", "n", "f"}
+_UNKNOWN = {"", "nan", "na", "n/a", "-1", "-1.0", "unknown", "?"}
+
+
+def read_table_file(path: Path) -> pd.DataFrame:
+    """Read a CSV (optionally .gz) as strings, blanks kept as ''."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path: CSV file not found: {path}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot parse CSV ({e})") from None
+
+
+def _require(df: pd.DataFrame, col: str, field: str, path: Path) -> None:
+    if col not in df.columns:
+        raise KeyError(f"{path}: column {col!r} (data.{field}) not found; columns are {list(df.columns)}")
+
+
+@READERS.register("csv")
+def read_csv(cfg) -> SampleTable:
+    """Read a labels CSV.
+
+    Rows are reported 1-based as in a spreadsheet, counting the header as row 1.
+    """
+    path = Path(cfg.path)
+    df = read_table_file(path)
+    root = Path(cfg.image_root) if cfg.image_root else path.parent
+    _require(df, cfg.image_column, "image_column", path)
+    if bool(cfg.label_column) == bool(cfg.label_columns):
+        raise ValueError(f"{path}: set exactly one of data.label_column or data.label_columns")
+    rows = np.arange(len(df)) + 2  # spreadsheet row numbers
+    if len(df) == 0:
+        raise ValueError(f"{path}: the CSV has no rows")
+    if cfg.label_columns:
+        for c in cfg.label_columns:
+            _require(df, c, "label_columns", path)
+        names = list(cfg.label_names or cfg.label_columns)
+        if set(names) != set(cfg.label_columns):
+            raise LabelError(f"{path}: data.label_names {names} differ from data.label_columns {cfg.label_columns}")
+        space = make_label_space(names, cfg, multi=True, source=str(path))
+        targets = np.full((len(df), space.num_labels), np.nan, dtype=np.float32)
+        for j, name in enumerate(space.names):
+            col = df[name].str.strip().str.lower()
+            for i, v in enumerate(col):
+                if v in _TRUE:
+                    targets[i, j] = 1.0
+                elif v in _FALSE:
+                    targets[i, j] = 0.0
+                elif v not in _UNKNOWN:
+                    raise LabelError(f"{path}: row {rows[i]}, column {name!r}: value {df[name].iloc[i]!r} is not 0, 1 or blank")
+        if cfg.unknown_labels == "negative":
+            targets = np.nan_to_num(targets, nan=0.0)
+        if space.task in ("binary", "multiclass"):
+            bad = np.where(np.nansum(targets, axis=1) > 1)[0]
+            if len(bad):
+                raise LabelError(f"{path}: row {rows[bad[0]]} has more than one class set for a {space.task} task")
+    else:
+        _require(df, cfg.label_column, "label_column", path)
+        raw = df[cfg.label_column].astype(str).str.strip()
+        delim = cfg.label_delimiter
+        multi = cfg.task == "multilabel" or (cfg.task is None and raw.str.contains(delim, regex=False).any())
+        if multi:
+            lists = [
+                None if v == "" else [] if (cfg.no_finding and v == cfg.no_finding) else [x.strip() for x in v.split(delim) if x.strip()]
+                for v in raw
+            ]
+            found = sorted({x for lst in lists if lst for x in lst})
+            space = make_label_space(found, cfg, multi=True, source=str(path))
+            targets = np.stack(
+                [encode_multi(lst, space, unknown_labels=cfg.unknown_labels, where=f"{path}: row {r}: ") for lst, r in zip(lists, rows, strict=True)]
+            )
+        else:
+            found = sorted({v for v in raw if v != ""})
+            space = make_label_space(found, cfg, multi=False, source=str(path))
+            targets = np.stack([encode_single(v, space, f"{path}: row {r}: ") for v, r in zip(raw, rows, strict=True)])
+    paths = [resolve_image(root, p.strip()) for p in df[cfg.image_column]]
+    empty = [i for i, p in enumerate(df[cfg.image_column]) if not p.strip()]
+    if empty:
+        raise ValueError(f"{path}: row {rows[empty[0]]}: column {cfg.image_column!r} is empty")
+    groups = None
+    if cfg.group_column:
+        _require(df, cfg.group_column, "group_column", path)
+        groups = [g.strip() or None for g in df[cfg.group_column]]
+    splits = None
+    if cfg.split_column:
+        _require(df, cfg.split_column, "split_column", path)
+        splits = [normalize_split_name(s, f"{path}: row {r}: ") for s, r in zip(df[cfg.split_column], rows, strict=True)]
+    meta_cols = list(dict.fromkeys([*cfg.metadata_columns, *((cfg.metadata.numeric + cfg.metadata.categorical) if cfg.metadata else [])]))
+    for c in meta_cols:
+        _require(df, c, "metadata_columns", path)
+    metadata = df[meta_cols].replace({"": None}) if meta_cols else None
+    keep = check_images_exist(paths, rows, cfg.on_bad_image, str(path))
+    names_only = [Path(p.strip()).name for p in df[cfg.image_column]]
+    ids = names_only if len(set(names_only)) == len(names_only) else [p.strip() for p in df[cfg.image_column]]
+    table = SampleTable(space, ids, paths, targets, groups, splits, metadata, source=str(path))
+    if not keep.all():
+        table = table.subset(np.where(keep)[0])
+    table.check_nonempty_classes()
+    return table

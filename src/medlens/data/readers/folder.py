@@ -1,0 +1,62 @@
+"""``kind: folder`` -- one sub-folder per class, optionally below train/val/test folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.labels import encode_single
+from medlens.data.readers import READERS
+from medlens.data.readers._common import make_label_space
+from medlens.data.samples import SampleTable
+from medlens.data.splits import _SPLIT_ALIASES
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".webp"}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@READERS.register("folder")
+def read_folder(cfg) -> SampleTable:
+    """Read ``root/<class>/*`` or ``root/<split>/<class>/*``.
+
+    Class names are the folder names (sorted unless ``label_names`` gives the order). An empty class folder
+    is an error naming it.
+    """
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: folder not found: {root}")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise ValueError(f"{root}: no class folders found")
+    split_dirs = [d for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
+    layout: list[tuple[str | None, Path]] = []
+    if split_dirs and len(split_dirs) == len(subdirs):
+        for sd in split_dirs:
+            for cd in sorted(p for p in sd.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                layout.append((_SPLIT_ALIASES[sd.name.lower()], cd))
+    else:
+        layout = [(None, d) for d in subdirs]
+    class_names = sorted({cd.name for _, cd in layout})
+    space = make_label_space(class_names, cfg, multi=False, source=str(root))
+    paths, labels, splits, ids = [], [], [], []
+    for split, cd in layout:
+        files = _images_in(cd)
+        if not files:
+            raise ValueError(f"{cd}: class folder {cd.name!r} has no images")
+        for f in files:
+            paths.append(str(f))
+            labels.append(cd.name)
+            splits.append(split)
+            ids.append(str(f.relative_to(root)))
+    for name in space.names:
+        if name not in labels:
+            raise ValueError(f"{root}: class {name!r} has no images")
+    targets = np.stack([encode_single(lab, space, f"{p}: ") for lab, p in zip(labels, paths, strict=True)])
+    return SampleTable(
+        space, ids, paths, targets, groups=None,
+        splits=splits if any(s is not None for s in splits) else None, source=str(root),
+    )

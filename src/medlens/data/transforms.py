@@ -1,0 +1,156 @@
+"""Preprocessing (one function for train, evaluate, predict, explain, export and serve) and augmentation.
+
+:class:`Preprocessing` is stored in every bundle's manifest. :func:`make_transform` builds the callable that
+turns a decoded uint8 image into a normalised ``float32`` (C, H, W) array; training passes an augmentation
+preset, everything else passes none. Nothing else in medlens resizes or normalises images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: size, channels and normalisation (in [0, 1] units)."""
+
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def resolve_preprocessing(image_size: int, channels: int, mean: list[float] | None = None, std: list[float] | None = None) -> Preprocessing:
+    """Defaults: ImageNet statistics for 3 channels, 0.5/0.5 for grey (the MedMNIST convention)."""
+    if mean is None:
+        mean = list(IMAGENET_MEAN) if channels == 3 else [0.5]
+    if std is None:
+        std = list(IMAGENET_STD) if channels == 3 else [0.5]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
+    return Preprocessing(int(image_size), int(channels), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def preprocessing_from_config(data_cfg) -> Preprocessing:
+    return resolve_preprocessing(data_cfg.image_size, data_cfg.channels, data_cfg.mean, data_cfg.std)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) -> (H, W, channels)."""
+    if img.ndim == 2:
+        img = img[:, :, None]
+    c = img.shape[2]
+    if c == channels:
+        return img
+    if channels == 1:
+        if c == 4:
+            img = img[:, :, :3]
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None] if img.shape[2] == 3 else img[:, :, :1]
+    if c == 1:
+        return np.repeat(img, 3, axis=2)
+    if c == 4:
+        return img[:, :, :3]
+    raise ValueError(f"cannot convert an image with {c} channels to {channels}")
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize (H, W, C) uint8 to (size, size, C): area filter when shrinking, bilinear when enlarging."""
+    h, w = img.shape[:2]
+    if h == size and w == size:
+        return img
+    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    out = cv2.resize(img, (size, size), interpolation=interp)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def geometry(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """Channels and size: the deterministic part of preprocessing (uint8 in, uint8 out)."""
+    return resize(to_channels(img, pp.channels), pp.image_size)
+
+
+def normalize(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """uint8 (H, W, C) -> float32 (C, H, W), scaled to [0, 1] then standardised."""
+    x = img.astype(np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(pp.mean, dtype=np.float32)) / np.asarray(pp.std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def build_augment(preset: str, channels: int, color: bool | None = None):
+    """An albumentations pipeline on uint8 (H, W, C) at the model's size, or None for ``none``.
+
+    * ``light``: small affine (scale 0.9-1.1, shift 6 %, rotate 10 deg) and mild brightness/contrast.
+    * ``strong``: larger affine, horizontal flip, blur or noise, coarse dropout.
+    Colour jitter is applied only to 3-channel images (never to grey X-rays) unless ``color`` says otherwise.
+    """
+    if preset == "none":
+        return None
+    import albumentations as A
+
+    use_color = (channels == 3) if color is None else color
+    if preset == "light":
+        ops = [
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        ]
+    elif preset == "strong":
+        ops = [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.8, 1.2), translate_percent=(-0.1, 0.1), rotate=(-20, 20), border_mode=cv2.BORDER_REFLECT_101, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3),
+            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.3),
+        ]
+    else:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: none, light, strong")
+    if use_color and channels == 3:
+        ops.append(A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5))
+    return A.Compose(ops)
+
+
+def make_transform(pp: Preprocessing, augment=None) -> Callable[[np.ndarray], np.ndarray]:
+    """The one image -> model-input function.
+
+    Args:
+        pp: preprocessing from the config or a bundle manifest.
+        augment: an albumentations pipeline from :func:`build_augment` (training only), or None.
+
+    Returns:
+        A function: uint8 (H, W) / (H, W, C) -> float32 (C, size, size).
+
+    Example:
+        >>> pp = resolve_preprocessing(28, 1)
+        >>> make_transform(pp)(np.zeros((32, 32), np.uint8)).shape
+        (1, 28, 28)
+    """
+
+    def transform(img: np.ndarray) -> np.ndarray:
+        x = geometry(img, pp)
+        if augment is not None:
+            x = augment(image=x)["image"]
+            if x.ndim == 2:
+                x = x[:, :, None]
+        return normalize(x, pp)
+
+    return transform
+
+
+def preprocess_images(images: list[np.ndarray], pp: Preprocessing) -> np.ndarray:
+    """Batch version for inference: list of uint8 images -> float32 (N, C, H, W)."""
+    t = make_transform(pp)
+    return np.stack([t(im) for im in images]) if images else np.zeros((0, pp.channels, pp.image_size, pp.image_size), np.float32)

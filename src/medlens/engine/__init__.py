@@ -1,0 +1,1 @@
+"""Training engine: LightningModules per task, callbacks and the Trainer factory."""

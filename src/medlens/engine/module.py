@@ -1,0 +1,339 @@
+"""LightningModules, one per task, around a plain ``nn.Module``.
+
+The network knows nothing about losses or metrics; the task module owns the loss, the activation, the
+optimiser and schedule, mixup/cutmix, EMA validation and epoch-level metrics over the whole validation set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from medlens.data.dataset import Batch
+from medlens.data.labels import LabelSpace
+from medlens.metrics import classification_metrics
+from medlens.registry import Registry
+
+TASKS: Registry = Registry("task")
+
+
+@dataclass
+class OptimSettings:
+    """Optimiser and schedule settings (the adapter :func:`optim_settings` maps the config onto these)."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    backbone_lr: float | None = None
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [30, 60])
+    gamma: float = 0.1
+    plateau_patience: int = 2
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.999
+
+
+def optim_settings(cfg) -> OptimSettings:
+    """Map ``cfg.optim`` onto :class:`OptimSettings`."""
+    o = cfg.optim
+    return OptimSettings(
+        optimizer=o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+        scheduler=o.scheduler, warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, milestones=list(o.milestones),
+        gamma=o.gamma, plateau_patience=o.plateau_patience, mixup_alpha=o.mixup_alpha, cutmix_alpha=o.cutmix_alpha,
+        mix_prob=o.mix_prob, ema=o.ema, ema_decay=o.ema_decay,
+    )
+
+
+def mix_batch(
+    images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, mixup_alpha: float, cutmix_alpha: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix on a batch; targets (B, K) with NaN for unknown.
+
+    Targets are mixed with the same weight as the pixels, so they stay in [0, 1]. A label unknown in either
+    source image is unknown in the mix (multi-label safe). Returns (images, targets, mask, lambda).
+    """
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(1, generator=generator).item() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator))).beta(alpha, alpha))
+    perm = torch.randperm(images.shape[0], generator=generator, device="cpu").to(images.device)
+    if use_cutmix:
+        h, w = images.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(0, h, (1,), generator=generator)), int(torch.randint(0, w, (1,), generator=generator))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        images = images.clone()
+        images[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+    else:
+        images = lam * images + (1.0 - lam) * images[perm]
+    t1 = torch.nan_to_num(targets, nan=0.0)
+    mixed = lam * t1 + (1.0 - lam) * t1[perm]
+    new_mask = mask & mask[perm]
+    mixed = torch.where(new_mask, mixed, torch.full_like(mixed, float("nan")))
+    return images, mixed, new_mask, lam
+
+
+class TaskModule(L.LightningModule):
+    """Base LightningModule for classification; subclasses set the task-specific target/activation.
+
+    Args:
+        model: the network (``forward(images, metadata)`` -> logits).
+        label_space: label names and task.
+        loss: a loss from :func:`medlens.losses.create_loss`.
+        optim: optimiser/schedule settings.
+        monitor_metric: the validation metric used for checkpoints (without the ``val/`` prefix).
+    """
+
+    task: str = "base"
+
+    def __init__(self, model: nn.Module, label_space: LabelSpace, loss: nn.Module, optim: OptimSettings, monitor_metric: str = "auroc_macro", seed: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.label_space = label_space
+        self.loss_fn = loss
+        self.optim = optim
+        self.monitor_metric = monitor_metric
+        self.seed = seed
+        self.ema_model: nn.Module | None = copy.deepcopy(model).eval() if optim.ema else None
+        if self.ema_model is not None:
+            for p in self.ema_model.parameters():
+                p.requires_grad_(False)
+        self._val: dict[str, list] = {}
+        self.history: list[dict[str, Any]] = []
+        self.ema_better_by_epoch: dict[int, bool] = {}
+        self._mix_gen = torch.Generator().manual_seed(seed)
+
+    # ----------------------------------------------------------------- task specifics
+    def task_targets(self, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label-space targets (B, L) -> what the loss sees."""
+        return targets, mask
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    # ----------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(images, metadata)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        images, targets, mask = batch.images, batch.targets, batch.mask
+        o = self.optim
+        if (o.mixup_alpha > 0 or o.cutmix_alpha > 0) and torch.rand(1, generator=self._mix_gen).item() < o.mix_prob:
+            images, targets, mask, _ = mix_batch(images, targets, mask, o.mixup_alpha, o.cutmix_alpha, self._mix_gen)
+        logits = self.model(images, batch.metadata)
+        t, m = self.task_targets(targets, mask)
+        loss = self.loss_fn(logits, t, m)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema_model is not None:
+            self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # warm-up of the decay (as in timm's ModelEmaV3) so early epochs are not dominated by the init
+        step = self.global_step + 1
+        decay = min(self.optim.ema_decay, (1 + step) / (10 + step))
+        for e, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            e.copy_(b)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"probs": [], "targets": [], "loss": [], "n": [], "ema_probs": []}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if batch is None:
+            return
+        logits = self.model(batch.images, batch.metadata)
+        t, m = self.task_targets(batch.targets, batch.mask)
+        loss = self.loss_fn(logits, t, m)
+        self._val["loss"].append(float(loss) * len(batch))
+        self._val["n"].append(len(batch))
+        self._val["probs"].append(self.activation(logits.float()).detach())
+        self._val["targets"].append(batch.targets.detach())
+        if self.ema_model is not None:
+            self._val["ema_probs"].append(self.activation(self.ema_model(batch.images, batch.metadata).float()).detach())
+
+    def _gather(self, items: list[torch.Tensor]) -> np.ndarray:
+        x = torch.cat(items) if items else torch.zeros(0)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            x = self.all_gather(x).flatten(0, 1)  # every process sees the whole validation set
+        return x.cpu().numpy()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val.get("probs"):
+            return
+        probs = self._gather(self._val["probs"])
+        targets = self._gather(self._val["targets"])
+        n = sum(self._val["n"])
+        val_loss = sum(self._val["loss"]) / max(n, 1)
+        metrics = self.compute_metrics(probs, targets)
+        score_raw = metrics.get(self.monitor_metric)
+        logs = {"val/loss": val_loss}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and v is not None and k != "n":
+                logs[f"val/{k}"] = float(v)
+        if self.ema_model is not None and self._val["ema_probs"]:
+            ema_probs = self._gather(self._val["ema_probs"])
+            ema_metrics = self.compute_metrics(ema_probs, targets)
+            score_ema = ema_metrics.get(self.monitor_metric)
+            logs[f"val/{self.monitor_metric}_raw"] = _f(score_raw)
+            logs[f"val/{self.monitor_metric}_ema"] = _f(score_ema)
+            ema_better = score_ema is not None and (score_raw is None or score_ema >= score_raw)
+            self.ema_better_by_epoch[int(self.current_epoch)] = bool(ema_better)
+            if ema_better:  # the monitored value is the better of the two; the checkpoint says which
+                for k, v in ema_metrics.items():
+                    if isinstance(v, (int, float)) and v is not None and k != "n":
+                        logs[f"val/{k}"] = float(v)
+        self.log_dict({k: v for k, v in logs.items() if v == v}, prog_bar=False, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            row = {"epoch": int(self.current_epoch), "step": int(self.global_step), **logs}
+            tl = self.trainer.callback_metrics.get("train/loss_epoch")
+            if tl is not None:
+                row["train/loss"] = float(tl)
+            self.history.append(row)
+
+    def compute_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        return classification_metrics(probs, targets, self.label_space.task, self.label_space.names)
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        logits = self.model(batch.images, batch.metadata)
+        return {"probs": self.activation(logits.float()), "index": batch.index}
+
+    # ----------------------------------------------------------------- checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medlens_history"] = self.history
+        checkpoint["medlens_ema_better"] = self.ema_better_by_epoch
+        if self.ema_model is not None:
+            checkpoint["medlens_ema_state"] = self.ema_model.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("medlens_history", []))
+        self.ema_better_by_epoch = dict(checkpoint.get("medlens_ema_better", {}))
+        if self.ema_model is not None and "medlens_ema_state" in checkpoint:
+            self.ema_model.load_state_dict(checkpoint["medlens_ema_state"])
+
+    # ----------------------------------------------------------------- reproducible epochs
+    def on_train_epoch_start(self) -> None:
+        # Every epoch's randomness (augmentation, dropout, mixup) depends only on (seed, epoch), so a run
+        # resumed from an epoch-end checkpoint continues exactly as an uninterrupted one.
+        s = (self.seed * 1000003 + int(self.current_epoch)) % (2**31 - 1)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        self._mix_gen.manual_seed(s)
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        o = self.optim
+        head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
+        back = [p for n, p in self.model.named_parameters() if n.startswith("backbone.")]
+
+        def split_decay(params):
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]  # norms and biases
+            return decay, no_decay
+
+        groups = []
+        for params, lr in ((back, o.backbone_lr or o.lr), (head, o.lr)):
+            d, nd = split_decay(params)
+            if d:
+                groups.append({"params": d, "lr": lr, "weight_decay": o.weight_decay})
+            if nd:
+                groups.append({"params": nd, "lr": lr, "weight_decay": 0.0})
+        if o.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o.lr)
+        elif o.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=o.lr)
+        elif o.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+        else:
+            raise ValueError(f"unknown optimizer {o.optimizer!r}; valid: adamw, adam, sgd")
+        if o.scheduler == "none":
+            return opt
+        if o.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=o.gamma if o.gamma < 1 else 0.1, patience=o.plateau_patience)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.monitor_metric}", "interval": "epoch"}}
+        if o.scheduler == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=o.gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # warmup + cosine, stepped per optimiser step
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        warm = int(o.warmup_epochs * steps_per_epoch)
+        base_lrs = [g["lr"] for g in groups]
+        floor = [o.min_lr / lr if lr > 0 else 0.0 for lr in base_lrs]
+
+        def factor_for(i: int):
+            def f(step: int) -> float:
+                if warm > 0 and step < warm:
+                    return (step + 1) / warm
+                prog = min((step - warm) / max(total - warm, 1), 1.0)
+                return floor[i] + (1 - floor[i]) * 0.5 * (1 + math.cos(math.pi * prog))
+
+            return f
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor_for(i) for i in range(len(groups))])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _f(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+@TASKS.register("binary")
+class BinaryTask(TaskModule):
+    """One logit for the positive class (label_names[1])."""
+
+    task = "binary"
+
+    def task_targets(self, targets, mask):
+        return targets[:, 1:2], mask[:, 1:2]
+
+
+@TASKS.register("multiclass")
+class MulticlassTask(TaskModule):
+    """Softmax over classes; rows with an unknown class are masked."""
+
+    task = "multiclass"
+
+    def task_targets(self, targets, mask):
+        return targets, mask.all(dim=1)
+
+    def activation(self, logits):
+        return torch.softmax(logits, dim=1)
+
+
+@TASKS.register("multilabel")
+class MultilabelTask(TaskModule):
+    """One sigmoid per label; unknown labels are masked out of the loss."""
+
+    task = "multilabel"
+
+
+def create_task(name: str, **kw) -> TaskModule:
+    """Build the LightningModule for a task name (binary, multiclass, multilabel, anomaly)."""
+    if name == "anomaly" and name not in TASKS:
+        import medlens.engine.anomaly  # noqa: F401  (registers the reconstruction task)
+    return TASKS.create(name, **kw)

@@ -1,0 +1,101 @@
+"""The Trainer factory: one place that maps config to ``lightning.Trainer`` arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from medlens.engine.callbacks import AtomicCheckpointIO, FreezeBackbone
+
+
+def monitor_for(cfg, task: str) -> tuple[str, str]:
+    """The validation metric checkpoints follow, and its mode."""
+    t = cfg.trainer
+    if t.monitor != "auto":
+        name = t.monitor.removeprefix("val/")
+        mode = t.monitor_mode if t.monitor_mode != "auto" else ("min" if "loss" in name else "max")
+        return name, mode
+    if task == "anomaly":
+        return "loss", "min"
+    return "auroc_macro", "max"
+
+
+def precision_arg(p: str, accelerator: str) -> str:
+    if p == "bf16":
+        return "bf16-mixed"
+    if p == "16":
+        return "16-mixed"
+    if p == "auto":
+        import torch
+
+        return "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
+    return "32-true"
+
+
+def build_trainer(cfg, run_dir: Path, task: str, loggers=None, extra_callbacks=None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer for a run: best + last checkpoints (atomic), early stopping, freezing, progress bar.
+
+    Returns:
+        (trainer, the best-checkpoint callback).
+    """
+    t = cfg.trainer
+    metric, mode = monitor_for(cfg, task)
+    ckpt = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=f"val/{metric}",
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [ckpt]
+    if t.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=t.early_stopping_patience))
+    if cfg.optim.freeze_backbone or cfg.optim.freeze_epochs > 0:
+        callbacks.append(FreezeBackbone(None if cfg.optim.freeze_backbone else cfg.optim.freeze_epochs))
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+        try:
+            import rich  # noqa: F401
+
+            callbacks.append(RichProgressBar(leave=True))
+        except ImportError:  # pragma: no cover
+            callbacks.append(TQDMProgressBar())
+    callbacks.extend(extra_callbacks or [])
+    max_time = None
+    if t.max_time_s is not None:
+        from datetime import timedelta
+
+        max_time = timedelta(seconds=t.max_time_s)
+    kwargs = dict(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=max_time,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=precision_arg(t.precision, t.accelerator),
+        callbacks=callbacks,
+        logger=loggers if loggers else False,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        deterministic="warn" if t.deterministic else False,
+        gradient_clip_val=cfg.optim.grad_clip,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+        benchmark=False,
+    )
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    if t.val_check_interval is not None:
+        kwargs["val_check_interval"] = t.val_check_interval
+    return L.Trainer(**kwargs), ckpt

@@ -1,0 +1,194 @@
+"""Image classifier: a timm backbone and a linear head, as a plain ``nn.Module``.
+
+``forward_features`` returns the backbone's last feature map (what Grad-CAM hooks), ``forward_head`` pools it
+and applies the head (what metadata fusion extends).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger("medlens.models")
+
+
+def stem_reduction(image_size: int, small_input: bool | str) -> int:
+    """How much to cut the backbone's input stride: 4 for <= 32 px, 2 for <= 96 px, else 1.
+
+    A ResNet's stride-32 stem turns a 28 px image into a 1x1 map; cutting it keeps a ~4x4 final map.
+    """
+    if small_input is False:
+        return 1
+    if small_input is True:
+        return 4 if image_size <= 48 else 2
+    if image_size <= 32:
+        return 4
+    if image_size <= 96:
+        return 2
+    return 1
+
+
+def adapt_stem(net: nn.Module, reduction: int) -> bool:
+    """Reduce a timm backbone's stem stride in place. Returns False when the family is not supported."""
+    if reduction <= 1:
+        return True
+    if hasattr(net, "conv1") and hasattr(net, "maxpool"):  # ResNet / ResNeXt / SE-ResNet families
+        net.maxpool = nn.Identity()
+        if reduction >= 4:
+            first = net.conv1 if isinstance(net.conv1, nn.Conv2d) else next(m for m in net.conv1.modules() if isinstance(m, nn.Conv2d))
+            if isinstance(net.conv1, nn.Conv2d) and first.kernel_size[0] == 7:
+                # CIFAR-style 3x3 stride-1 stem, as in the MedMNIST reference ResNets
+                net.conv1 = nn.Conv2d(first.in_channels, first.out_channels, 3, 1, 1, bias=False)
+            else:
+                first.stride = (1, 1)
+        return True
+    if hasattr(net, "conv_stem") and isinstance(net.conv_stem, nn.Conv2d):  # EfficientNet / MobileNet
+        net.conv_stem.stride = (1, 1)
+        return True
+    if hasattr(net, "stem") and isinstance(net.stem, nn.Sequential) and isinstance(net.stem[0], nn.Conv2d):
+        conv = net.stem[0]  # ConvNeXt patchify stem (k=4, s=4) -> k=s=4/reduction
+        k = max(1, conv.kernel_size[0] // min(reduction, conv.kernel_size[0]))
+        net.stem[0] = nn.Conv2d(conv.in_channels, conv.out_channels, k, k, bias=conv.bias is not None)
+        return True
+    return False
+
+
+class ImageClassifier(nn.Module):
+    """timm backbone + dropout + linear head.
+
+    Args:
+        backbone: a timm model name (``resnet18``, ``efficientnet_b0``, ``convnext_nano``, ...).
+        num_outputs: logits (1 for binary, one per class or label otherwise).
+        in_chans: 1 for grey, 3 for colour.
+        pretrained: load timm's hub weights (network needed on first use).
+        image_size: input size, used to adapt the stem for small images.
+        small_input: ``auto``, True or False (see :func:`stem_reduction`).
+
+    Example:
+        >>> m = ImageClassifier("resnet18", num_outputs=1, in_chans=1, image_size=28)
+        >>> m(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_outputs: int = 1,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        image_size: int = 224,
+        small_input: bool | str = "auto",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        kw = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+        self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kw)
+        red = stem_reduction(image_size, small_input)
+        if red > 1 and not adapt_stem(self.backbone, red):
+            log.warning("small-input stem adaptation is not supported for %s; using the stock stem", backbone)
+        self.num_features = int(self.backbone.num_features)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_outputs)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map (B, C, h, w) for CNNs (tokens for transformers)."""
+        return self.backbone.forward_features(x)
+
+    def pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, num_features), with the backbone's own pooling."""
+        return self.backbone.forward_head(feats, pre_logits=True)
+
+    def forward_head(self, feats: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.pool(feats)))
+
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), metadata)
+
+    def backbone_parameters(self):
+        return self.backbone.parameters()
+
+    def head_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "encoder_q.", "base_encoder.", "teacher.", "student.", "net.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file, without executing pickled code."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model.checkpoint: file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{p}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "teacher", "model_state", "net"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{p}: no state dict found")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for pre in _PREFIXES:
+            if key.startswith(pre):
+                key = key[len(pre) :]
+                changed = True
+    return key
+
+
+def load_backbone_checkpoint(model: ImageClassifier, path: str | Path) -> dict[str, list[str]]:
+    """Load a local checkpoint into ``model.backbone``, remapping common prefixes.
+
+    ``module.``, ``encoder.``, ``backbone.`` and similar prefixes (DDP, MoCo, DINO, SimCLR) are stripped; a
+    3-channel first convolution is summed to 1 channel for grey inputs; tensors whose shape does not fit
+    (e.g. a different classifier) are skipped and reported.
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...], "skipped_shape": [...], "loaded": [...]}``.
+    """
+    src = {_strip(k): v for k, v in read_state_dict(path).items()}
+    target = model.backbone.state_dict()
+    loaded, skipped, unexpected = {}, [], []
+    for k, v in src.items():
+        if k not in target:
+            unexpected.append(k)
+            continue
+        t = target[k]
+        if v.shape != t.shape and v.ndim == 4 and v.shape[0] == t.shape[0] and v.shape[2:] == t.shape[2:] and t.shape[1] == 1:
+            v = v.sum(dim=1, keepdim=True)  # RGB stem -> grey stem
+        if v.shape != t.shape:
+            skipped.append(f"{k} {tuple(v.shape)}->{tuple(t.shape)}")
+            continue
+        loaded[k] = v
+    if not loaded:
+        raise ValueError(f"{path}: no tensor matches backbone {type(model.backbone).__name__}; first keys: {list(src)[:5]}")
+    missing = [k for k in target if k not in loaded]
+    model.backbone.load_state_dict(loaded, strict=False)
+    report = {"loaded": sorted(loaded), "missing": missing, "unexpected": unexpected, "skipped_shape": skipped}
+    log.info(
+        "checkpoint %s: loaded %d tensors, %d missing, %d unexpected, %d shape mismatches",
+        path, len(loaded), len(missing), len(unexpected), len(skipped),
+    )
+    if missing:
+        log.warning("checkpoint %s: missing keys (left as initialised): %s", path, missing[:10])
+    if unexpected:
+        log.warning("checkpoint %s: unexpected keys (ignored): %s", path, unexpected[:10])
+    return report

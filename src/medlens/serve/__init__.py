@@ -1,0 +1,1 @@
+"""REST API and web page over predict/explain."""

@@ -63,8 +63,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def architecture_for(cfg: RunConfig, num_outputs: int, meta_dim: int = 0) -> dict[str, Any]:
-    """The manifest's architecture dict for a config."""
+def architecture_for(cfg: RunConfig, num_outputs: int, meta_dim: int = 0, meta_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's architecture dict for a config (``meta_extra``: ``MetadataEncoder.architecture()``)."""
     m = cfg.model
     arch: dict[str, Any] = {
         "type": "classifier", "backbone": m.backbone, "num_outputs": num_outputs, "in_chans": cfg.data.channels,
@@ -73,6 +73,7 @@ def architecture_for(cfg: RunConfig, num_outputs: int, meta_dim: int = 0) -> dic
     }
     if meta_dim > 0 and cfg.data.metadata is not None:
         arch.update(type="fusion", meta_dim=meta_dim, meta_hidden=list(cfg.data.metadata.hidden), meta_dropout=cfg.data.metadata.dropout)
+        arch.update(meta_extra or {})
     return arch
 
 
@@ -134,12 +135,14 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
     return pp, sets, cache
 
 
-def train(cfg: RunConfig, resume: str | None = None) -> RunResult:
+def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = None, table: SampleTable | None = None) -> RunResult:
     """Train a model from a config and write its bundle.
 
     Args:
         cfg: a validated :class:`RunConfig` (see :func:`medlens.config.load_config`).
         resume: a Lightning checkpoint to continue from (``trainer.auto_resume`` finds ``last.ckpt``).
+        splits: precomputed train/val/test rows (e.g. a cross-validation fold) instead of ``data.split``.
+        table: an already-read dataset (default: read from ``cfg.data``).
 
     Returns:
         :class:`RunResult` with the run folder, the bundle folder and final metrics.
@@ -175,7 +178,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> RunResult:
             f.unlink()
     _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
 
-    table, splits = prepare_data(cfg)
+    table, splits = prepare_data(cfg, table, splits)
     space = table.label_space
     if space.task == "anomaly":
         from medlens.engine.anomaly import train_anomaly
@@ -194,7 +197,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> RunResult:
     train_loader = make_loader(sets["train"], d.batch_size, True, workers, sampler, cfg.seed, drop_last=len(sets["train"]) > d.batch_size)
     val_loader = make_loader(sets["val"], d.eval_batch_size or d.batch_size * 2, False, workers)
 
-    arch = architecture_for(cfg, space.num_outputs, 0 if meta_encoder is None else meta_encoder.dim)
+    arch = architecture_for(cfg, space.num_outputs, 0 if meta_encoder is None else meta_encoder.dim, None if meta_encoder is None else meta_encoder.architecture())
     model = create_model(arch)
     if cfg.model.checkpoint:
         from medlens.models.classifier import load_backbone_checkpoint

@@ -154,6 +154,23 @@ def demo(
     typer.echo(f"test AUROC {_fmt(t.get('auroc_macro'))}, accuracy {_fmt(t.get('accuracy'))} ({info['wall_time_s']} s)")
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (or an exported ONNX folder with --backend onnx).")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    port: int = 8000,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    api_key: Annotated[Optional[str], typer.Option(help="Require this key on /v1 routes (or env MEDLENS_API_KEY).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 32.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image (width x height) decoded.")] = 50_000_000,
+) -> None:
+    """Serve BUNDLE: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
+    _setup_logging()
+    from medlens.serve.app import serve as _serve
+
+    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -111,7 +111,9 @@ def load_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_P
             return _from_pil(img, max_pixels)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow refuses huge images from their header alone
+        raise ImageReadError(f"{name}: image is over the limit of {max_pixels} pixels ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 
 

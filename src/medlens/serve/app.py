@@ -1,0 +1,407 @@
+"""The REST API and the clinicians' web page, on FastAPI.
+
+Routes (all ``/v1`` routes check the API key when one is set):
+
+* ``GET /health`` -- liveness, no key needed.
+* ``GET /v1/model`` -- the manifest: labels, thresholds, preprocessing, metrics, intended use.
+* ``POST /v1/predict`` -- one or more images (PNG, JPEG, DICOM, ...) as multipart ``files``; optional
+  ``metadata`` form field: a JSON object, or a list with one object per file (fusion models).
+* ``POST /v1/explain`` -- one image, ``label`` and ``method`` form fields -> overlay PNG.
+* ``POST /v1/report`` -- one image -> the per-image HTML report (download).
+* ``GET /`` -- the web page. ``/docs`` and ``/openapi.json`` -- the OpenAPI schema.
+
+Safety: request bodies over ``max_upload_bytes`` are refused with 413 before they are read in full; images
+over ``max_pixels`` are refused from their header, before decoding (decompression bombs); formats are
+recognised from bytes, not names; every error is JSON with a 4xx code and the server keeps serving. The model
+is loaded once; concurrent requests are coalesced into micro-batches that run in a worker thread, so clients
+do not serialise on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medlens.predict import Predictor
+
+log = logging.getLogger("medlens.serve")
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ApiError(Exception):
+    """An error returned to the client as JSON with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class ServeSettings:
+    """Server limits and options.
+
+    Attributes:
+        api_key: when set, every ``/v1`` route needs ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``.
+        max_upload_bytes: largest request body accepted (all files together).
+        max_pixels: largest image (width x height) decoded.
+        max_files: most images in one predict request.
+        max_batch: most images per forward pass when coalescing concurrent requests.
+        max_wait_ms: how long the batcher waits for more requests before running a batch.
+    """
+
+    api_key: str | None = None
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_files: int = 64
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+
+
+# ----------------------------------------------------------------------------------------------- batching
+class MicroBatcher:
+    """Coalesces concurrent single-image requests into batched forward passes in a worker thread."""
+
+    def __init__(self, predictor: Predictor, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.images = 0
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def submit(self, images: list[np.ndarray], metadata: np.ndarray | None) -> np.ndarray:
+        """Probabilities (len(images), K) for images of one request."""
+        if self.queue is None:  # not started (e.g. used without lifespan): run directly
+            return await asyncio.to_thread(self.predictor.predict_arrays, images, metadata)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self.queue.put((images, metadata, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.queue is not None
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            n = len(first[0])
+            deadline = loop.time() + self.max_wait
+            while n < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                batch.append(item)
+                n += len(item[0])
+            await self._run(batch)
+
+    async def _run(self, batch: list) -> None:
+        imgs = [im for b in batch for im in b[0]]
+        metas = [b[1] for b in batch]
+        meta = None if any(m is None for m in metas) else np.concatenate(metas)
+        try:
+            probs = await asyncio.to_thread(self.predictor.predict_arrays, imgs, meta)
+        except Exception as e:  # a failed batch fails its requests, not the server
+            for b in batch:
+                if not b[2].done():
+                    b[2].set_exception(e)
+            return
+        self.batches += 1
+        self.images += len(imgs)
+        i = 0
+        for b in batch:
+            k = len(b[0])
+            if not b[2].done():
+                b[2].set_result(probs[i : i + k])
+            i += k
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+async def _read_upload(f: UploadFile, settings: ServeSettings) -> bytes:
+    data = await f.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, "too_large", f"{f.filename}: file is larger than {settings.max_upload_bytes} bytes")
+    if not data:
+        raise ApiError(400, "empty_file", f"{f.filename or 'upload'}: the file is empty")
+    return data
+
+
+def _decode(data: bytes, name: str, settings: ServeSettings) -> np.ndarray:
+    from medlens.data.io import ImageReadError, load_image_bytes
+
+    try:
+        return load_image_bytes(data, name, settings.max_pixels)
+    except ImageReadError as e:
+        msg = str(e)
+        if "over the limit" in msg:
+            raise ApiError(413, "too_many_pixels", msg) from None
+        raise ApiError(415, "unreadable_image", msg) from None
+
+
+def _parse_metadata(text: str | None, n: int) -> list[dict | None] | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(422, "bad_metadata", f"metadata is not valid JSON ({e.msg} at position {e.pos})") from None
+    if isinstance(obj, dict):
+        return [obj] * n
+    if isinstance(obj, list) and len(obj) == n and all(isinstance(x, dict) or x is None for x in obj):
+        return obj
+    raise ApiError(422, "bad_metadata", f"metadata must be a JSON object or a list of {n} objects")
+
+
+def _safe_name(name: str | None) -> str:
+    # client-given names are echoed back only as plain labels, never used as paths
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:200] or "upload"
+
+
+# ---------------------------------------------------------------------------------------------------- app
+def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettings | None = None) -> FastAPI:
+    """Build the FastAPI app for a bundle (the model is loaded once, here).
+
+    Example:
+        >>> app = create_app("runs/pneumoniamnist/bundle")  # doctest: +SKIP
+        >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    from contextlib import asynccontextmanager
+
+    settings = settings or ServeSettings(api_key=os.environ.get("MEDLENS_API_KEY") or None)
+    predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=settings.max_batch)
+    manifest = predictor.manifest
+    batcher = MicroBatcher(predictor, settings.max_batch, settings.max_wait_ms)
+    explain_lock = threading.Lock()  # Grad-CAM hooks and gradients: one explanation at a time
+    state: dict[str, Any] = {"explain_predictor": None, "started": time.time(), "requests": 0, "errors": 0}
+
+    def explain_predictor() -> Predictor:
+        # A separate torch copy for explanations, so their hooks never touch the batched predictions.
+        if state["explain_predictor"] is None:
+            if backend == "torch":
+                import copy
+
+                state["explain_predictor"] = Predictor(copy.deepcopy(predictor.bundle), batch_size=1)
+            else:
+                state["explain_predictor"] = Predictor.from_bundle(bundle, backend="torch", batch_size=1)
+        return state["explain_predictor"]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="medlens",
+        version=manifest.versions.get("medlens", ""),
+        description=f"Model: {manifest.architecture.get('backbone', manifest.architecture.get('type'))} ({manifest.task}); "
+        f"labels: {', '.join(manifest.label_names)}. {manifest.intended_use}",
+        lifespan=lifespan,
+    )
+    app.state.predictor = predictor
+    app.state.batcher = batcher
+    app.state.settings = settings
+
+    # ------------------------------------------------------------------ middleware: size limit, api key
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        state["requests"] += 1
+        path = request.url.path
+        if path.startswith("/v1/") and settings.api_key:
+            given = request.headers.get("x-api-key") or ""
+            auth = request.headers.get("authorization") or ""
+            if auth.lower().startswith("bearer "):
+                given = given or auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                state["errors"] += 1
+                return _error(401, "unauthorized", "missing or wrong API key (X-API-Key header)")
+        if request.method == "POST":
+            cl = request.headers.get("content-length")
+            if cl is not None:
+                try:
+                    size = int(cl)
+                except ValueError:
+                    return _error(400, "bad_request", "invalid Content-Length")
+                if size > settings.max_upload_bytes + 64 * 1024:
+                    state["errors"] += 1
+                    return _error(413, "too_large", f"request body of {size} bytes is over the limit of {settings.max_upload_bytes}")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        state["errors"] += 1
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        state["errors"] += 1
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", []))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        state["errors"] += 1
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: the request could not be processed")
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "task": manifest.task, "labels": manifest.label_names, "backend": predictor.backend,
+                "uptime_s": round(time.time() - state["started"], 1)}
+
+    @app.get("/v1/model")
+    async def model_info() -> dict:
+        d = manifest.to_dict()
+        d.pop("config", None)
+        d["backend"] = predictor.backend
+        d["explain_methods"] = _methods()
+        d["metadata_fields"] = _metadata_fields(manifest)
+        return d
+
+    @app.post("/v1/predict")
+    async def predict(files: list[UploadFile] = File(..., description="Images: PNG, JPEG, DICOM, ..."), metadata: str | None = Form(None)) -> dict:
+        if len(files) > settings.max_files:
+            raise ApiError(413, "too_many_files", f"{len(files)} files; at most {settings.max_files} per request")
+        blobs = [await _read_upload(f, settings) for f in files]
+        names = [_safe_name(f.filename) for f in files]
+        images = await asyncio.to_thread(lambda: [_decode(b, n, settings) for b, n in zip(blobs, names, strict=True)])
+        meta_rows = _parse_metadata(metadata, len(images))
+        meta = predictor.encode_metadata(meta_rows, len(images)) if predictor._meta_encoder is not None else None
+        probs = await batcher.submit(images, meta)
+        preds = predictor.to_predictions(probs, names)
+        return {"model": manifest.architecture.get("backbone", manifest.architecture.get("type")), "task": manifest.task,
+                "predictions": [_pred_json(p) for p in preds]}
+
+    @app.post("/v1/explain")
+    async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str = Form("gradcam"), metadata: str | None = Form(None)):
+        data = await _read_upload(file, settings)
+        img = await asyncio.to_thread(_decode, data, _safe_name(file.filename), settings)
+        if label is not None and label != "" and label not in manifest.label_names:
+            raise ApiError(422, "unknown_label", f"label {label!r} is not one of {manifest.label_names}")
+        if method not in _methods():
+            raise ApiError(422, "unknown_method", f"method {method!r} is not one of {_methods()}")
+        meta_rows = _parse_metadata(metadata, 1)
+
+        def run():
+            from medlens.explain import explain as _explain
+
+            with explain_lock:
+                return _explain(explain_predictor(), img, label=label or None, method=method, metadata=None if meta_rows is None else meta_rows[0])
+
+        exps = await asyncio.to_thread(run)
+        if not exps:
+            raise ApiError(422, "nothing_to_explain", "no label to explain for this image")
+        e = exps[0]
+        return Response(e.overlay_png, media_type="image/png", headers={
+            "X-Medlens-Label": e.label, "X-Medlens-Method": e.method, "X-Medlens-Probability": f"{e.probability:.6f}",
+        })
+
+    @app.post("/v1/report")
+    async def report(file: UploadFile = File(...), method: str = Form("gradcam"), metadata: str | None = Form(None)):
+        data = await _read_upload(file, settings)
+        name = _safe_name(file.filename)
+        img = await asyncio.to_thread(_decode, data, name, settings)
+        meta_rows = _parse_metadata(metadata, 1)
+
+        def run():
+            from medlens.clinical_report import image_report_html
+            from medlens.explain import explain as _explain
+
+            p = explain_predictor()
+            pred = p.predict([img], metadata=meta_rows, names=[name])[0]
+            with explain_lock:
+                exps = _explain(p, img, method=method, metadata=None if meta_rows is None else meta_rows[0])
+            return image_report_html(img, pred, exps, manifest)
+
+        html = await asyncio.to_thread(run)
+        stem = name.rsplit(".", 1)[0] or "image"
+        return HTMLResponse(html, headers={"Content-Disposition": f'attachment; filename="medlens-report-{stem}.html"'})
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    return app
+
+
+def _methods() -> list[str]:
+    try:
+        from medlens.explain import list_methods
+
+        return list_methods()
+    except ImportError:  # pragma: no cover
+        return []
+
+
+def _metadata_fields(manifest) -> dict[str, Any]:
+    enc = manifest.metadata_encoder or {}
+    out: dict[str, Any] = {"numeric": [], "categorical": {}}
+    for item in enc.get("numeric", []) or []:
+        out["numeric"].append(item["name"] if isinstance(item, dict) else item)
+    cats = enc.get("categorical", []) or []
+    for item in cats:
+        if isinstance(item, dict):
+            out["categorical"][item.get("name")] = [v for v in item.get("vocab", item.get("categories", [])) if v != "unknown"]
+    return out
+
+
+def _pred_json(p) -> dict:
+    return {"source": p.source, "probabilities": p.probabilities, "thresholds": p.thresholds, "decisions": p.decisions,
+            "predicted": p.predicted, **({"score": p.score} if p.score is not None else {})}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0, max_pixels: int = 50_000_000) -> None:
+    """Run the server (blocking). Binds to 127.0.0.1 unless told otherwise.
+
+    Example:
+        >>> serve("runs/pneumoniamnist/bundle", port=8000)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    settings = ServeSettings(api_key=api_key or os.environ.get("MEDLENS_API_KEY") or None,
+                             max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
+    app = create_app(bundle, backend, settings)
+    log.info("serving %s on http://%s:%d (backend %s, api key %s)", bundle, host, port, backend, "on" if settings.api_key else "off")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

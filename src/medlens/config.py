@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # coerce_numbers_to_str: YAML reads `name: 2024` or `--set output.name=1e5` as a number; text fields keep it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), coerce_numbers_to_str=True)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -321,14 +322,9 @@ class RunConfig(StrictModel):
 # ------------------------------------------------------------------------------------------ loading
 def _parse_scalar(text: str) -> Any:
     """Parse an override value with YAML rules, so ``3e-4`` is a float and ``[a, b]`` a list."""
-    value = yaml.safe_load(text) if text != "" else ""
-    # YAML 1.1 reads "3e-4" as a string; accept it as a float as users expect.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    # YAML 1.1 reads "3e-4" as a string; it is left a string on purpose: Pydantic turns it into a float for
+    # float fields, while string fields (output.name=1e5, =inf) keep the text the user typed.
+    return yaml.safe_load(text) if text != "" else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -432,10 +428,14 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             continue
         cand = (base / v).resolve()
         # A cwd-relative path that exists wins; an hf hub name (no such file anywhere) is left alone.
-        if not Path(v).exists() and (cand.exists() or d.kind != "hf"):
+        # Either way the path is made absolute, so the config saved with the run works from any folder.
+        if Path(v).exists():
+            setattr(d, f, str(Path(v).resolve()))
+        elif cand.exists() or d.kind != "hf":
             setattr(d, f, str(cand))
-    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_absolute() and not Path(cfg.model.checkpoint).exists():
-        cfg.model.checkpoint = str((base / cfg.model.checkpoint).resolve())
+    ck = cfg.model.checkpoint
+    if ck and not Path(ck).is_absolute():
+        cfg.model.checkpoint = str(Path(ck).resolve() if Path(ck).exists() else (base / ck).resolve())
     return cfg
 
 

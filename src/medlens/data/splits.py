@@ -227,6 +227,12 @@ def split_indices(
         return splits
     if method == "kfold":
         raise ValueError("split.method 'kfold' is used by `medlens cv`; use kfold_indices() for folds")
+    if method == "group" and (table.groups is None or all(g is None for g in table.groups)):
+        # a row-wise split here would silently put one patient's images in two splits
+        raise ValueError(
+            f"{table.source}: split.method is 'group' but the samples have no group ids "
+            "(set the reader's group column, e.g. data.group_column)"
+        )
     train_frac = 1.0 - val_fraction - test_fraction
     if train_frac <= 0:
         raise ValueError(f"val_fraction + test_fraction must be < 1 (got {val_fraction} + {test_fraction})")

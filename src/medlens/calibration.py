@@ -1,11 +1,27 @@
-"""Calibration: temperature scaling fitted on validation logits, and expected calibration error.
+"""Calibration: temperature scaling fitted on validation logits, expected calibration error, reliability bins.
 
 Temperature scaling (Guo et al., 2017) divides logits by one scalar T > 0 chosen to minimise the validation
 negative log-likelihood. It changes confidence, not ranking: AUROC is unchanged, and for binary/multi-label
-models a threshold on probabilities moves with it (thresholds are tuned after calibration).
+models a threshold on probabilities moves with it (thresholds are tuned after calibration). Training stores T
+in the bundle manifest (``temperature``); :class:`medlens.predict.Predictor` applies it unless built with
+``calibrated=False`` (``--uncalibrated`` on the command line).
+
+Reliability is measured on the same entries the metrics use:
+
+* binary / multi-label: every known (sample, label) pair is one probability of "positive"; a bin's accuracy
+  is the fraction of its pairs that are positive.
+* multiclass: top-label calibration -- the confidence is the largest class probability, and a bin's accuracy
+  is the fraction of its samples whose argmax is right.
+
+Bins are ``n_bins`` equal-width intervals of [0, 1], closed on the right (the first also includes 0), the
+convention of scikit-learn's ``calibration_curve``. ECE is the count-weighted mean gap |accuracy - confidence|
+over bins; MCE the largest gap over non-empty bins.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +75,131 @@ def fit_temperature_from_predictor(predictor, table) -> float:
     """Fit T on a validation table, using an uncalibrated predictor's logits."""
     logits = predictor.predict_table(table, logits=True)
     return fit_temperature(logits, table.targets, predictor.manifest.task)
+
+
+# ------------------------------------------------------------------------------------------ reliability
+def _confidence_and_outcome(
+    probs: np.ndarray, targets: np.ndarray, task: str, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened (confidence, 0/1 outcome) pairs over the known entries (see the module docstring)."""
+    from medlens.metrics import label_view
+
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    k = p.shape[1] if p.ndim == 2 else 1
+    names = [str(i) for i in range(t.shape[1] if t.ndim == 2 else 1)]
+    s, y, known, _ = label_view(p, t, task, names if task != "binary" else ["neg", "pos"], mask)
+    if task == "multiclass":
+        rows = known[:, 0] if k else np.zeros(0, dtype=bool)
+        s, y = s[rows], y[rows]
+        return s.max(axis=1) if len(s) else np.zeros(0), (s.argmax(axis=1) == y.argmax(axis=1)).astype(np.float64)
+    return s[known], y[known]
+
+
+def _bin_ids(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], conf)  # bins (lo, hi], the first [0, hi]
+
+
+def reliability_bins(
+    probs: np.ndarray, targets: np.ndarray, task: str, n_bins: int = 15, mask: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """Per equal-width bin: edges, count, mean confidence and observed accuracy (``None`` for empty bins).
+
+    Example:
+        >>> b = reliability_bins(np.array([[.9], [.8], [.1]]), np.array([[0, 1], [1, 0], [1, 0]]), "binary", n_bins=2)
+        >>> [(x["count"], x["accuracy"]) for x in b]
+        [(1, 0.0), (2, 0.5)]
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, not {n_bins}")
+    conf, hit = _confidence_and_outcome(probs, targets, task, mask)
+    ids = _bin_ids(conf, n_bins)
+    counts = np.bincount(ids, minlength=n_bins)
+    sum_conf = np.bincount(ids, weights=conf, minlength=n_bins)
+    sum_hit = np.bincount(ids, weights=hit, minlength=n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return [
+        {
+            "lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(counts[b]),
+            "confidence": float(sum_conf[b] / counts[b]) if counts[b] else None,
+            "accuracy": float(sum_hit[b] / counts[b]) if counts[b] else None,
+        }
+        for b in range(n_bins)
+    ]
+
+
+def expected_calibration_error(
+    probs: np.ndarray, targets: np.ndarray, task: str, n_bins: int = 15, mask: np.ndarray | None = None
+) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over equal-width bins (NaN without known entries).
+
+    Example:
+        >>> expected_calibration_error(np.array([[.9], [.8], [.1]]), np.array([[0, 1], [1, 0], [1, 0]]), "binary", 2)
+        0.2666666666666667
+    """
+    bins = reliability_bins(probs, targets, task, n_bins, mask)
+    n = sum(b["count"] for b in bins)
+    if n == 0:
+        return float("nan")
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / n)
+
+
+def brier_score(probs: np.ndarray, targets: np.ndarray, task: str, mask: np.ndarray | None = None) -> float:
+    """Mean squared error of probabilities: per known entry (binary, multi-label) or summed over classes per sample
+    (multiclass, as scikit-learn's ``brier_score_loss`` for 3+ classes). NaN without known entries.
+
+    Example:
+        >>> brier_score(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary")
+        0.025
+    """
+    from medlens.metrics import label_view
+
+    t = np.asarray(targets, dtype=np.float64)
+    names = ["neg", "pos"] if task in ("binary", "anomaly") else [str(i) for i in range(t.shape[1])]
+    s, y, known, _ = label_view(probs, t, task, names, mask)
+    if task == "multiclass":
+        rows = known[:, 0]
+        return float(np.mean(np.sum((s[rows] - y[rows]) ** 2, axis=1))) if rows.any() else float("nan")
+    return float(np.mean((s[known] - y[known]) ** 2)) if known.any() else float("nan")
+
+
+def calibration_summary(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    task: str,
+    label_names: Sequence[str] | None = None,
+    n_bins: int = 15,
+    mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """ECE, MCE, Brier score and reliability bins; per label too for multi-label tasks.
+
+    Example:
+        >>> s = calibration_summary(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary", n_bins=5)
+        >>> round(s["ece"], 3), len(s["bins"])
+        (0.15, 5)
+    """
+    bins = reliability_bins(probs, targets, task, n_bins, mask)
+    n = sum(b["count"] for b in bins)
+    gaps = [abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]]
+    out: dict[str, Any] = {
+        "n_bins": n_bins,
+        "n": n,
+        "ece": float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / n) if n else None,
+        "mce": float(max(gaps)) if gaps else None,
+        "brier": _none_if_nan(brier_score(probs, targets, task, mask)),
+        "bins": bins,
+    }
+    if task == "multilabel" and label_names is not None:
+        p = np.asarray(probs, dtype=np.float64)
+        t = np.asarray(targets, dtype=np.float64)
+        m = None if mask is None else np.asarray(mask, dtype=bool)
+        out["per_label"] = {
+            name: _none_if_nan(expected_calibration_error(p[:, j : j + 1], t[:, j : j + 1], "multilabel", n_bins, None if m is None else m[:, j : j + 1]))
+            for j, name in enumerate(label_names)
+        }
+    return out
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if x != x else float(x)

@@ -1,10 +1,22 @@
 """Metrics as pure functions over (probabilities, targets, mask). No torch, no I/O.
 
 Conventions:
-* ``probs``: (N, K) scores per label (binary: K = 1, the positive class; multiclass: softmax rows).
-* ``targets``: (N, K) 0/1 with NaN for unknown; ``mask`` is ``~isnan(targets)`` unless given.
-* A metric that is undefined (a label with no positives for AUROC, no predicted positives for precision)
-  is ``None`` in the output, never 0 or 1.
+* ``probs``: (N, K) scores per output (binary: K = 1, the positive class; multiclass: softmax rows).
+* ``targets``: (N, L) label-space targets, 0/1 with NaN for unknown (binary/multiclass: one-hot over classes).
+* ``mask``: optional (N, L) bool, True = known; combined with ``~isnan(targets)``.
+* A metric that is undefined (a label with no positives for AUROC, average precision and sensitivity; no
+  predicted positives for precision; ...) is ``None`` in the output, never 0 or 1.
+* A sample is predicted positive for a label when its score is ``>= threshold``.
+
+Every scalar metric here agrees with scikit-learn (``roc_auc_score``, ``average_precision_score``,
+``precision_recall_fscore_support(zero_division=np.nan)``, ``accuracy_score``, ``hamming_loss``) on the known
+entries; ``tests/unit/test_metrics.py`` checks that on random inputs.
+
+Averages over labels:
+* ``macro``: the unweighted mean over labels where the metric is defined.
+* ``micro``: one metric over all known (sample, label) entries pooled (counts summed; scores pooled for AUROC/AP).
+* ``weighted``: the mean over labels where the metric is defined, weighted by each label's number of known
+  positives (scikit-learn's ``average="weighted"``); undefined when those labels have no positives at all.
 """
 
 from __future__ import annotations
@@ -18,37 +30,123 @@ import numpy as np
 
 log = logging.getLogger("medlens.metrics")
 
+#: per-label rate metrics computed from confusion counts
+RATE_METRICS = ("precision", "recall", "sensitivity", "specificity", "f1", "accuracy")
+#: per-label ranking metrics computed from scores
+RANK_METRICS = ("auroc", "average_precision")
+#: metrics averaged over labels (macro, micro, weighted)
+AVERAGED_METRICS = (*RANK_METRICS, *RATE_METRICS)
+#: metrics where lower is better (the target check in reports uses this)
+LOWER_IS_BETTER = frozenset({"ece", "mce", "brier", "loss", "hamming_loss"})
 
-def _nan_to_none(x: float | None) -> float | None:
+
+def _nan_to_none(x: Any) -> Any:
     if x is None:
         return None
-    return None if (isinstance(x, float) and math.isnan(x)) else float(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return None if math.isnan(v) else v
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ ranking
+def binary_clf_curve(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive counts at every distinct score, highest score first.
+
+    Args:
+        scores: (N,) scores; higher means more likely positive.
+        y: (N,) 0/1 or bool truth.
+
+    Returns:
+        ``(fps, tps, thresholds)``: counts of negatives/positives with ``score >= thresholds[i]``.
+
+    Example:
+        >>> fps, tps, thr = binary_clf_curve(np.array([.9, .4, .4, .1]), np.array([1, 0, 1, 0]))
+        >>> tps.tolist(), fps.tolist(), thr.tolist()
+        ([1, 2, 2], [0, 1, 2], [0.9, 0.4, 0.1])
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    yb = np.asarray(y).astype(bool).ravel()
+    if s.shape != yb.shape:
+        raise ValueError(f"scores have {s.shape[0]} values but targets {yb.shape[0]}")
+    order = np.argsort(-s, kind="mergesort")
+    s, yb = s[order], yb[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.zeros(0, dtype=np.int64)
+    tps = np.cumsum(yb)[last]
+    fps = last + 1 - tps
+    return fps, tps, s[last]
+
+
+def roc_points(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve ``(fpr, tpr, thresholds)`` starting at (0, 0); empty arrays if one class is absent.
+
+    Example:
+        >>> fpr, tpr, _ = roc_points(np.array([.9, .1]), np.array([1, 0]))
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    """
+    fps, tps, thr = binary_clf_curve(scores, y)
+    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]], np.r_[np.inf, thr]
+
+
+def pr_points(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision-recall curve ``(recall, precision, thresholds)`` from the highest threshold down.
+
+    The first point is (recall 0, precision 1), as in scikit-learn. Empty arrays if there are no positives.
+
+    Example:
+        >>> r, p, _ = pr_points(np.array([.9, .5, .1]), np.array([1, 0, 1]))
+        >>> r.tolist(), [round(float(v), 3) for v in p]
+        ([0.0, 0.5, 0.5, 1.0], [1.0, 1.0, 0.5, 0.667])
+    """
+    fps, tps, thr = binary_clf_curve(scores, y)
+    if len(tps) == 0 or tps[-1] == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return np.r_[0.0, tps / tps[-1]], np.r_[1.0, tps / (tps + fps)], np.r_[np.inf, thr]
 
 
 def binary_auroc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN if one class is absent."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (ties count one half); NaN if one class is absent.
+
+    Example:
+        >>> binary_auroc(np.array([.9, .4, .4, .1]), np.array([1, 0, 1, 0]))
+        0.875
+    """
+    fps, tps, _ = binary_clf_curve(scores, y)
+    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    i = 0
-    n = len(s)
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
 
 
+def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
+    """Average precision: sum over thresholds of (recall step) x precision, no interpolation; NaN without positives.
+
+    Example:
+        >>> round(average_precision(np.array([.9, .5, .1]), np.array([1, 0, 1])), 4)
+        0.8333
+    """
+    fps, tps, _ = binary_clf_curve(scores, y)
+    if len(tps) == 0 or tps[-1] == 0:
+        return float("nan")
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+# ------------------------------------------------------------------------------------------ counts
 def confusion(pred: np.ndarray, y: np.ndarray) -> dict[str, int]:
+    """TP/FP/TN/FN counts of boolean predictions against 0/1 truth.
+
+    Example:
+        >>> confusion(np.array([1, 1, 0]), np.array([1, 0, 0]))
+        {'tp': 1, 'fp': 1, 'tn': 1, 'fn': 0}
+    """
     pred = np.asarray(pred).astype(bool)
     y = np.asarray(y).astype(bool)
     return {
@@ -64,31 +162,109 @@ def _safe_div(a: float, b: float) -> float:
 
 
 def rates(c: dict[str, int]) -> dict[str, float]:
-    """Precision, recall (sensitivity), specificity, F1 and accuracy from confusion counts (NaN if undefined)."""
+    """Precision, recall (= sensitivity), specificity, F1 and accuracy from confusion counts (NaN if undefined).
+
+    Example:
+        >>> rates({"tp": 1, "fp": 1, "tn": 1, "fn": 0})["precision"]
+        0.5
+    """
     tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
-    precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
     return {
-        "precision": precision,
+        "precision": _safe_div(tp, tp + fp),
         "recall": recall,
+        "sensitivity": recall,
         "specificity": _safe_div(tn, tn + fp),
-        "f1": f1,
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
         "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
     }
 
 
-def _macro(values: Sequence[float]) -> float:
+def _macro(values: Sequence[float | None]) -> float:
     v = [x for x in values if x is not None and not math.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
 
 
+def _weighted(values: Sequence[float | None], weights: Sequence[float]) -> float:
+    pairs = [(x, w) for x, w in zip(values, weights, strict=True) if x is not None and not math.isnan(x)]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return float("nan")
+    return float(sum(x * w for x, w in pairs) / total)
+
+
+# ------------------------------------------------------------------------------------------ layout
+def label_view(
+    probs: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str], mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Scores, 0/1 truth, known-mask and names per *scored* label column.
+
+    Binary: one column (the positive class, ``label_names[1]``). Multiclass: one column per class, a row is known
+    only when its whole target row is. Multi-label: one column per label.
+
+    Example:
+        >>> s, y, m, names = label_view(np.array([[.8], [.3]]), np.array([[0., 1.], [1., 0.]]), "binary", ["n", "p"])
+        >>> names, y[:, 0].tolist()
+        (['p'], [1.0, 0.0])
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[:, None]
+    if t.ndim == 1:
+        t = t[:, None]
+    if len(p) != len(t):
+        raise ValueError(f"probs have {len(p)} rows but targets {len(t)}")
+    known = ~np.isnan(t)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != t.shape:
+            raise ValueError(f"mask shape {m.shape} != targets shape {t.shape}")
+        known &= m
+    names = list(label_names)
+    if task in ("binary", "anomaly"):
+        if t.shape[1] != 2 or p.shape[1] != 1:
+            raise ValueError(f"binary task: expected probs (N, 1) and targets (N, 2), got {p.shape} and {t.shape}")
+        return p[:, :1], np.nan_to_num(t[:, 1:2]), known[:, 1:2], [names[1]]
+    if p.shape != t.shape or t.shape[1] != len(names):
+        raise ValueError(f"{task} task: probs {p.shape}, targets {t.shape} and {len(names)} label names disagree")
+    if task == "multiclass":
+        row = known.all(axis=1, keepdims=True)
+        return p, np.nan_to_num(t), np.repeat(row, t.shape[1], axis=1), names
+    if task == "multilabel":
+        return p, np.nan_to_num(t), known, names
+    raise ValueError(f"unknown task {task!r}; valid: binary, multiclass, multilabel")
+
+
+def predictions(scores: np.ndarray, task: str, thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """Boolean decisions per scored column: ``score >= threshold`` (default 0.5); multiclass: one-hot argmax.
+
+    Example:
+        >>> predictions(np.array([[.2, .7], [.6, .1]]), "multilabel", [.5, .5]).tolist()
+        [[False, True], [True, False]]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if task == "multiclass":
+        out = np.zeros(s.shape, dtype=bool)
+        if len(s):
+            out[np.arange(len(s)), s.argmax(axis=1)] = True
+        return out
+    thr = np.full(s.shape[1], 0.5) if thresholds is None or len(thresholds) == 0 else np.asarray(thresholds, dtype=np.float64)
+    if thr.shape != (s.shape[1],):
+        raise ValueError(f"{len(thr)} thresholds for {s.shape[1]} outputs")
+    return s >= thr[None, :]
+
+
+# ------------------------------------------------------------------------------------------ main
 def classification_metrics(
     probs: np.ndarray,
     targets: np.ndarray,
     task: str,
     label_names: Sequence[str],
     thresholds: Sequence[float] | None = None,
+    mask: np.ndarray | None = None,
+    calibration: bool = True,
+    warn: bool = True,
 ) -> dict[str, Any]:
     """Headline and per-label metrics.
 
@@ -98,108 +274,215 @@ def classification_metrics(
         task: binary, multiclass or multilabel.
         label_names: the label space's names.
         thresholds: per output column decision thresholds (binary/multilabel); default 0.5.
+        mask: optional (N, L) bool, True where the target is known.
+        calibration: also compute expected calibration error and Brier score.
+        warn: log a warning for labels with AUROC < 0.5 (the score may be inverted).
 
     Returns:
-        A dict with ``auroc_macro``, ``accuracy``, ``precision_macro``, ``recall_macro``, ``f1_macro`` and
-        ``per_label`` (AUROC, precision, recall, specificity, F1, TP/FP/TN/FN, support per label).
+        A flat dict of headline metrics -- ``auroc_macro``, ``accuracy``, and ``<metric>_<macro|micro|weighted>``
+        for every metric in :data:`AVERAGED_METRICS`; summed ``tp``/``fp``/``tn``/``fn``; ``exact_match`` and
+        ``hamming_accuracy`` (multi-label); ``confusion_matrix`` (binary, multiclass); ``ece``/``brier`` -- plus
+        ``per_label`` (every metric and TP/FP/TN/FN, support, threshold per label) and ``warnings`` (strings).
+        Undefined values are ``None``.
 
     Example:
         >>> m = classification_metrics(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary", ["n", "p"])
-        >>> m["auroc_macro"]
+        >>> m["auroc_macro"], m["per_label"]["p"]["tp"]
+        (1.0, 1)
+    """
+    s, y, known, names = label_view(probs, targets, task, label_names, mask)
+    yb = y > 0.5
+    pred = predictions(s, task, thresholds)
+    thr_list = None if task == "multiclass" else (
+        [0.5] * s.shape[1] if thresholds is None or len(thresholds) == 0 else [float(t) for t in thresholds])
+    per: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    for j, name in enumerate(names):
+        k = known[:, j]
+        yj, sj = yb[k, j], s[k, j]
+        c = confusion(pred[k, j], yj)
+        for key in total:
+            total[key] += c[key]
+        d: dict[str, Any] = {
+            "auroc": binary_auroc(sj, yj),
+            "average_precision": average_precision(sj, yj),
+            **rates(c), **c,
+            "support": int(yj.sum()), "negatives": int((~yj).sum()), "n": int(k.sum()),
+            "prevalence": _safe_div(float(yj.sum()), float(k.sum())),
+        }
+        if thr_list is not None:
+            d["threshold"] = thr_list[j]
+        if d["support"] == 0:
+            warnings.append(f"label {name!r} has no positives among {d['n']} known samples: AUROC, average precision and sensitivity are undefined")
+        elif d["negatives"] == 0:
+            warnings.append(f"label {name!r} has no negatives among {d['n']} known samples: AUROC and specificity are undefined")
+        auc = d["auroc"]
+        if auc == auc and auc < 0.5:
+            warnings.append(f"label {name!r} has AUROC {auc:.3f} < 0.5: the score may be inverted")
+            if warn:
+                log.warning("label %r has AUROC %.3f < 0.5: the score may be inverted", name, auc)
+        per[name] = d
+
+    out: dict[str, Any] = {"task": task, "n": int(known.any(axis=1).sum()) if known.size else 0}
+    supports = [per[n]["support"] for n in names]
+    for m in AVERAGED_METRICS:
+        vals = [per[n][m] for n in names]
+        out[f"{m}_macro"] = _macro(vals)
+        out[f"{m}_weighted"] = _weighted(vals, supports)
+    micro = rates(total)
+    for m in RATE_METRICS:
+        out[f"{m}_micro"] = micro[m]
+    out["auroc_micro"] = binary_auroc(s[known], yb[known])
+    out["average_precision_micro"] = average_precision(s[known], yb[known])
+    out.update(total)
+    if task == "multiclass":
+        rows = known[:, 0]
+        yt = y[rows].argmax(axis=1)
+        yp = s[rows].argmax(axis=1)
+        out["accuracy"] = float(np.mean(yp == yt)) if len(yt) else float("nan")
+        kk = len(names)
+        out["confusion_matrix"] = np.bincount(yt * kk + yp, minlength=kk * kk).reshape(kk, kk).tolist()
+    elif task == "multilabel":
+        out["accuracy"] = out["accuracy_macro"]
+        out["hamming_accuracy"] = out["accuracy_micro"]
+        rows = known.any(axis=1)
+        agree = (pred == yb) | ~known
+        out["exact_match"] = float(np.mean(agree[rows].all(axis=1))) if rows.any() else float("nan")
+    else:
+        d = per[names[0]]
+        out["accuracy"] = d["accuracy"]
+        out["confusion_matrix"] = [[d["tn"], d["fp"]], [d["fn"], d["tp"]]]
+    if calibration:
+        from medlens.calibration import brier_score, expected_calibration_error
+
+        out["ece"] = expected_calibration_error(probs, targets, task, mask=mask)
+        out["brier"] = brier_score(probs, targets, task, mask=mask)
+    out["per_label"] = {n: {k: _nan_to_none(v) for k, v in d.items()} for n, d in per.items()}
+    out["warnings"] = warnings
+    return {k: _nan_to_none(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+def _cut_points(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Per distinct score (descending): tp, fp when predicting ``score >= it`` positive, the midpoint cut, P, N."""
+    y = np.asarray(y).astype(bool)
+    fps, tps, thr = binary_clf_curve(scores, y)
+    nxt = np.r_[thr[1:], thr[-1] - 1e-6] if len(thr) else thr  # the next lower score (or just below the lowest)
+    cut = (thr + nxt) / 2.0
+    cut = np.where(cut > nxt, cut, thr)  # adjacent floats: fall back to the score itself (still >= it)
+    return tps, fps, cut, int(y.sum()), int((~y).sum())
+
+
+def _operating_point(tp: int, fp: int, p: int, n: int, threshold: float) -> dict[str, float | None]:
+    r = rates({"tp": int(tp), "fp": int(fp), "tn": int(n - fp), "fn": int(p - tp)})
+    return {
+        "threshold": float(threshold), "sensitivity": _nan_to_none(r["sensitivity"]),
+        "specificity": _nan_to_none(r["specificity"]), "precision": _nan_to_none(r["precision"]),
+        "f1": _nan_to_none(r["f1"]), "youden_j": _nan_to_none(r["sensitivity"] + r["specificity"] - 1.0),
+    }
+
+
+def threshold_sweep(scores: np.ndarray, y: np.ndarray, required_sensitivity: float = 0.9) -> dict[str, Any]:
+    """Operating points of one label: max F1, max Youden's J, and the highest threshold with a required sensitivity.
+
+    Candidate thresholds are midpoints between consecutive distinct scores (a threshold that is not itself a
+    score generalises better). Each point gives threshold, sensitivity, specificity, precision, F1 and J.
+    All three are ``None`` when the label lacks positives or negatives.
+
+    Example:
+        >>> sw = threshold_sweep(np.array([.9, .8, .3, .1]), np.array([1, 1, 0, 0]))
+        >>> sw["max_f1"]["threshold"], sw["youden"]["youden_j"]
+        (0.55, 1.0)
+    """
+    if not 0.0 < required_sensitivity <= 1.0:
+        raise ValueError(f"required_sensitivity must be in (0, 1], not {required_sensitivity}")
+    tps, fps, cut, p, n = _cut_points(scores, y)
+    out: dict[str, Any] = {"required_sensitivity": float(required_sensitivity), "max_f1": None, "youden": None, "sensitivity": None}
+    if p == 0 or n == 0:
+        return out
+    f1 = 2 * tps / (2 * tps + fps + (p - tps))
+    j = tps / p - fps / n
+    k_f1, k_j = int(np.argmax(f1)), int(np.argmax(j))
+    # sensitivity never decreases as the threshold falls: the first cut reaching the target keeps the most specificity
+    ok = np.flatnonzero(tps / p >= required_sensitivity - 1e-12)
+    k_s = int(ok[0])
+    out["max_f1"] = _operating_point(tps[k_f1], fps[k_f1], p, n, cut[k_f1])
+    out["youden"] = _operating_point(tps[k_j], fps[k_j], p, n, cut[k_j])
+    out["sensitivity"] = _operating_point(tps[k_s], fps[k_s], p, n, cut[k_s])
+    return out
+
+
+def sweep_thresholds(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    task: str,
+    label_names: Sequence[str],
+    required_sensitivity: float = 0.9,
+    mask: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`threshold_sweep` for every scored label (binary: the positive class; multiclass: one-vs-rest).
+
+    Example:
+        >>> sw = sweep_thresholds(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary", ["n", "p"])
+        >>> sw["p"]["youden"]["sensitivity"]
         1.0
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    if probs.ndim == 1:
-        probs = probs[:, None]
-    per: dict[str, dict[str, Any]] = {}
-    out: dict[str, Any] = {"n": int(len(probs))}
-    if task in ("binary", "anomaly"):
-        known = ~np.isnan(targets[:, 1])
-        y = targets[known, 1] == 1
-        s = probs[known, 0]
-        thr = 0.5 if thresholds is None else float(thresholds[0])
-        c = confusion(s >= thr, y)
-        r = rates(c)
-        auc = binary_auroc(s, y)
-        name = label_names[1]
-        per[name] = {"auroc": auc, **r, **c, "support": int(y.sum()), "threshold": thr}
-        out.update({"auroc_macro": auc, "accuracy": r["accuracy"], "precision_macro": r["precision"],
-                    "recall_macro": r["recall"], "f1_macro": r["f1"], "specificity_macro": r["specificity"]})
-    elif task == "multiclass":
-        known = ~np.isnan(targets).any(axis=1)
-        y = targets[known].argmax(axis=1)
-        p = probs[known]
-        pred = p.argmax(axis=1)
-        for j, name in enumerate(label_names):
-            c = confusion(pred == j, y == j)
-            per[name] = {"auroc": binary_auroc(p[:, j], y == j), **rates(c), **c, "support": int((y == j).sum())}
-        out["accuracy"] = float(np.mean(pred == y)) if len(y) else float("nan")
-        for m in ("auroc", "precision", "recall", "f1", "specificity"):
-            out[f"{m}_macro"] = _macro([per[n][m] for n in label_names])
-        out["confusion_matrix"] = np.bincount(y * len(label_names) + pred, minlength=len(label_names) ** 2).reshape(len(label_names), -1).tolist()
-    elif task == "multilabel":
-        thr = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        accs = []
-        for j, name in enumerate(label_names):
-            known = ~np.isnan(targets[:, j])
-            y = targets[known, j] == 1
-            s = probs[known, j]
-            c = confusion(s >= thr[j], y)
-            r = rates(c)
-            accs.append(r["accuracy"])
-            per[name] = {"auroc": binary_auroc(s, y), **r, **c, "support": int(y.sum()), "threshold": float(thr[j])}
-        for m in ("auroc", "precision", "recall", "f1", "specificity"):
-            out[f"{m}_macro"] = _macro([per[n][m] for n in label_names])
-        out["accuracy"] = _macro(accs)
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    for name, d in per.items():
-        if d["auroc"] == d["auroc"] and d["auroc"] < 0.5:
-            log.warning("label %r has AUROC %.3f < 0.5: the score may be inverted", name, d["auroc"])
-    out["per_label"] = {n: {k: (_nan_to_none(v) if isinstance(v, float) else v) for k, v in d.items()} for n, d in per.items()}
-    return {k: (_nan_to_none(v) if isinstance(v, float) else v) for k, v in out.items()}
+    s, y, known, names = label_view(probs, targets, task, label_names, mask)
+    return {n: threshold_sweep(s[known[:, j], j], y[known[:, j], j] > 0.5, required_sensitivity) for j, n in enumerate(names)}
 
 
-def best_threshold(scores: np.ndarray, y: np.ndarray, method: str = "f1") -> float:
-    """Threshold on one label's scores maximising F1 or Youden's J (sensitivity + specificity - 1).
+def best_threshold(scores: np.ndarray, y: np.ndarray, method: str = "f1", required_sensitivity: float = 0.9) -> float:
+    """Threshold on one label's scores maximising F1 or Youden's J, or reaching a required sensitivity.
 
-    Candidates are the midpoints between consecutive distinct scores, so the threshold generalises better than
-    a score itself. Returns 0.5 when the label has only one class.
+    Args:
+        scores: (N,) scores.
+        y: (N,) 0/1 truth.
+        method: ``f1``, ``youden`` or ``sensitivity`` (the highest threshold with sensitivity >= required).
+        required_sensitivity: the target for ``method="sensitivity"``.
+
+    Returns:
+        The threshold (a midpoint between distinct scores); 0.5 when the label has only one class.
+
+    Example:
+        >>> best_threshold(np.array([.9, .8, .3, .1]), np.array([1, 1, 0, 0]), "youden")
+        0.55
     """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.all() or (~y).all() or len(s) == 0:
-        return 0.5
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(~y_sorted)
-    distinct = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s) - 1]  # last index of each score value
-    tp, fp = tp[distinct], fp[distinct]
-    p, n = y.sum(), (~y).sum()
-    if method == "youden":
-        score = tp / p - fp / n
-    elif method == "f1":
-        score = 2 * tp / (2 * tp + (fp) + (p - tp))
+    if method not in ("f1", "youden", "sensitivity"):
+        raise ValueError(f"unknown threshold method {method!r}; valid: f1, youden, sensitivity")
+    sw = threshold_sweep(scores, y, required_sensitivity)
+    key = {"f1": "max_f1", "youden": "youden", "sensitivity": "sensitivity"}[method]
+    return 0.5 if sw[key] is None else float(sw[key]["threshold"])
+
+
+def tune_thresholds(
+    probs: np.ndarray, targets: np.ndarray, task: str, method: str = "f1", required_sensitivity: float = 0.9
+) -> list[float]:
+    """Per output column thresholds chosen on validation data (binary/multilabel; multiclass uses argmax).
+
+    Example:
+        >>> tune_thresholds(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary")
+        [0.55]
+    """
+    if task not in ("binary", "anomaly", "multilabel"):
+        return []
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    names = [str(i) for i in range(t.shape[1])]
+    s, y, known, _ = label_view(p, t, task, names)
+    return [best_threshold(s[known[:, j], j], y[known[:, j], j] > 0.5, method, required_sensitivity) for j in range(s.shape[1])]
+
+
+def metric_value(metrics: dict[str, Any], name: str) -> float | None:
+    """Look up a headline metric (``auroc_macro``) or a per-label one (``auroc/Effusion``) in a metrics dict.
+
+    Example:
+        >>> metric_value({"auroc_macro": 0.9, "per_label": {"E": {"auroc": 0.8}}}, "auroc/E")
+        0.8
+    """
+    if "/" in name:
+        metric, label = name.split("/", 1)
+        v = metrics.get("per_label", {}).get(label, {}).get(metric)
     else:
-        raise ValueError(f"unknown threshold method {method!r}; valid: f1, youden")
-    k = int(np.argmax(score))
-    hi = s_sorted[distinct[k]]
-    lo = s_sorted[distinct[k + 1]] if k + 1 < len(distinct) else hi - 1e-6
-    return float((hi + lo) / 2.0)
-
-
-def tune_thresholds(probs: np.ndarray, targets: np.ndarray, task: str, method: str = "f1") -> list[float]:
-    """Per output column thresholds chosen on validation data (binary/multilabel; multiclass uses argmax)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if task in ("binary", "anomaly"):
-        known = ~np.isnan(targets[:, 1])
-        return [best_threshold(probs[known, 0], targets[known, 1] == 1, method)]
-    if task == "multilabel":
-        out = []
-        for j in range(probs.shape[1]):
-            known = ~np.isnan(targets[:, j])
-            out.append(best_threshold(probs[known, j], targets[known, j] == 1, method))
-        return out
-    return []
+        v = metrics.get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None

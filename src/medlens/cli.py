@@ -171,6 +171,136 @@ def serve(
     _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels)
 
 
+db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+_DB_URL_HELP = "Database URL (sqlite:///file.db or postgresql+psycopg://user@host/db); default $MEDLENS_DB_URL."
+_PW_ENV_HELP = "Environment variable holding the password."
+_PW_FILE_HELP = "File whose first line is the password."
+
+
+@db_app.command("init")
+def db_init(
+    url: Annotated[Optional[str], typer.Option(help=_DB_URL_HELP)] = None,
+    password_env: Annotated[str, typer.Option(help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
+    password_file: Annotated[Optional[Path], typer.Option(help=_PW_FILE_HELP)] = None,
+) -> None:
+    """Create the medlens tables (existing tables and rows are kept)."""
+    _setup_logging()
+    from medlens.data.db import init_db, safe_url
+
+    engine = _run(init_db, url, password_env, password_file)
+    typer.echo(f"schema ready: {safe_url(engine.url)}")
+    engine.dispose()
+
+
+@db_app.command("import")
+def db_import(
+    source: Annotated[Path, typer.Argument(help="A class folder, a .csv, a .jsonl, or a YAML config with a data section.")],
+    dataset: Annotated[str, typer.Option(help="Dataset name in the database.")],
+    label_set: Annotated[str, typer.Option(help="Label set name (a new version is made when the labels differ).")],
+    version: Annotated[Optional[int], typer.Option(help="Explicit label set version.")] = None,
+    url: Annotated[Optional[str], typer.Option(help=_DB_URL_HELP)] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Store image paths relative to this folder.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace a dataset of the same name.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Reader option: data.key=value (repeatable).")] = None,
+    password_env: Annotated[str, typer.Option(help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
+    password_file: Annotated[Optional[Path], typer.Option(help=_PW_FILE_HELP)] = None,
+) -> None:
+    """Load a folder, CSV or JSONL dataset into the database (the schema is created when missing)."""
+    _setup_logging()
+    from medlens.data.db import import_dataset
+
+    s = _run(import_dataset, source, url, dataset, label_set, version, overrides=set_ or [], password_env=password_env,
+             password_file=password_file, image_root=image_root, replace=replace)
+    typer.echo(f"imported {s.images} images, {s.annotations} annotations into {s.url} "
+               f"(dataset {s.dataset!r}, label set {s.label_set!r} v{s.version}: {len(s.labels)} labels)")
+
+
+@app.command()
+def download(
+    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="Rows of url,class (header optional).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: OUT/<class>/<file>.")],
+    workers: Annotated[int, typer.Option(help="Concurrent downloads.")] = 8,
+    timeout: Annotated[float, typer.Option(help="Seconds per attempt.")] = 30.0,
+    retries: Annotated[int, typer.Option(help="Retries per file.")] = 3,
+) -> None:
+    """Download images listed in CSV into a class-folder tree (resumable; failures listed)."""
+    _setup_logging()
+    from medlens.data.download import SUMMARY
+    from medlens.data.download import download as _download
+
+    s = _run(_download, csv_file, out, workers, timeout, retries)
+    typer.echo(f"{out}: {s.downloaded} downloaded, {s.kept} already present, {s.linked} linked into "
+               f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {out / SUMMARY})")
+    for f in s.failed[:20]:
+        typer.echo(f"  line {f.line}: {f.url}: {f.reason}", err=True)
+    if len(s.failed) > 20:
+        typer.echo(f"  ... and {len(s.failed) - 20} more", err=True)
+    if s.failed and not s.linked:
+        raise typer.Exit(code=1)
+
+
+split_app = typer.Typer(help="Dataset splits.", no_args_is_help=True)
+app.add_typer(split_app, name="split")
+
+
+@split_app.command("audit")
+def split_audit(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """List every patient/exam group that appears in more than one split (exit code 1 when any does)."""
+    _setup_logging()
+    from medlens.config import load_config
+    from medlens.data.audit import audit_config
+
+    cfg = _run(load_config, config, set_ or [])
+    report = _run(audit_config, cfg)
+    typer.echo(report.to_text())
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=2))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+runs_app = typer.Typer(help="List and compare training runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+def runs_list(
+    directory: Annotated[Path, typer.Argument(help="Folder holding runs (output.dir).")] = Path("runs"),
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the runs under DIRECTORY with their headline validation and test metrics."""
+    from medlens.runs import list_runs, print_tables, runs_table
+
+    runs = _run(list_runs, directory)
+    if json_:
+        _print_json([r.to_dict() for r in runs])
+    elif not runs:
+        typer.echo(f"no runs under {directory}")
+    else:
+        print_tables([runs_table(runs, title=f"{len(runs)} runs in {directory}")])
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or their bundle folders).")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Compare RUNS: every metric side by side, and the config keys (and environment) that differ."""
+    from medlens.runs import compare_runs, comparison_tables, print_tables
+
+    cmp = _run(compare_runs, runs)
+    if json_:
+        _print_json(cmp.to_dict())
+    else:
+        print_tables(comparison_tables(cmp))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

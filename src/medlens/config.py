@@ -145,8 +145,10 @@ class SqlData(_DataBase):
     dataset: str
     label_set: str
     label_set_version: int | None = None  # None: the newest version
-    image_root: str | None = None
+    image_root: str | None = None  # default: the dataset's image_root in the database
     chunk_size: int = Field(5000, ge=1)
+    group_by: Literal["patient", "examination"] = "patient"  # patient: the examination's patient_id when set
+    metadata_fields: list[str] = Field(default_factory=list)  # keys of images.meta to load as metadata
 
 
 class NihData(_DataBase):
@@ -169,6 +171,9 @@ class HfData(_DataBase):
     image_column: str = "image"
     label_column: str = "label"
     split_map: dict[str, str] = Field(default_factory=dict)  # hf split name -> train/val/test
+    group_column: str | None = None
+    metadata_columns: list[str] = Field(default_factory=list)
+    cache_dir: str | None = None  # where embedded image bytes are written once (default ~/.cache/medlens/hf)
 
 
 class SyntheticData(_DataBase):
@@ -414,7 +419,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return _resolve_paths(cfg, p.parent.resolve())
 
 
-_PATH_FIELDS = ("root", "path", "image_root", "images", "password_file")
+_PATH_FIELDS = ("root", "path", "image_root", "images", "password_file", "cache_dir")
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
@@ -433,6 +438,16 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             setattr(d, f, str(Path(v).resolve()))
         elif cand.exists() or d.kind != "hf":
             setattr(d, f, str(cand))
+    url = getattr(d, "url", None)  # a relative SQLite file in a URL: relative to the YAML as well
+    if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and not rel.startswith((":memory:", "file:")):
+            d.url = "sqlite:///" + str(Path(rel).resolve() if Path(rel).exists() else (base / rel).resolve())
+    for src in getattr(d, "extra_sources", None) or []:  # nih: merged sources are data configs too
+        for f in _PATH_FIELDS:
+            v = src.get(f) if isinstance(src, dict) else None
+            if isinstance(v, str) and v and "://" not in v and not Path(v).is_absolute():
+                src[f] = str(Path(v).resolve() if Path(v).exists() else (base / v).resolve())
     ck = cfg.model.checkpoint
     if ck and not Path(ck).is_absolute():
         cfg.model.checkpoint = str(Path(ck).resolve() if Path(ck).exists() else (base / ck).resolve())

@@ -9,9 +9,12 @@ The result is ``uint8`` of shape (H, W) for grey or (H, W, 3) for colour.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("medlens.data")
 
 # Decompression-bomb guard for files: 2**28 pixels (~16k x 16k). The server sets a much lower limit.
 MAX_PIXELS = 1 << 28
@@ -49,7 +52,7 @@ def _from_pil(img, max_pixels: int) -> np.ndarray:
         return _to_uint8(np.asarray(img))
     if mode == "L":
         return np.asarray(img, dtype=np.uint8)
-    if mode == "LA":
+    if mode in ("LA", "1"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     if mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "RGB"):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -81,14 +84,64 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
         return _to_uint8(arr[..., :3])
     if arr.ndim == 3:  # multi-frame: take the middle frame
         arr = arr[arr.shape[0] // 2]
-    out = apply_modality_lut(arr, ds).astype(np.float32)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        out = apply_voi_lut(out, ds).astype(np.float32)
-    img = _to_uint8(out)
+    out = apply_modality_lut(arr, ds).astype(np.float32)  # rescale slope/intercept (or modality LUT) -> e.g. HU
+    window = _window_of(ds)
+    if window is not None:
+        img = apply_window(out, *window)
+    elif "VOILUTSequence" in ds:
+        try:
+            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float32)
+            voi = apply_voi_lut(out, ds).astype(np.float32)
+            lo, hi = float(lut.min()), float(lut.max())  # the LUT's own output range, not the image's
+            img = np.clip((voi - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
+        except Exception as e:  # malformed LUT: fall back to the full range
+            log.warning("%s: VOI LUT not applied (%s); using the full intensity range", name, e)
+            img = _to_uint8(out)
+    else:
+        img = _to_uint8(out)  # no window in the file: the image's own min..max
     if photometric == "MONOCHROME1":  # 0 is white: invert so that high = bright, as in MONOCHROME2
         img = 255 - img
     return img
+
+
+def _first(v) -> float | None:
+    """First value of a (possibly multi-valued) DICOM number; None when empty."""
+    try:
+        if isinstance(v, list | tuple) or type(v).__name__ == "MultiValue":
+            v = v[0] if len(v) else None
+        return None if v is None or v == "" else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _window_of(ds) -> tuple[float, float, str] | None:
+    """(center, width, function) of the first VOI window in a dataset, or None."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    if c is None or w is None or w <= 0:
+        return None
+    return c, w, str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
+
+
+def apply_window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Map values through a VOI window to uint8 0..255 (DICOM PS3.3 C.11.2.1.2).
+
+    Example:
+        >>> apply_window(np.array([-1000.0, 40.0, 1000.0]), center=40, width=400).tolist()
+        [0, 128, 255]
+    """
+    x = x.astype(np.float64)
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        y = (x - (center - width / 2.0)) / width
+    else:  # LINEAR: the standard's half-pixel offsets; width 1 is a threshold
+        if width <= 1:
+            y = (x > center - 0.5).astype(np.float64)
+        else:
+            y = (x - (center - 0.5)) / (width - 1) + 0.5
+    return np.clip(np.floor(y * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
 def load_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -132,4 +185,10 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageReadError(f"{p}: image file not found") from None
     except OSError as e:
         raise ImageReadError(f"{p}: cannot read ({e})") from None
+    if p.suffix.lower() == ".dcm" and data and not is_dicom_bytes(data[:132]):
+        # a .dcm without the 128-byte preamble and DICM magic (older or raw exports): still DICOM
+        img = read_dicom(data, str(p))
+        if img.shape[0] * img.shape[1] > max_pixels:
+            raise ImageReadError(f"{p}: image is {img.shape[1]}x{img.shape[0]} pixels, over the limit of {max_pixels}")
+        return img
     return load_image_bytes(data, str(p), max_pixels)

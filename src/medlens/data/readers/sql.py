@@ -1,0 +1,94 @@
+"""``kind: sql`` -- images and annotations in a SQL database (schema: :mod:`medlens.data.db`).
+
+The config picks a dataset, a label set and its version (the newest by default). An annotation row is a true
+or false value; a missing row is unknown (NaN), or negative with ``unknown_labels: negative``. Multi-label
+labels with no positive image are dropped with a warning naming them. Rows are streamed in chunks of
+``chunk_size``, straight into columns.
+
+Example YAML::
+
+    data:
+      kind: sql
+      url: postgresql+psycopg://medlens@db.example.org/pacs   # password from $MEDLENS_DB_PASSWORD
+      dataset: nih1000
+      label_set: nih14
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medlens.data.db import connect, find_dataset, find_label_set, read_annotations, read_images, safe_url
+from medlens.data.labels import LabelError, LabelSpace, infer_task
+from medlens.data.readers import READERS
+from medlens.data.readers._common import check_images_exist
+from medlens.data.samples import SampleTable
+from medlens.data.splits import normalize_split_name
+
+log = logging.getLogger("medlens.data")
+
+
+def _image_root(cfg, db_root: str | None, engine) -> Path:
+    if cfg.image_root:
+        return Path(cfg.image_root)
+    if db_root:
+        return Path(db_root)
+    db = engine.url.database
+    if engine.url.drivername.startswith("sqlite") and db and db != ":memory:":
+        return Path(db).resolve().parent  # relative paths next to the SQLite file
+    return Path.cwd()
+
+
+@READERS.register("sql")
+def read_sql(cfg) -> SampleTable:
+    """Read one dataset and label set version from a database into a :class:`SampleTable`."""
+    engine = connect(cfg.url, cfg.password_env, cfg.password_file)
+    where = f"{safe_url(engine.url)} dataset {cfg.dataset!r}"
+    try:
+        with engine.connect() as conn:
+            ds_id, db_root = find_dataset(conn, cfg.dataset)
+            info = find_label_set(conn, cfg.label_set, cfg.label_set_version)
+            meta_keys = list(dict.fromkeys([*cfg.metadata_fields, *((cfg.metadata.numeric + cfg.metadata.categorical) if cfg.metadata else [])]))
+            cols = read_images(conn, ds_id, cfg.chunk_size, meta_keys, cfg.group_by)
+            targets = read_annotations(conn, ds_id, info, cols.image_ids, cfg.chunk_size)
+        root = _image_root(cfg, db_root, engine)
+    finally:
+        engine.dispose()
+    if len(cols.ids) == 0:
+        raise ValueError(f"{where}: the dataset has no images")
+    names = list(info.label_names)
+    if cfg.label_names:  # pick and order labels by name
+        missing = [x for x in cfg.label_names if x not in names]
+        if missing:
+            raise LabelError(f"{where}: label {missing[0]!r} of data.label_names is not in label set {info.name!r} v{info.version} {names}")
+        order = [names.index(x) for x in cfg.label_names]
+        targets, names = targets[:, order], list(cfg.label_names)
+    task = cfg.task or info.task or infer_task(names, multi=True)
+    if cfg.unknown_labels == "negative":
+        targets = np.nan_to_num(targets, nan=0.0)
+    if task == "multilabel":
+        pos = np.nansum(targets, axis=0)
+        empty = [n for n, c in zip(names, pos, strict=True) if c == 0]
+        if empty:
+            log.warning("%s: dropping labels with no positive image: %s", where, empty)
+            keep = [j for j, c in enumerate(pos) if c > 0]
+            if not keep:
+                raise ValueError(f"{where}: no label of label set {info.name!r} v{info.version} has a positive image")
+            targets, names = targets[:, keep], [names[j] for j in keep]
+    space = LabelSpace(tuple(names), task)
+    paths = [p if Path(p).is_absolute() else str(root / p) for p in cols.paths]
+    splits = None
+    if any(s is not None for s in cols.splits):
+        splits = [normalize_split_name(s, f"{where}, image {i!r}: ") for s, i in zip(cols.splits, cols.ids, strict=True)]
+    groups = cols.groups if any(g is not None for g in cols.groups) else None
+    metadata = pd.DataFrame({k: v for k, v in cols.meta.items()}) if cols.meta else None
+    keep = check_images_exist(paths, cols.ids, cfg.on_bad_image, where)
+    table = SampleTable(space, cols.ids, paths, targets, groups, splits, metadata, source=where)
+    if not keep.all():
+        table = table.subset(np.where(keep)[0])
+    table.check_nonempty_classes()
+    return table

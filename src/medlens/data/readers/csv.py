@@ -28,6 +28,17 @@ def read_table_file(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot parse CSV ({e})") from None
 
 
+def _check_known(values: list[list[str] | None], rows: np.ndarray, allowed: list[str] | None, path: Path, col: str) -> None:
+    """With explicit ``label_names``, name the first row holding a label outside them (file, row, value)."""
+    if not allowed:
+        return
+    ok = set(allowed)
+    for lst, r in zip(values, rows, strict=True):
+        for v in lst or []:
+            if v not in ok:
+                raise LabelError(f"{path}: row {r}, column {col!r}: unknown label {v!r}; data.label_names is {list(allowed)}")
+
+
 def _require(df: pd.DataFrame, col: str, field: str, path: Path) -> None:
     if col not in df.columns:
         raise KeyError(f"{path}: column {col!r} (data.{field}) not found; columns are {list(df.columns)}")
@@ -75,18 +86,21 @@ def read_csv(cfg) -> SampleTable:
         _require(df, cfg.label_column, "label_column", path)
         raw = df[cfg.label_column].astype(str).str.strip()
         delim = cfg.label_delimiter
-        multi = cfg.task == "multilabel" or (cfg.task is None and raw.str.contains(delim, regex=False).any())
+        # a "no finding" value only makes sense for multi-label data, even when no row lists two findings
+        multi = cfg.task == "multilabel" or (cfg.task is None and (bool(cfg.no_finding) or raw.str.contains(delim, regex=False).any()))
         if multi:
             lists = [
                 None if v == "" else [] if (cfg.no_finding and v == cfg.no_finding) else [x.strip() for x in v.split(delim) if x.strip()]
                 for v in raw
             ]
+            _check_known(lists, rows, cfg.label_names, path, cfg.label_column)
             found = sorted({x for lst in lists if lst for x in lst})
             space = make_label_space(found, cfg, multi=True, source=str(path))
             targets = np.stack(
                 [encode_multi(lst, space, unknown_labels=cfg.unknown_labels, where=f"{path}: row {r}: ") for lst, r in zip(lists, rows, strict=True)]
             )
         else:
+            _check_known([[v] if v else None for v in raw], rows, cfg.label_names, path, cfg.label_column)
             found = sorted({v for v in raw if v != ""})
             space = make_label_space(found, cfg, multi=False, source=str(path))
             targets = np.stack([encode_single(v, space, f"{path}: row {r}: ") for v, r in zip(raw, rows, strict=True)])

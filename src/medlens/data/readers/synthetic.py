@@ -55,8 +55,8 @@ def read_synthetic(cfg) -> SampleTable:
     splits = np.array(["train"] * n, dtype=object)
     splits[int(0.7 * n) : int(0.85 * n)] = "val"
     splits[int(0.85 * n) :] = "test"
-    groups = [f"p{i // 2}" for i in range(n)]
-    if int(0.7 * n) % 2:  # keep both images of a patient in one split
-        groups = [f"p{i}" for i in range(n)]
+    # two images per patient, paired inside each split so that no patient straddles a split boundary
+    cuts = [0, int(0.7 * n), int(0.85 * n), n]
+    groups = [f"p{cuts[s]}_{(i - cuts[s]) // 2}" for s in range(3) for i in range(cuts[s], cuts[s + 1])]
     ids = [f"synthetic/{i}" for i in range(n)]
     return SampleTable(space, ids, x, targets.astype(np.float32), groups, list(splits), None, source="synthetic")

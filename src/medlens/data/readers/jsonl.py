@@ -142,6 +142,12 @@ def read_jsonl(cfg) -> SampleTable:
         raise KeyError(f"{path}: no line has the field {cfg.group_field!r} (data.group_field)")
     multi = any_list or cfg.task == "multilabel"
     found = sorted({x for lab in labels if lab is not None for x in ([lab] if isinstance(lab, str) else lab)})
+    if cfg.label_names:  # name the first line holding a label outside the explicit list
+        allowed = set(cfg.label_names)
+        for lab, ln in zip(labels, lines, strict=True):
+            for x in [] if lab is None else ([lab] if isinstance(lab, str) else lab):
+                if x not in allowed:
+                    raise LabelError(f"{path}: line {ln}: unknown label {x!r}; data.label_names is {list(cfg.label_names)}")
     space = make_label_space(found, cfg, multi=multi, source=str(path))
     k = space.num_labels
     col = {n: j for j, n in enumerate(space.names)}

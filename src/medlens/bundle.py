@@ -155,6 +155,8 @@ class Manifest:
             )
         except KeyError as e:
             raise BundleError(f"{source}: manifest field {e.args[0]!r} is missing") from None
+        except (TypeError, ValueError) as e:  # wrong types, or a label space that contradicts its task
+            raise BundleError(f"{source}: invalid manifest ({e})") from None
 
 
 @dataclass
@@ -249,7 +251,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     wf = p / WEIGHTS
     if not wf.is_file():
         raise BundleError(f"{p}: {WEIGHTS} is missing")
-    if verify and manifest.weights_sha256 and sha256_file(wf) != manifest.weights_sha256:
+    if verify and not manifest.weights_sha256:
+        raise BundleError(f"{p / MANIFEST}: manifest field 'weights_sha256' is missing (cannot verify {WEIGHTS})")
+    if verify and sha256_file(wf) != manifest.weights_sha256:
         raise BundleError(f"{wf}: checksum does not match the manifest (file modified or corrupt)")
     try:
         state = load_file(str(wf))

@@ -101,6 +101,22 @@ def _bin_ids(conf: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges[1:-1], conf)  # bins (lo, hi], the first [0, hi]
 
 
+def ece_from_pairs(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of flattened (confidence, 0/1 outcome) pairs (NaN when empty); the fast core of the functions below.
+
+    Example:
+        >>> ece_from_pairs(np.array([.9, .8, .1]), np.array([1., 0., 0.]), 2)
+        0.2666666666666667
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(outcome, dtype=np.float64)
+    if len(conf) == 0:
+        return float("nan")
+    ids = _bin_ids(conf, n_bins)
+    gap = np.abs(np.bincount(ids, weights=hit, minlength=n_bins) - np.bincount(ids, weights=conf, minlength=n_bins))
+    return float(gap.sum() / len(conf))  # sum_b n_b |acc_b - conf_b| / N, with n_b * acc_b = sum of outcomes
+
+
 def reliability_bins(
     probs: np.ndarray, targets: np.ndarray, task: str, n_bins: int = 15, mask: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
@@ -138,11 +154,8 @@ def expected_calibration_error(
         >>> expected_calibration_error(np.array([[.9], [.8], [.1]]), np.array([[0, 1], [1, 0], [1, 0]]), "binary", 2)
         0.2666666666666667
     """
-    bins = reliability_bins(probs, targets, task, n_bins, mask)
-    n = sum(b["count"] for b in bins)
-    if n == 0:
-        return float("nan")
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / n)
+    conf, hit = _confidence_and_outcome(probs, targets, task, mask)
+    return ece_from_pairs(conf, hit, n_bins)
 
 
 def brier_score(probs: np.ndarray, targets: np.ndarray, task: str, mask: np.ndarray | None = None) -> float:

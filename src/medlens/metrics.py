@@ -73,10 +73,26 @@ def binary_clf_curve(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"scores have {s.shape[0]} values but targets {yb.shape[0]}")
     order = np.argsort(-s, kind="mergesort")
     s, yb = s[order], yb[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.zeros(0, dtype=np.int64)
+    if len(s) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), s
+    last = np.append(np.flatnonzero(s[1:] != s[:-1]), len(s) - 1)  # last index of each distinct score
     tps = np.cumsum(yb)[last]
     fps = last + 1 - tps
     return fps, tps, s[last]
+
+
+def _rank_metrics(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(AUROC, average precision) from one sort; NaN where undefined."""
+    fps, tps, _ = binary_clf_curve(scores, y)
+    if len(tps) == 0 or tps[-1] == 0:
+        return float("nan"), float("nan")
+    recall = tps / tps[-1]
+    ap = float(np.sum(np.diff(recall, prepend=0.0) * (tps / (tps + fps))))
+    if fps[-1] == 0:
+        return float("nan"), ap
+    tpr = np.concatenate(([0.0], recall))
+    fpr = np.concatenate(([0.0], fps / fps[-1]))
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0), ap
 
 
 def roc_points(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,12 +132,7 @@ def binary_auroc(scores: np.ndarray, y: np.ndarray) -> float:
         >>> binary_auroc(np.array([.9, .4, .4, .1]), np.array([1, 0, 1, 0]))
         0.875
     """
-    fps, tps, _ = binary_clf_curve(scores, y)
-    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
-        return float("nan")
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+    return _rank_metrics(scores, y)[0]
 
 
 def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
@@ -131,12 +142,7 @@ def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
         >>> round(average_precision(np.array([.9, .5, .1]), np.array([1, 0, 1])), 4)
         0.8333
     """
-    fps, tps, _ = binary_clf_curve(scores, y)
-    if len(tps) == 0 or tps[-1] == 0:
-        return float("nan")
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return _rank_metrics(scores, y)[1]
 
 
 # ------------------------------------------------------------------------------------------ counts
@@ -298,18 +304,24 @@ def classification_metrics(
     per: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    # confusion counts of all labels at once (columns), over known entries only
+    counts = {
+        "tp": (pred & yb & known).sum(axis=0), "fp": (pred & ~yb & known).sum(axis=0),
+        "tn": (~pred & ~yb & known).sum(axis=0), "fn": (~pred & yb & known).sum(axis=0),
+    }
     for j, name in enumerate(names):
         k = known[:, j]
-        yj, sj = yb[k, j], s[k, j]
-        c = confusion(pred[k, j], yj)
+        c = {key: int(v[j]) for key, v in counts.items()}
         for key in total:
             total[key] += c[key]
+        auc, ap = _rank_metrics(s[k, j], yb[k, j])
+        n_known, n_pos = c["tp"] + c["fp"] + c["tn"] + c["fn"], c["tp"] + c["fn"]
         d: dict[str, Any] = {
-            "auroc": binary_auroc(sj, yj),
-            "average_precision": average_precision(sj, yj),
+            "auroc": auc,
+            "average_precision": ap,
             **rates(c), **c,
-            "support": int(yj.sum()), "negatives": int((~yj).sum()), "n": int(k.sum()),
-            "prevalence": _safe_div(float(yj.sum()), float(k.sum())),
+            "support": n_pos, "negatives": n_known - n_pos, "n": n_known,
+            "prevalence": _safe_div(float(n_pos), float(n_known)),
         }
         if thr_list is not None:
             d["threshold"] = thr_list[j]
@@ -333,8 +345,7 @@ def classification_metrics(
     micro = rates(total)
     for m in RATE_METRICS:
         out[f"{m}_micro"] = micro[m]
-    out["auroc_micro"] = binary_auroc(s[known], yb[known])
-    out["average_precision_micro"] = average_precision(s[known], yb[known])
+    out["auroc_micro"], out["average_precision_micro"] = _rank_metrics(s[known], yb[known])
     out.update(total)
     if task == "multiclass":
         rows = known[:, 0]
@@ -353,11 +364,17 @@ def classification_metrics(
         d = per[names[0]]
         out["accuracy"] = d["accuracy"]
         out["confusion_matrix"] = [[d["tn"], d["fp"]], [d["fn"], d["tp"]]]
-    if calibration:
-        from medlens.calibration import brier_score, expected_calibration_error
+    if calibration:  # the same definitions as medlens.calibration, on the arrays already at hand
+        from medlens.calibration import ece_from_pairs
 
-        out["ece"] = expected_calibration_error(probs, targets, task, mask=mask)
-        out["brier"] = brier_score(probs, targets, task, mask=mask)
+        if task == "multiclass":
+            rows = known[:, 0]
+            sr, yr = s[rows], y[rows]
+            out["ece"] = ece_from_pairs(sr.max(axis=1), (sr.argmax(axis=1) == yr.argmax(axis=1)).astype(float)) if rows.any() else float("nan")
+            out["brier"] = float(np.mean(np.sum((sr - yr) ** 2, axis=1))) if rows.any() else float("nan")
+        else:
+            out["ece"] = ece_from_pairs(s[known], y[known])
+            out["brier"] = float(np.mean((s[known] - y[known]) ** 2)) if known.any() else float("nan")
     out["per_label"] = {n: {k: _nan_to_none(v) for k, v in d.items()} for n, d in per.items()}
     out["warnings"] = warnings
     return {k: _nan_to_none(v) for k, v in out.items()}

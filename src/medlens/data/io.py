@@ -63,11 +63,11 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
     """Decode DICOM pixel data to uint8 with rescale slope/intercept, VOI LUT/windowing and MONOCHROME1 inversion."""
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut  # pydicom >= 3
     except ImportError:  # pragma: no cover - pydicom 2.x
         try:
             import pydicom
-            from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+            from pydicom.pixel_data_handlers.util import apply_modality_lut
         except ImportError as e:
             raise ImageReadError(f"{name}: reading DICOM needs pydicom: pip install 'medlens[dicom]'") from e
     try:
@@ -90,8 +90,14 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
         img = apply_window(out, *window)
     elif "VOILUTSequence" in ds:
         try:
-            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float32)
-            voi = apply_voi_lut(out, ds).astype(np.float32)
+            item = ds.VOILUTSequence[0]
+            data = item.LUTData
+            if isinstance(data, bytes):  # stored as OW: 16-bit words (8-bit entries when the descriptor says so)
+                lut = np.frombuffer(data, dtype="<u2" if int(item.LUTDescriptor[2]) > 8 else np.uint8).astype(np.float32)
+            else:
+                lut = np.asarray(data, dtype=np.float32)
+            first = float(item.LUTDescriptor[1])  # the stored value mapped to the LUT's first entry
+            voi = lut[np.clip(np.rint(out - first), 0, len(lut) - 1).astype(np.int64)]
             lo, hi = float(lut.min()), float(lut.max())  # the LUT's own output range, not the image's
             img = np.clip((voi - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
         except Exception as e:  # malformed LUT: fall back to the full range

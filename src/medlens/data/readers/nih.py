@@ -167,7 +167,9 @@ def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     if cfg.images:
         listed = read_listing(Path(cfg.images))
-        rel_of = {Path(x).name: x for x in listed}
+        # bare names (NIH's own lists) are found wherever they sit below image_root
+        found = scan_images(root) if any("/" not in x for x in listed) and root.is_dir() else {}
+        rel_of = {Path(x).name: (x if "/" in x else found.get(x, x)) for x in listed}
         unknown = [x for x in rel_of if x not in set(df["Image Index"])]
         if unknown:
             log.warning("%s: %d listed images are not in %s, e.g. %s", cfg.images, len(unknown), path.name, unknown[:3])

@@ -40,6 +40,10 @@ def dataset_splits(cfg: RunConfig, allow_group_leakage: bool | None = None) -> t
     """Read the dataset of a config and split it exactly as training did (deterministic by seed)."""
     table = read_dataset(cfg.data)
     s = cfg.data.split
+    if s.method == "kfold":  # a cross-validation fold's bundle (medlens cv) re-creates its fold
+        from medlens.cv import fold_splits
+
+        return table, fold_splits(table, s.folds, s.fold, s.seed, s.val_fraction)
     splits = split_indices(
         table, method=s.method, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed,
         allow_group_leakage=s.allow_group_leakage if allow_group_leakage is None else allow_group_leakage,
@@ -71,6 +75,8 @@ def evaluate(
     tta: bool = False,
     batch_size: int = 128,
     overrides: list[str] | None = None,
+    calibrated: bool = True,
+    record: bool = True,
 ) -> EvalResult:
     """Evaluate a bundle on one split (train, val or test) of a dataset.
 
@@ -80,6 +86,8 @@ def evaluate(
         split: which split to score.
         out: write the metrics JSON here.
         tta: test-time augmentation (horizontal flip).
+        calibrated: apply the bundle's temperature (False: raw probabilities, temperature 1).
+        record: store the result in the bundle manifest under ``metrics["evaluations"]`` (atomic rewrite).
 
     Example:
         >>> r = evaluate("runs/pneumoniamnist/bundle", split="test")  # doctest: +SKIP
@@ -103,7 +111,36 @@ def evaluate(
     sub = table.subset(rows)
     if b.manifest.label_names != list(table.label_space.names):
         raise ValueError(f"the bundle's labels {b.manifest.label_names} differ from the dataset's {list(table.label_space.names)}")
-    result = score_table(Predictor(b, batch_size=batch_size, tta=tta), sub, split)
+    result = score_table(Predictor(b, batch_size=batch_size, tta=tta, calibrated=calibrated), sub, split)
     if out is not None:
         write_json_atomic(Path(out), {"split": split, **result.metrics})
+    if record and b.path is not None:
+        key = split + ("" if calibrated else "_uncalibrated") + ("_tta" if tta else "")
+        record_evaluation(b.path, key, {
+            "split": split, "calibrated": calibrated, "tta": tta, "config": "bundle" if config is None else str(getattr(cfg, "name", None) or config),
+            "overrides": list(overrides or []), "metrics": result.metrics,
+        })
     return result
+
+
+def record_evaluation(bundle_dir: str | Path, key: str, entry: dict[str, Any]) -> None:
+    """Store an evaluation result in a bundle's manifest (``metrics["evaluations"][key]``), atomically.
+
+    Example:
+        >>> record_evaluation("runs/x/bundle", "test", {"split": "test", "metrics": m})  # doctest: +SKIP
+    """
+    import datetime as _dt
+
+    from medlens.bundle import read_manifest, update_manifest
+
+    metrics = dict(read_manifest(bundle_dir).metrics)
+    evaluations = dict(metrics.get("evaluations") or {})
+    evaluations[key] = {"evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **entry}
+    metrics["evaluations"] = evaluations
+    update_manifest(bundle_dir, metrics=metrics)
+
+
+# `medlens.evaluate` is both this module and the public function; calling the module calls the function.
+from medlens._callable_module import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "evaluate")

@@ -145,6 +145,10 @@ class Predictor:
         """Preprocessed batch (N, C, H, W) -> logits (N, K)."""
         with torch.inference_mode():
             xt = torch.from_numpy(x).to(self.device)
+            if self.manifest.task == "anomaly":  # one column: the anomaly score of the reconstruction
+                from medlens.models.autoencoder import ScoreSpec, anomaly_scores
+
+                return anomaly_scores(self.model, xt, ScoreSpec.from_dict(self.manifest.anomaly))[0].float().cpu().numpy()[:, None]
             mt = None if meta is None else torch.from_numpy(meta.astype(np.float32)).to(self.device)
             logits = self.model(xt, mt)
             if self.tta:
@@ -153,6 +157,8 @@ class Predictor:
 
     def activation(self, logits: np.ndarray) -> np.ndarray:
         """Logits -> probabilities with the manifest's temperature (when calibrated)."""
+        if self.manifest.task == "anomaly":
+            return logits  # the anomaly score is final (compared with the manifest's threshold), not a logit
         t = self.manifest.temperature if self.calibrated else 1.0
         z = logits / t
         if self.manifest.task == "multiclass":
@@ -193,7 +199,10 @@ class Predictor:
         th = self.manifest.thresholds
         preds = []
         for p, src in zip(probs, sources, strict=True):
-            if task in ("binary", "anomaly"):
+            if task == "anomaly":  # a score, not a probability: abnormal when score >= the fitted threshold
+                thr, score = (th[0] if th else float("inf")), float(p[0])
+                preds.append(Prediction(src, {}, {names[1]: score >= thr}, {names[1]: float(thr)}, [names[1] if score >= thr else names[0]], score=score))
+            elif task == "binary":
                 thr = th[0] if th else 0.5
                 pos = float(p[0])
                 dec = pos >= thr
@@ -268,10 +277,12 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
     try:
         with os.fdopen(fd, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["source", *[f"prob_{n}" for n in label_names], "predicted", "error"])
+            scored = any(p.score is not None for p in preds)  # anomaly bundles: a score column
+            w.writerow(["source", *[f"prob_{n}" for n in label_names], *(["anomaly_score"] if scored else []), "predicted", "error"])
             for p in preds:
-                probs = [("" if not p.ok else f"{p.probabilities.get(n, float('nan')):.6f}") for n in label_names]
-                w.writerow([p.source, *probs, "|".join(p.predicted), p.error or ""])
+                probs = [("" if not p.ok or n not in p.probabilities else f"{p.probabilities[n]:.6f}") for n in label_names]
+                score = ["" if p.score is None else f"{p.score:.6g}"] if scored else []
+                w.writerow([p.source, *probs, *score, "|".join(p.predicted), p.error or ""])
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -279,17 +290,24 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
     return path
 
 
-def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False) -> list[Prediction]:
-    """Predict images with a bundle; optionally write a CSV.
+def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
+    """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
 
     Example:
         >>> preds = predict("runs/demo/bundle", ["a.png", "b.dcm"], out="preds.csv")  # doctest: +SKIP
     """
+    cal = {} if calibrated else {"calibrated": False}
     if isinstance(bundle, Bundle):
-        predictor: Predictor = Predictor(bundle, batch_size=batch_size, tta=tta)
+        predictor: Predictor = Predictor(bundle, batch_size=batch_size, tta=tta, **cal)
     else:
-        predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=batch_size, tta=tta)
+        predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=batch_size, tta=tta, **cal)
     preds = predictor.predict(images, metadata=metadata, progress=progress)
     if out is not None:
         write_predictions_csv(preds, predictor.label_names, out)
     return preds
+
+
+# `medlens.predict` is both this module and the public function; calling the module calls the function.
+from medlens._callable_module import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "predict")

@@ -554,12 +554,7 @@ def import_table(
         if old is not None:
             if not replace:
                 raise DatabaseError(f"dataset {dataset!r} already exists in {safe_url(engine.url)}; use --replace to overwrite it")
-            # explicit deletes (SQLite without foreign keys, and older servers, do not cascade)
-            img_ids = sa.select(im.c.id).where(im.c.dataset_id == old)
-            conn.execute(sa.delete(an).where(an.c.image_id.in_(img_ids)))
-            conn.execute(sa.delete(im).where(im.c.dataset_id == old))
-            conn.execute(sa.delete(ex).where(ex.c.dataset_id == old))
-            conn.execute(sa.delete(d).where(d.c.id == old))
+            _delete_dataset(conn, old)
         info = _ensure_label_set(conn, label_set, names, table.label_space.task, version)
         ds_id = conn.execute(
             sa.insert(d).values(name=dataset, description=description, image_root=str(root) if root else None,
@@ -607,6 +602,29 @@ def import_table(
                 n_ann += len(ann)
     log.info("imported %d images, %d annotations into dataset %r (label set %r v%d)", n, n_ann, dataset, label_set, info.version)
     return ImportSummary(safe_url(engine.url), dataset, label_set, info.version, n, len(exam_of), n_ann, names)
+
+
+def _delete_dataset(conn, ds_id: int) -> None:
+    import sqlalchemy as sa
+
+    d, ex, im, an = schema.datasets, schema.examinations, schema.images, schema.annotations
+    # explicit deletes: SQLite without the foreign-key pragma does not cascade
+    img_ids = sa.select(im.c.id).where(im.c.dataset_id == ds_id)
+    conn.execute(sa.delete(an).where(an.c.image_id.in_(img_ids)))
+    conn.execute(sa.delete(im).where(im.c.dataset_id == ds_id))
+    conn.execute(sa.delete(ex).where(ex.c.dataset_id == ds_id))
+    conn.execute(sa.delete(d).where(d.c.id == ds_id))
+
+
+def delete_dataset(engine: Engine, dataset: str) -> None:
+    """Delete a dataset with its images, examinations and annotations (label sets are kept).
+
+    Example:
+        >>> delete_dataset(engine, "nih1000")  # doctest: +SKIP
+    """
+    with engine.begin() as conn:
+        ds_id, _ = find_dataset(conn, dataset)
+        _delete_dataset(conn, ds_id)
 
 
 def data_config_for_source(source: str | os.PathLike, overrides: Sequence[str] = ()) -> Any:

@@ -99,12 +99,14 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON here.")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation (horizontal flip).")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Config override (repeatable).")] = None,
+    calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Store the result in the bundle manifest.")] = True,
 ) -> None:
-    """Evaluate BUNDLE on a split; prints metrics JSON."""
+    """Evaluate BUNDLE on a split; prints metrics JSON and records it in the bundle manifest."""
     _setup_logging()
     from medlens.evaluate import evaluate as _evaluate
 
-    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [])
+    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record)
     _print_json({"split": split, **r.metrics})
 
 
@@ -116,12 +118,13 @@ def predict(
     batch_size: int = 64,
     tta: bool = False,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
 ) -> None:
     """Predict IMAGES with BUNDLE: probabilities and labels per image."""
     _setup_logging()
     from medlens.predict import predict as _predict
 
-    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, progress=sys.stderr.isatty() or len(images) > 50)
+    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated)
     bad = [p for p in preds if not p.ok]
     if out is None:
         for p in preds:
@@ -299,6 +302,54 @@ def runs_compare(
         _print_json(cmp.to_dict())
     else:
         print_tables(comparison_tables(cmp))
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="Run folder (with bundle/) or bundle folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/report).")] = None,
+    split: Annotated[str, typer.Option(help="Split to report: test (default), val or train.")] = "test",
+    config: Annotated[Optional[Path], typer.Option(help="Data config (default: the one saved in the bundle).")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for confidence intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
+    sensitivity: Annotated[float, typer.Option(help="Required sensitivity for the threshold sweep.")] = 0.9,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Config override (repeatable).")] = None,
+) -> None:
+    """Write an HTML evaluation report (metrics with CIs, thresholds, calibration, plots) and metrics.json."""
+    _setup_logging()
+    from medlens.report import build_report
+
+    r = _run(build_report, source, out, split, config, n_boot=n_boot, seed=seed, calibrated=calibrated,
+             required_sensitivity=sensitivity, overrides=set_ or [])
+    h = r.metrics["ci"]["headline"].get("auroc_macro") or {}
+    typer.echo(f"report:  {r.html}")
+    typer.echo(f"metrics: {r.metrics_json}")
+    typer.echo(f"{r.metrics['split']}: auroc_macro={_fmt(h.get('value'))} (95% CI {_fmt(h.get('low'))}-{_fmt(h.get('high'))})")
+    for t in r.metrics["targets"]:
+        typer.echo(f"target {t['metric']} {t['direction']} {t['target']}: {'n/a' if t['met'] is None else ('met' if t['met'] else 'NOT met')}")
+
+
+@app.command()
+def cv(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    folds: Annotated[Optional[int], typer.Option(help="Number of folds (default: data.split.folds).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: output.dir/name).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
+) -> None:
+    """Group-aware stratified k-fold cross-validation of CONFIG: one model per fold, mean +- std report."""
+    _setup_logging()
+    from medlens.config import load_config
+    from medlens.cv import cross_validate
+
+    cfg = _run(load_config, config, set_ or [])
+    r = _run(cross_validate, cfg, folds, out)
+    typer.echo(f"report:  {r.report}")
+    typer.echo(f"metrics: {r.json_path}")
+    for m in ("auroc_macro", "f1_macro", "accuracy"):
+        s = r.summary.get(m)
+        if s and s["mean"] is not None:
+            typer.echo(f"{m}: {s['mean']:.4f} +- {s['std']:.4f} over {s['n_folds']} folds")
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from medlens.data.readers import read_dataset
 from medlens.data.samples import SampleTable
 from medlens.data.splits import split_indices
 from medlens.training import train
-
 from tests.conftest import ROOT, tiny_config
 
 pytest.importorskip("sqlalchemy")

@@ -17,6 +17,7 @@ Example YAML::
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,8 @@ def read_sql(cfg) -> SampleTable:
                 raise ValueError(f"{where}: no label of label set {info.name!r} v{info.version} has a positive image")
             targets, names = targets[:, keep], [names[j] for j in keep]
     space = LabelSpace(tuple(names), task)
-    paths = [p if Path(p).is_absolute() else str(root / p) for p in cols.paths]
+    base = str(root)
+    paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in cols.paths]  # os.path: 5x faster than Path
     splits = None
     if any(s is not None for s in cols.splits):
         splits = [normalize_split_name(s, f"{where}, image {i!r}: ") for s, i in zip(cols.splits, cols.ids, strict=True)]

@@ -130,7 +130,11 @@ class _Schema:
 
     _cache: tuple | None = None
 
+    _NAMES = ("metadata", "datasets", "examinations", "images", "label_sets", "labels", "annotations")
+
     def __getattr__(self, name: str):
+        if name not in _Schema._NAMES:
+            raise AttributeError(name)
         if _Schema._cache is None:
             try:
                 _Schema._cache = _build_schema()

@@ -181,7 +181,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
     Example:
         >>> img = load_image("scan.png")  # doctest: +SKIP
-        >>> img.dtype
+        >>> img.dtype  # doctest: +SKIP
         dtype('uint8')
     """
     p = Path(path)

@@ -119,12 +119,15 @@ def predict(
     tta: bool = False,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
+    metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
 ) -> None:
     """Predict IMAGES with BUNDLE: probabilities and labels per image."""
     _setup_logging()
+    from medlens.data.metadata import metadata_rows_for
     from medlens.predict import predict as _predict
 
-    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated)
+    meta = _run(metadata_rows_for, metadata, [str(p) for p in images]) if metadata else None
+    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, metadata=meta, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated)
     bad = [p for p in preds if not p.ok]
     if out is None:
         for p in preds:

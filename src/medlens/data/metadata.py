@@ -347,3 +347,70 @@ def _parse_column(values: Sequence[Any], field: str, where: str, ids: Sequence[A
             row = f"row {i + 1}" + ("" if ids is None else f" (id {ids[i]})")
             raise MetadataError(f"{where}{row}: {e}") from None
     return out
+
+
+_KEY_COLUMNS = ("image", "path", "source", "file", "filename")
+
+
+def metadata_rows_for(spec: str, images: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Per-image metadata for ``medlens predict --metadata``: JSON text, a ``.json`` file or a ``.csv`` file.
+
+    * a JSON object: the same metadata for every image; a JSON list: one object (or null) per image.
+    * a CSV with an image column (``image``, ``path``, ``source``, ``file`` or ``filename``) and one column per
+      field; rows are matched to images by the exact path, else by file name. Images without a row, and blank
+      cells, are missing metadata.
+
+    Example:
+        >>> metadata_rows_for('{"age": 63, "sex": "F"}', ["a.png", "b.png"])
+        [{'age': 63, 'sex': 'F'}, {'age': 63, 'sex': 'F'}]
+    """
+    import json
+    from pathlib import Path
+
+    text = spec.strip()
+    where = "--metadata"
+    if not text.startswith(("{", "[")):
+        p = Path(spec)
+        if not p.is_file():
+            raise FileNotFoundError(f"--metadata: {spec!r} is neither JSON nor an existing .json/.csv file")
+        where = str(p)
+        if p.suffix.lower() == ".csv":
+            return _rows_from_csv(p, images)
+        text = p.read_text()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MetadataError(f"{where}: not valid JSON ({e.msg} at position {e.pos})") from None
+    if isinstance(obj, dict):
+        return [dict(obj) for _ in images]
+    if isinstance(obj, list):
+        if len(obj) != len(images):
+            raise MetadataError(f"{where}: {len(obj)} metadata objects for {len(images)} images")
+        bad = [i for i, r in enumerate(obj) if r is not None and not isinstance(r, dict)]
+        if bad:
+            raise MetadataError(f"{where}: item {bad[0]} is not an object")
+        return list(obj)
+    raise MetadataError(f"{where}: expected a JSON object or a list of objects")
+
+
+def _rows_from_csv(path, images: Sequence[str]) -> list[dict[str, Any] | None]:
+    from pathlib import Path
+
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    key = next((c for c in df.columns if c.strip().lower() in _KEY_COLUMNS), None)
+    if key is None:
+        raise MetadataError(f"{path}: no image column; name one of {list(_KEY_COLUMNS)}")
+    fields = [c for c in df.columns if c != key]
+    by_path: dict[str, dict[str, Any]] = {}
+    by_name: dict[str, dict[str, Any]] = {}
+    for rec in df.to_dict("records"):
+        row = {f: (None if str(rec[f]).strip() == "" else rec[f]) for f in fields}
+        by_path[str(rec[key]).strip()] = row
+        by_name.setdefault(Path(str(rec[key]).strip()).name, row)
+    out = [by_path.get(str(im), by_name.get(Path(str(im)).name)) for im in images]
+    missing = [im for im, r in zip(images, out, strict=True) if r is None]
+    if missing:
+        log.warning("%s: no metadata row for %d images (e.g. %s); their metadata is missing", path, len(missing), missing[:3])
+    return out

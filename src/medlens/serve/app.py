@@ -379,7 +379,7 @@ def _metadata_fields(manifest) -> dict[str, Any]:
     cats = enc.get("categorical", []) or []
     for item in cats:
         if isinstance(item, dict):
-            out["categorical"][item.get("name")] = [v for v in item.get("vocab", item.get("categories", [])) if v != "unknown"]
+            out["categorical"][item.get("name")] = [v for v in item.get("vocabulary", item.get("vocab", item.get("categories", []))) if v != "unknown"]
     return out
 
 

@@ -133,6 +133,8 @@ def predict(
         for p in preds:
             if p.ok:
                 probs = " ".join(f"{k}={v:.4f}" for k, v in p.probabilities.items())
+                if p.score is not None:  # anomaly bundles: the score and the threshold it is compared with
+                    probs = f"score={p.score:.6g} threshold={next(iter(p.thresholds.values()), float('nan')):.6g}"
                 typer.echo(f"{p.source}\t{probs}\tpredicted={'|'.join(p.predicted)}")
     else:
         typer.echo(f"wrote {out} ({len(preds) - len(bad)} predicted, {len(bad)} failed)")

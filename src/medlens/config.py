@@ -207,6 +207,7 @@ class ModelConfig(StrictModel):
     ae_width: int = Field(32, ge=4)
     latent_dim: int = Field(128, ge=2)
     anomaly_score: Literal["mean", "percentile"] = "mean"
+    anomaly_map: Literal["mse", "ssim"] = "mse"  # pixel error map: squared error, or local SSIM dissimilarity
     score_percentile: float = Field(99.0, gt=0.0, le=100.0)
     anomaly_fpr: float = Field(0.05, gt=0.0, lt=1.0)  # threshold: this false-positive rate on val normals
 

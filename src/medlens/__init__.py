@@ -46,6 +46,10 @@ _EXPORTS = {
     "create_loss": "medlens.losses",
     "list_losses": "medlens.losses",
     "run_demo": "medlens.demo",
+    "classification_metrics": "medlens.metrics",
+    "bootstrap_ci": "medlens.uncertainty",
+    "build_report": "medlens.report",
+    "cross_validate": "medlens.cv",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -265,11 +265,14 @@ def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes | None:
     for k in scores:
         max_.plot(epochs, [r.get(k, np.nan) for r in rows], marker=marker, ms=4, label=k)
     max_.set_title("validation metrics", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
     for a in (lax, max_):
         a.set_xlabel("epoch", fontsize=9)
         a.tick_params(labelsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=7)
+            a.legend(fontsize=7, loc="best")
         if len(epochs) == 1:
             a.set_xticks(epochs)
     return _png(fig)

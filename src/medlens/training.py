@@ -81,6 +81,10 @@ def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Split
     """Read and split the dataset; refuse group leakage unless allowed."""
     table = read_dataset(cfg.data) if table is None else table
     s = cfg.data.split
+    if splits is None and s.method == "kfold":  # one fold of `medlens cv` (train/inner val/held-out as test)
+        from medlens.cv import fold_splits
+
+        splits = fold_splits(table, s.folds, s.fold, s.seed, s.val_fraction)
     if splits is None:
         splits = split_indices(table, s.method, s.val_fraction, s.test_fraction, s.seed, s.allow_group_leakage)
     leaks = find_group_leaks(table, splits)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import CHROMIUM_FLAGS, tiny_config
 from medlens.bundle import load_bundle, read_manifest
 from medlens.cli import app
 from medlens.report import check_targets, resolve_source
+from tests.conftest import CHROMIUM_FLAGS, tiny_config
 
 FINDINGS = [
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",

@@ -109,6 +109,24 @@ def test_predict_accepts_missing_and_unknown_metadata(tmp_path, ham_dir):
     assert p[0] != pytest.approx(p[2])  # the metadata is used
     with pytest.raises(ValueError, match="'age'"):
         predictor.predict([img], metadata=[{"age": "sixty"}])
+    # the CLI: `medlens predict BUNDLE IMAGE --metadata JSON` gives the same probability
+    import logging
+
+    from typer.testing import CliRunner
+
+    from medlens.cli import app
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        res = CliRunner().invoke(app, ["predict", str(result.bundle_dir), str(img), "--metadata", '{"age": 63, "sex": "female", "localization": "back"}'])
+        bad = CliRunner().invoke(app, ["predict", str(result.bundle_dir), str(img), "--metadata", '{"age": "sixty"}'])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert res.exit_code == 0, res.output
+    assert f"mel={p[0]:.4f}" in res.output
+    assert bad.exit_code == 2 and "'age'" in bad.output
 
 
 def nih_subset(nih_dir: Path, out: Path, rows: pd.DataFrame | None = None, n: int = 240) -> Path:

@@ -82,6 +82,20 @@ def test_folder_empty_class_is_one_line_error_naming_it(tmp_path: Path) -> None:
     assert "'pneumonia'" in one_line(ei)
 
 
+def test_max_samples_keeps_every_class_and_split(tmp_path: Path) -> None:
+    """Folder rows are listed class by class: a subset must not be the first class only."""
+    for split, n in (("train", 30), ("test", 10)):
+        for c in ("a", "b"):
+            for i in range(n):
+                png(tmp_path / split / c / f"{i:02d}.png")
+    t = read_dataset(data_cfg(kind="folder", root=str(tmp_path), max_samples=20))
+    assert len(t) == 20
+    assert (t.splits == "train").sum() == 15 and (t.splits == "test").sum() == 5
+    for split in ("train", "test"):
+        assert set(t.class_index()[t.splits == split].tolist()) == {0, 1}
+    assert t.ids.tolist() == read_dataset(data_cfg(kind="folder", root=str(tmp_path), max_samples=20)).ids.tolist()
+
+
 def test_folder_missing_root(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="folder not found"):
         read_dataset(data_cfg(kind="folder", root=str(tmp_path / "nope")))

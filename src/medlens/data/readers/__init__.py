@@ -55,14 +55,21 @@ def read_dataset(cfg) -> SampleTable:
 
 
 def _head_per_split(table: SampleTable, n: int):
-    """First rows, keeping each predefined split's share."""
+    """About ``n`` evenly spaced rows, keeping each predefined split's share.
+
+    Evenly spaced rather than the first rows: folder and many CSV sources list samples class by class, and
+    the first rows would then all be of one class (spacing keeps the class mix). Deterministic.
+    """
     import numpy as np
 
+    def spaced(rows: np.ndarray, k: int) -> np.ndarray:
+        return rows[np.linspace(0, len(rows) - 1, k).round().astype(np.int64)] if k > 0 else rows[:0]
+
     if table.splits is None:
-        return np.arange(n)
+        return spaced(np.arange(len(table)), n)
     out = []
     for s in ("train", "val", "test", None):
         rows = np.where(table.splits == s)[0] if s is not None else np.where([x is None for x in table.splits])[0]
         k = int(round(n * len(rows) / len(table)))
-        out.append(rows[:k])
+        out.append(spaced(rows, min(k, len(rows))))
     return np.sort(np.concatenate(out))

@@ -452,7 +452,9 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
     parts.append(f"<p>Temperature fitted on validation: <b>T = {fmt(cs['temperature'])}</b> ({'applied' if cs['applied'] else 'not applied in this report'}). "
                  f"ECE {fmt(cs['calibrated']['ece'])} with temperature, {fmt(cs['uncalibrated']['ece'])} without; "
                  f"Brier {fmt(cs['calibrated']['brier'])} / {fmt(cs['uncalibrated']['brier'])}.</p>")
-    parts.append(html_img(figs.get("reliability"), "reliability diagram", "Observed frequency of positives against the predicted probability, in equal-width bins; the histogram shows how many predictions fall in each bin."))
+    what = ("Accuracy of the arg-max class against its probability (top-label calibration)" if doc["task"] == "multiclass"
+            else "Observed frequency of positives against the predicted probability (all known labels pooled)")
+    parts.append(html_img(figs.get("reliability"), "reliability diagram", f"{what}, in equal-width bins; the histogram shows how many predictions fall in each bin."))
 
     # plots
     parts.append("<h2>Curves</h2>")

@@ -166,6 +166,23 @@ def test_csv_one_column_per_label_blank_is_nan(tmp_path: Path) -> None:
     assert not np.isnan(t2.targets).any()
 
 
+def test_csv_one_column_per_class_for_a_single_label_task(tmp_path: Path) -> None:
+    names = _images(tmp_path, 4)
+    body = [f"{names[0]},1,0", f"{names[1]},,1", f"{names[2]},,", f"{names[3]},0,1"]
+    (tmp_path / "l.csv").write_text("path,normal,pneumonia\n" + "\n".join(body) + "\n")
+    cfg = dict(kind="csv", path=str(tmp_path / "l.csv"), label_columns=["normal", "pneumonia"], task="binary")
+    t = read_dataset(data_cfg(**cfg))
+    np.testing.assert_array_equal(t.targets[[0, 1, 3]], [[1, 0], [0, 1], [0, 1]])  # a blank beside a 1 is a 0
+    assert np.isnan(t.targets[2]).all()
+    assert t.class_index().tolist() == [0, 1, -1, 1]
+    (tmp_path / "l.csv").write_text("path,normal,pneumonia\n" + "\n".join([*body, f"{names[0]},0,0"]) + "\n")
+    with pytest.raises(LabelError, match="row 6 has no class set"):
+        read_dataset(data_cfg(**cfg))
+    (tmp_path / "l.csv").write_text("path,normal,pneumonia\n" + "\n".join([*body, f"{names[0]},1,1"]) + "\n")
+    with pytest.raises(LabelError, match="row 6 has more than one class"):
+        read_dataset(data_cfg(**cfg))
+
+
 def test_csv_bad_value_in_label_column_names_row(tmp_path: Path) -> None:
     names = _images(tmp_path, 2)
     (tmp_path / "l.csv").write_text(f"path,Effusion\n{names[0]},1\n{names[1]},maybe\n")

@@ -82,6 +82,12 @@ def read_csv(cfg) -> SampleTable:
             bad = np.where(np.nansum(targets, axis=1) > 1)[0]
             if len(bad):
                 raise LabelError(f"{path}: row {rows[bad[0]]} has more than one class set for a {space.task} task")
+            # one class set: the others are 0 even when blank; none set while some are 0: no class -> error
+            ones = np.nansum(targets, axis=1) == 1
+            targets[ones] = np.nan_to_num(targets[ones], nan=0.0)
+            none = np.where(~ones & (np.nansum(targets == 0, axis=1) > 0))[0]
+            if len(none):
+                raise LabelError(f"{path}: row {rows[none[0]]} has no class set (one of {list(space.names)} must be 1 for a {space.task} task)")
     else:
         _require(df, cfg.label_column, "label_column", path)
         raw = df[cfg.label_column].astype(str).str.strip()

@@ -44,6 +44,8 @@ def test_folder_class_folders(tmp_path: Path) -> None:
     for i in range(2):
         png(tmp_path / "pneumonia" / f"p{i}.png")
     (tmp_path / "pneumonia" / "notes.txt").write_text("not an image")
+    (tmp_path / "pneumonia" / "._p0.png").write_bytes(b"macOS resource fork, not an image")
+    png(tmp_path / "pneumonia" / ".thumbs" / "p9.png")
     t = read_dataset(data_cfg(kind="folder", root=str(tmp_path)))
     assert t.label_space.names == ("normal", "pneumonia")
     assert t.label_space.task == "binary"

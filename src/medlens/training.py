@@ -13,6 +13,7 @@ Run folder layout (``<output.dir>/<name>/``)::
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
@@ -159,7 +160,8 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     import lightning as L
 
     from medlens.engine.module import create_task, optim_settings
-    from medlens.engine.tracking import build_loggers, finish_tracking
+    from medlens.engine.distributed import DistributedEpochOrder, env_is_global_zero
+    from medlens.engine.tracking import RunRecorder, build_loggers, finish_tracking
     from medlens.engine.trainer import build_trainer, monitor_for
     from medlens.models import create_model
 
@@ -177,10 +179,11 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     if run_dir.exists() and resume is None and not cfg.output.overwrite and (bundle_dir.exists() or (ckpt_dir / "last.ckpt").exists()):
         raise FileExistsError(f"{run_dir} already holds a run; set output.overwrite: true, a new output.name, or resume")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None and ckpt_dir.exists():
-        for f in ckpt_dir.glob("*.ckpt"):  # stale checkpoints of an overwritten run must not be picked up
-            f.unlink()
-    _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    if env_is_global_zero():  # under torchrun/SLURM every process runs this; one writes
+        if resume is None and ckpt_dir.exists():
+            for f in ckpt_dir.glob("*.ckpt"):  # stale checkpoints of an overwritten run must not be picked up
+                f.unlink()
+        _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
 
     table, splits = prepare_data(cfg, table, splits)
     space = table.label_space
@@ -213,11 +216,13 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     module = create_task(space.task, model=model, label_space=space, loss=_loss_for(cfg, train_table), optim=optim_settings(cfg), monitor_metric=metric, seed=cfg.seed)
     if cfg.trainer.compile:
         module.model = torch.compile(module.model)
-    loggers = build_loggers(cfg, run_dir)
-    trainer, ckpt_cb = build_trainer(cfg, run_dir, space.task, loggers)
+    loggers = build_loggers(cfg, run_dir, resume)
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, space.task, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder()])
     t_fit = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     train_time = time.perf_counter() - t_fit
+    if not trainer.is_global_zero:  # DDP: rank 0 alone evaluates (whole val/test sets) and writes the bundle
+        return RunResult(run_dir, bundle_dir, {}, list(module.history), None, {}, time.perf_counter() - t0, train_time)
 
     # ---- best weights (raw or EMA, whichever validated better at the best epoch)
     best = ckpt_cb.best_model_path or str(ckpt_dir / "last.ckpt")
@@ -271,6 +276,8 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         "split_label_counts": {k: table.subset(v).label_counts() for k, v in splits.as_dict().items()},
     }
     manifest.extra["data_summary"] = summary
+    if (run_dir / "environment.json").is_file():  # the reproducibility record (engine.tracking.RunRecorder)
+        manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
     save_bundle(final_model, manifest, bundle_dir)
     write_json_atomic(run_dir / "metrics.json", metrics)
     _write_history(run_dir / "history.csv", history)

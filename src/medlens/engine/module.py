@@ -19,6 +19,7 @@ from torch import nn
 
 from medlens.data.dataset import Batch
 from medlens.data.labels import LabelSpace
+from medlens.engine.distributed import first_occurrences, gather_uneven
 from medlens.metrics import classification_metrics
 from medlens.registry import Registry
 
@@ -160,34 +161,39 @@ class TaskModule(L.LightningModule):
             e.copy_(b)
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {"probs": [], "targets": [], "loss": [], "n": [], "ema_probs": []}
+        self._val = {"logits": [], "targets": [], "ema_probs": [], "index": []}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch is None:
             return
         logits = self.model(batch.images, batch.metadata)
-        t, m = self.task_targets(batch.targets, batch.mask)
-        loss = self.loss_fn(logits, t, m)
-        self._val["loss"].append(float(loss) * len(batch))
-        self._val["n"].append(len(batch))
-        self._val["probs"].append(self.activation(logits.float()).detach())
+        self._val["logits"].append(logits.float().detach())  # loss and metrics at epoch end, over the whole set
         self._val["targets"].append(batch.targets.detach())
+        self._val["index"].append(batch.index.to(logits.device))
         if self.ema_model is not None:
             self._val["ema_probs"].append(self.activation(self.ema_model(batch.images, batch.metadata).float()).detach())
 
-    def _gather(self, items: list[torch.Tensor]) -> np.ndarray:
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def _gather(self, items: list[torch.Tensor], keep: np.ndarray | None = None) -> np.ndarray:
         x = torch.cat(items) if items else torch.zeros(0)
-        if self.trainer is not None and self.trainer.world_size > 1:
-            x = self.all_gather(x).flatten(0, 1)  # every process sees the whole validation set
-        return x.cpu().numpy()
+        if self._distributed():
+            x = gather_uneven(x, self.all_gather)  # every process sees the whole validation set
+        x = x.cpu().numpy()
+        return x if keep is None else x[keep]
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val.get("probs"):
+        if not self._val.get("logits"):
             return
-        probs = self._gather(self._val["probs"])
-        targets = self._gather(self._val["targets"])
-        n = sum(self._val["n"])
-        val_loss = sum(self._val["loss"]) / max(n, 1)
+        keep = None
+        if self._distributed():  # DistributedSampler pads with repeated samples: keep each row index once
+            keep = first_occurrences(self._gather(self._val["index"]))
+        logits = torch.from_numpy(self._gather(self._val["logits"], keep)).to(self.device)
+        targets = self._gather(self._val["targets"], keep)
+        t = torch.from_numpy(targets).to(self.device)
+        val_loss = float(self.loss_fn(logits, *self.task_targets(t, ~torch.isnan(t))))  # mean over all known labels
+        probs = self.activation(logits).cpu().numpy()
         metrics = self.compute_metrics(probs, targets)
         score_raw = metrics.get(self.monitor_metric)
         logs = {"val/loss": val_loss}
@@ -195,7 +201,7 @@ class TaskModule(L.LightningModule):
             if isinstance(v, (int, float)) and v is not None and k != "n":
                 logs[f"val/{k}"] = float(v)
         if self.ema_model is not None and self._val["ema_probs"]:
-            ema_probs = self._gather(self._val["ema_probs"])
+            ema_probs = self._gather(self._val["ema_probs"], keep)
             ema_metrics = self.compute_metrics(ema_probs, targets)
             score_ema = ema_metrics.get(self.monitor_metric)
             logs[f"val/{self.monitor_metric}_raw"] = _f(score_raw)

@@ -291,6 +291,10 @@ def test_medmnist_offline_without_file_is_clear_error(tmp_path: Path, monkeypatc
     assert calls and "zenodo" in calls[0]
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
     assert isinstance(ei.value, FileNotFoundError)  # the CLI reports it as a one-line user error
+    # a configured path that does not exist is named too
+    with pytest.raises(mm.DatasetNotAvailable) as ei:
+        read_dataset(data_cfg(kind="medmnist", flag="pneumoniamnist", path=str(tmp_path / "mine.npz")))
+    assert "mine.npz" in one_line(ei) and "Offline" in str(ei.value)
 
 
 def test_medmnist_download_off_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,7 +131,12 @@ def locate_medmnist(flag: str | None, path: str | None, root: str | None, size: 
         return p
     if not download:
         raise DatasetNotAvailable(f"MedMNIST file not found: {p} (download is off)")
-    return download_medmnist(flag, size, r)
+    try:
+        return download_medmnist(flag, size, r)
+    except DatasetNotAvailable as e:
+        if path:  # say that the configured file is missing too, not only the cache location
+            raise DatasetNotAvailable(f"data.path {path} not found, and {e}") from None
+        raise
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

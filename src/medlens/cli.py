@@ -298,11 +298,12 @@ def runs_list(
 def runs_compare(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or their bundle folders).")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every scalar metric, not only the headline ones.")] = False,
 ) -> None:
-    """Compare RUNS: every metric side by side, and the config keys (and environment) that differ."""
+    """Compare RUNS: key metrics side by side, and the config keys (and environment) that differ."""
     from medlens.runs import compare_runs, comparison_tables, print_tables
 
-    cmp = _run(compare_runs, runs)
+    cmp = _run(compare_runs, runs, all_metrics=all_metrics)
     if json_:
         _print_json(cmp.to_dict())
     else:
@@ -355,42 +356,6 @@ def cv(
         s = r.summary.get(m)
         if s and s["mean"] is not None:
             typer.echo(f"{m}: {s['mean']:.4f} +- {s['std']:.4f} over {s['n_folds']} folds")
-
-
-runs_app = typer.Typer(help="List and compare training runs.", no_args_is_help=True)
-app.add_typer(runs_app, name="runs")
-
-
-@runs_app.command("list")
-def runs_list(
-    directory: Annotated[Path, typer.Argument(help="Folder holding runs (output.dir).")] = Path("runs"),
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """List the runs under DIRECTORY with their headline validation and test metrics."""
-    from medlens.runs import list_runs, print_tables, runs_table
-
-    runs = _run(list_runs, directory)
-    if json_:
-        _print_json([r.to_dict() for r in runs])
-    elif not runs:
-        typer.echo(f"no runs under {directory}")
-    else:
-        print_tables([runs_table(runs, title=f"{len(runs)} runs in {directory}")])
-
-
-@runs_app.command("compare")
-def runs_compare(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or their bundle folders).")],
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-) -> None:
-    """Compare RUNS: every metric side by side, and the config keys (and environment) that differ."""
-    from medlens.runs import compare_runs, comparison_tables, print_tables
-
-    cmp = _run(compare_runs, runs)
-    if json_:
-        _print_json(cmp.to_dict())
-    else:
-        print_tables(comparison_tables(cmp))
 
 
 def main() -> None:

@@ -46,8 +46,12 @@ KEY_PACKAGES = (
     "medlens", "torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy", "scikit-learn", "pandas",
     "albumentations", "pillow", "pydantic", "safetensors", "onnxruntime", "mlflow", "tensorboard", "wandb",
 )
-#: Headline metrics shown by ``runs list``, in this order, when any run has them.
-KEY_METRICS = ("auroc_macro", "auprc_macro", "accuracy", "balanced_accuracy", "f1_macro", "loss")
+#: Headline metrics (per split), in this order, when any run has them: ``runs list`` shows the first four
+#: present, ``runs compare`` all of them (``--all-metrics``: every scalar metric). ``auroc`` etc.: anomaly runs.
+KEY_METRICS = (
+    "auroc_macro", "auroc", "average_precision_macro", "average_precision", "accuracy", "balanced_accuracy",
+    "f1_macro", "f1", "sensitivity_macro", "specificity_macro", "ece", "brier", "loss", "n",
+)
 #: Config keys that never make two runs' results differ (``runs compare`` leaves them out).
 IGNORED_CONFIG_KEYS = ("output.name", "output.dir", "output.overwrite", "trainer.progress_bar", "trainer.resume")
 #: Environment fields ``runs compare`` shows when they differ.
@@ -265,23 +269,24 @@ class RunInfo:
 
     @property
     def task(self) -> str | None:
-        return self.config.get("data", {}).get("task") or self.metrics.get("task")
+        val = self.metrics.get("val") if isinstance(self.metrics.get("val"), dict) else {}
+        return self.config.get("data", {}).get("task") or val.get("task") or self.metrics.get("task")
 
     def metric(self, split: str, name: str) -> float | None:
         """A split's scalar metric (``None`` when absent or not a finite number)."""
         v = self.metrics.get(split, {}).get(name) if isinstance(self.metrics.get(split), dict) else None
         return float(v) if _is_number(v) else None
 
-    def scalar_metrics(self) -> dict[str, float]:
+    def scalar_metrics(self) -> dict[str, int | float]:
         """Every scalar metric as ``split/name`` (per-label values left out), plus top-level numbers."""
-        out: dict[str, float] = {}
+        out: dict[str, int | float] = {}
         for k, v in self.metrics.items():
             if isinstance(v, dict):
                 for m, x in v.items():
                     if _is_number(x):
-                        out[f"{k}/{m}"] = float(x)
+                        out[f"{k}/{m}"] = x
             elif _is_number(v):
-                out[k] = float(v)
+                out[k] = v
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -428,12 +433,15 @@ def _labels(runs: list[RunInfo]) -> list[str]:
     return labels if len(set(labels)) == len(labels) else [f"{i + 1}:{lab}" for i, lab in enumerate(labels)]
 
 
-def compare_runs(paths: list[str | Path], ignore: tuple[str, ...] = IGNORED_CONFIG_KEYS) -> RunComparison:
+def compare_runs(
+    paths: list[str | Path], ignore: tuple[str, ...] = IGNORED_CONFIG_KEYS, all_metrics: bool = False,
+) -> RunComparison:
     """Metrics of several runs side by side, and the config keys in which they differ.
 
     Args:
         paths: run folders (or their bundle folders); at least two.
         ignore: config keys left out of the differences (output location and naming by default).
+        all_metrics: every scalar metric instead of the headline ones (:data:`KEY_METRICS`).
 
     Returns:
         :class:`RunComparison`.
@@ -451,7 +459,15 @@ def compare_runs(paths: list[str | Path], ignore: tuple[str, ...] = IGNORED_CONF
     for m in per_run:
         keys.extend(k for k in m if k not in keys)
     split_order = {"val": 0, "test": 1}
-    keys.sort(key=lambda k: (k.count("/") == 0, split_order.get(k.split("/")[0], 2), k.split("/")[0]))
+
+    def order(k: str) -> tuple:  # val, test, other splits, then top-level numbers; headline metrics first
+        split, _, name = k.rpartition("/")
+        rank = KEY_METRICS.index(name) if name in KEY_METRICS else len(KEY_METRICS) + (name == "n")
+        return (not split, split_order.get(split, 2), split, rank)
+
+    keys.sort(key=order)
+    if not all_metrics:
+        keys = [k for k in keys if "/" not in k or k.rpartition("/")[2] in KEY_METRICS]
     metrics = [(k, [m.get(k) for m in per_run]) for k in keys]
     config = _differing([flatten(r.config) for r in runs], ignore)
     envs = [flatten({s: r.environment.get(s) for s in ENV_SECTIONS if r.environment.get(s) is not None}, "env") for r in runs]
@@ -476,25 +492,33 @@ def _lower_is_better(metric: str) -> bool:
     return any(w in name for w in ("loss", "ece", "brier", "time", "error"))
 
 
+_SHORT = {"auroc_macro": "AUROC", "auroc": "AUROC", "average_precision_macro": "AP", "average_precision": "AP",
+          "accuracy": "acc", "f1_macro": "F1", "f1": "F1"}
+
+
 def runs_table(runs: list[RunInfo], title: str | None = None):
-    """A rich table: one row per run with status, backbone, epochs and headline val/test metrics."""
+    """A rich table: one row per run with status, backbone, lr, epochs and headline val/test metrics."""
     from rich.table import Table
 
-    metric_cols = [m for m in KEY_METRICS if any(r.metric(s, m) is not None for r in runs for s in ("val", "test"))][:4]
-    t = Table(title=title, show_lines=False)
-    for col in ("run", "status", "task", "backbone", "lr", "epochs"):
-        t.add_column(col, no_wrap=col == "run")
-    for s in ("val", "test"):
-        for m in metric_cols:
-            t.add_column(f"{s} {m}", justify="right")
-    t.add_column("updated")
+    def present(split: str, limit: int, skip: tuple[str, ...] = ()) -> list[str]:
+        names = [m for m in _SHORT if _SHORT[m] not in skip and any(r.metric(split, m) is not None for r in runs)]
+        return list({_SHORT[m]: m for m in reversed(names)}.values())[::-1][:limit]  # one column per short name
+
+    cols = [("val", m) for m in present("val", 3)] + [("test", m) for m in present("test", 2, skip=("AP",))]
+    t = Table(title=title)
+    t.add_column("run", no_wrap=True)
+    for col in ("status", "task", "backbone", "lr", "epochs"):
+        t.add_column(col)
+    for split, m in cols:
+        t.add_column(f"{split} {_SHORT[m]}", justify="right")
+    t.add_column("updated", no_wrap=True)
     for r in runs:
         cells = [
             r.name, r.status, _fmt(r.task), _fmt(r.config.get("model", {}).get("backbone")),
             _fmt(r.config.get("optim", {}).get("lr")), str(r.epochs),
         ]
-        cells += [_fmt(r.metric(s, m)) for s in ("val", "test") for m in metric_cols]
-        cells.append(_dt.datetime.fromtimestamp(r.updated).strftime("%Y-%m-%d %H:%M") if r.updated else "—")
+        cells += [_fmt(r.metric(split, m)) for split, m in cols]
+        cells.append(_dt.datetime.fromtimestamp(r.updated).strftime("%m-%d %H:%M") if r.updated else "—")
         t.add_row(*cells)
     return t
 

@@ -3,6 +3,8 @@
 Run folder layout (``<output.dir>/<name>/``)::
 
     config.yaml        the resolved config, written before training starts
+    environment.json   reproducibility record (seed, package versions, git commit, hardware, launch)
+    tracking.json      where the trackers wrote (MLflow URI and run id, TensorBoard/CSV folders)
     checkpoints/       best.ckpt and last.ckpt (Lightning, for resume; atomic writes)
     logs/              tracker output (csv, tensorboard, ...)
     history.csv        per-epoch validation metrics

@@ -79,6 +79,8 @@ def train(
 
     cfg = _run(load_config, config, set_ or [])
     result = _run(_train, cfg, resume=resume)
+    if not result.metrics:  # a DDP process other than rank 0: rank 0 evaluates and reports
+        return
     typer.echo(f"bundle:  {result.bundle_dir}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.json'}")
     for split in ("val", "test"):

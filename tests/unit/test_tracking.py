@@ -12,7 +12,13 @@ import pytest
 
 from medlens.config import config_from_dict
 from medlens.engine import tracking
-from medlens.engine.tracking import build_loggers, final_metrics, finish_tracking, log_run_artifacts, mlflow_uri_for
+from medlens.engine.tracking import (
+    build_loggers,
+    final_metrics,
+    finish_tracking,
+    log_run_artifacts,
+    mlflow_uri_for,
+)
 from tests.conftest import tiny_config
 
 

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from medlens.bundle import MANIFEST, WEIGHTS, BundleError, Manifest, load_bundle, read_manifest, save_bundle, update_manifest
+from medlens.bundle import (
+    MANIFEST,
+    WEIGHTS,
+    BundleError,
+    Manifest,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+    update_manifest,
+)
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import resolve_preprocessing
 from medlens.models import create_model

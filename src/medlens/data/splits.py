@@ -193,7 +193,6 @@ def split_indices(
     Example:
         >>> s = split_indices(table, val_fraction=0.2, test_fraction=0.2, seed=0)  # doctest: +SKIP
     """
-    n = len(table)
     notes: list[str] = []
     has_predefined = table.splits is not None and any(s is not None for s in table.splits)
     if method == "predefined" and not has_predefined:

@@ -219,7 +219,7 @@ def test_iterative_stratification_spreads_rare_labels() -> None:
     per = {k: y[rows].sum(axis=0) for k, rows in s.as_dict().items()}
     assert per["val"][2] >= 2 and per["test"][2] >= 2 and per["train"][2] >= 12
     assert per["val"][3] == 1 and per["test"][3] == 1, per
-    for k, rows in s.as_dict().items():
+    for rows in s.as_dict().values():
         assert abs(y[rows, 0].mean() - y[:, 0].mean()) < 0.03
 
 

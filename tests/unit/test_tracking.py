@@ -91,6 +91,32 @@ def test_resume_continues_the_recorded_mlflow_run(tmp_path, no_mlflow_env):
     assert build_loggers(cfg, run_dir, resume="last.ckpt")[0]._run_id is None  # another store: new run
 
 
+def test_a_resumed_mlflow_run_keeps_first_params_and_tags_changed_ones(caplog):
+    from types import SimpleNamespace
+
+    class Client:
+        tags: dict[str, str] = {}
+
+        def get_run(self, run_id):
+            return SimpleNamespace(data=SimpleNamespace(params={"optim.lr": "0.001", "trainer.max_epochs": "1"}))
+
+        def set_tag(self, run_id, key, value):
+            self.tags[key] = value
+
+    class Logger:
+        experiment, run_id, logged = Client(), "r1", None
+
+        def log_hyperparams(self, params):
+            self.logged = params
+
+    lg = Logger()
+    caplog.set_level(logging.INFO, "medlens.tracking")
+    tracking._log_resumed_mlflow_params(lg, {"optim.lr": 0.001, "trainer.max_epochs": 3, "optim.ema": False})
+    assert lg.logged == {"optim.ema": False}  # MLflow refuses to change a logged param
+    assert lg.experiment.tags == {"resumed.trainer.max_epochs": "3"}
+    assert "resumed.*" in caplog.text and "trainer.max_epochs" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------ wandb
 def test_wandb_missing_package_is_a_clear_error(tmp_path, monkeypatch):
     real = tracking.importlib.util.find_spec

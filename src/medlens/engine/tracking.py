@@ -275,13 +275,31 @@ class RunRecorder(L.Callback):
         for lg in trainer.loggers:
             kind = _backend_of(lg)
             try:
-                lg.log_hyperparams(params)
-            except Exception as e:  # e.g. MLflow refuses changed params of a resumed run; training goes on
+                if kind == "mlflow" and lg._run_id is not None:  # a resumed run: MLflow params are write-once
+                    _log_resumed_mlflow_params(lg, params)
+                else:
+                    lg.log_hyperparams(params)
+            except Exception as e:  # a tracker hiccup must not stop training
                 log.warning("tracking %s: could not log the config as parameters (%s)", kind, str(e)[:200])
             info[kind] = _logger_info(lg)
         if "mlflow" in info:
             _tag_mlflow(info["mlflow"], self.run_dir)
         _write_tracking(self.run_dir, info)
+
+
+def _log_resumed_mlflow_params(logger, params: dict[str, Any]) -> None:
+    """Log the config keys the run does not have yet; changed values become ``resumed.<key>`` tags."""
+    client, run_id = logger.experiment, logger.run_id
+    old = client.get_run(run_id).data.params
+    as_logged = {k: str(v)[:250] for k, v in params.items()}  # what MLFlowLogger stores
+    new = {k: v for k, v in params.items() if k not in old}
+    changed = {k: v for k, v in as_logged.items() if k in old and old[k] != v}
+    if new:
+        logger.log_hyperparams(new)
+    for k, v in changed.items():
+        client.set_tag(run_id, f"resumed.{k}", v)
+    if changed:
+        log.info("MLflow run %s resumed with changed settings (tags resumed.*): %s", run_id, ", ".join(sorted(changed)))
 
 
 def _write_tracking(run_dir: Path, info: dict[str, Any]) -> None:

@@ -206,6 +206,7 @@ class ModelConfig(StrictModel):
     ae_depth: int = Field(3, ge=1, le=6)
     ae_width: int = Field(32, ge=4)
     latent_dim: int = Field(128, ge=2)
+    ae_skip_levels: list[int] | None = None  # U-Net AE: encoder levels with skips (0 = full res); None: deepest only
     anomaly_score: Literal["mean", "percentile"] = "mean"
     anomaly_map: Literal["mse", "ssim"] = "mse"  # pixel error map: squared error, or local SSIM dissimilarity
     score_percentile: float = Field(99.0, gt=0.0, le=100.0)

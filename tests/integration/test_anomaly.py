@@ -54,6 +54,18 @@ def test_shipped_anomaly_configs_load(path):
     assert monitor_for(cfg, "anomaly") == ("loss", "min")  # early stopping / checkpoints on val reconstruction loss
 
 
+def test_unet_skip_levels_come_from_the_config(tmp_path):
+    from medlens.engine.anomaly import architecture_for_anomaly
+    from medlens.models import create_model
+
+    src = {"kind": "synthetic", "num_samples": 20}
+    assert architecture_for_anomaly(_cfg(tmp_path, src, model={"autoencoder": "unet", "ae_depth": 3}))["skip_levels"] == [2]
+    arch = architecture_for_anomaly(_cfg(tmp_path, src, model={"autoencoder": "unet", "ae_depth": 3, "ae_skip_levels": [0, 2]}))
+    assert create_model(arch).skip_levels == [0, 2]
+    with pytest.raises(ValueError, match="reversed autoencoder has no skip"):
+        architecture_for_anomaly(_cfg(tmp_path, src, model={"autoencoder": "reversed", "ae_skip_levels": [1]}))
+
+
 @pytest.mark.slow
 def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumonia_npz, monkeypatch):
     import medlens

@@ -353,10 +353,15 @@ def pixel_error_reference(predictor: Predictor, normals: SampleTable, q: float =
 def architecture_for_anomaly(cfg: RunConfig) -> dict[str, Any]:
     """The manifest's architecture dict of an autoencoder config."""
     m = cfg.model
-    return {
+    arch: dict[str, Any] = {
         "type": ARCHITECTURES[m.autoencoder], "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
         "depth": m.ae_depth, "width": m.ae_width, "latent_dim": m.latent_dim,
     }
+    if m.autoencoder == "unet":
+        arch["skip_levels"] = list(m.ae_skip_levels) if m.ae_skip_levels is not None else [m.ae_depth - 1]
+    elif m.ae_skip_levels:
+        raise ValueError("model.ae_skip_levels: the reversed autoencoder has no skip connections; use autoencoder: unet")
+    return arch
 
 
 def score_spec_for(cfg: RunConfig, pp: Preprocessing) -> ScoreSpec:

@@ -3,9 +3,10 @@
 Two networks, both ``forward(x, metadata=None) -> reconstruction`` with the input's shape:
 
 * :class:`UNetAutoencoder` (``type: unet_ae``): a convolutional encoder-decoder with a dense latent vector and
-  U-Net skip connections from encoder to decoder at every resolution except the full one (``skip_levels``). A
-  skip at full resolution would let the network copy its input pixel for pixel and reconstruct anomalies as
-  well as normal tissue, so by default the finest skip starts one level down.
+  U-Net skip connections from encoder to decoder (``skip_levels``; default: the deepest level only). Skips at
+  fine resolutions let the network copy its input and reconstruct anomalies as well as normal tissue (on
+  PneumoniaMNIST, skips at 14x14 and 7x7 gave validation AUROC 0.69 against 0.88+ without them), so by default
+  only the coarsest map is passed across.
 * :class:`ReversedAutoencoder` (``type: reversed_ae``): asymmetric -- a deep encoder (two convolutions per
   stage) and a light decoder (one per stage) with NO skip connections: everything the decoder draws has to pass
   through the ``latent_dim``-sized bottleneck, so it cannot copy what it has not learned from normal images.
@@ -135,8 +136,8 @@ class UNetAutoencoder(_AutoencoderBase):
         width: channels of the first stage; doubled per stage (capped at 8x).
         latent_dim: size of the latent vector.
         skip_levels: encoder levels (0 = full resolution, ``depth - 1`` = deepest before the latent) whose
-            features are concatenated into the decoder. Default: 1..depth-1 (no full-resolution skip, see the
-            module docstring); ``[]`` gives a plain convolutional autoencoder.
+            features are concatenated into the decoder. Default: ``[depth - 1]`` (see the module docstring);
+            ``[]`` gives a plain convolutional autoencoder.
 
     Example:
         >>> m = UNetAutoencoder(in_chans=1, image_size=28, depth=3, width=8, latent_dim=16)
@@ -149,7 +150,7 @@ class UNetAutoencoder(_AutoencoderBase):
         skip_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(in_chans, image_size, depth, width, latent_dim)
-        skips = list(range(1, depth)) if skip_levels is None else sorted({int(s) for s in skip_levels})
+        skips = [depth - 1] if skip_levels is None else sorted({int(s) for s in skip_levels})
         bad = [s for s in skips if not 0 <= s < depth]
         if bad:
             raise ValueError(f"skip_levels {bad} out of range 0..{depth - 1}")

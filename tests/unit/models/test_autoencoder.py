@@ -78,8 +78,8 @@ def test_with_the_latent_fixed_only_skip_connections_carry_input_detail(kind, ca
     assert (diff > 1e-4) is carries_detail
 
 
-def test_unet_skip_levels_default_leaves_out_full_resolution():
-    assert UNetAutoencoder(1, 28, depth=3, width=4, latent_dim=8).skip_levels == [1, 2]
+def test_unet_skip_levels_default_is_the_deepest_level():
+    assert UNetAutoencoder(1, 28, depth=3, width=4, latent_dim=8).skip_levels == [2]
     assert UNetAutoencoder(1, 28, depth=3, width=4, latent_dim=8, skip_levels=[]).skip_levels == []
     with pytest.raises(ValueError, match="skip_levels"):
         UNetAutoencoder(1, 28, depth=3, skip_levels=[3])

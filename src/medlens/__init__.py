@@ -38,6 +38,7 @@ _EXPORTS = {
     "Sample": "medlens.data.samples",
     "SampleTable": "medlens.data.samples",
     "read_dataset": "medlens.data.readers",
+    "MetadataEncoder": "medlens.data.metadata",
     "list_readers": "medlens.data.readers",
     "split_indices": "medlens.data.splits",
     "kfold_indices": "medlens.data.splits",

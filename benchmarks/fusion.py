@@ -71,13 +71,13 @@ def _auroc(s: np.ndarray, y: np.ndarray) -> float:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def macro_auroc(probs: np.ndarray, targets: np.ndarray, task: str) -> float:
-    """Binary: AUROC of the positive class; multi-label: mean over labels with both classes present."""
+def macro_auroc(probs: np.ndarray, targets: np.ndarray, task: str, labels: list[int] | None = None) -> float:
+    """Binary: AUROC of the positive class; multi-label: mean over ``labels`` (default all) with both classes present."""
     if task == "binary":
         known = ~np.isnan(targets[:, 1])
         return _auroc(probs[known, 0], targets[known, 1] == 1)
     vals = []
-    for j in range(targets.shape[1]):
+    for j in range(targets.shape[1]) if labels is None else labels:
         known = ~np.isnan(targets[:, j])
         a = _auroc(probs[known, j], targets[known, j] == 1)
         if a == a:
@@ -85,7 +85,23 @@ def macro_auroc(probs: np.ndarray, targets: np.ndarray, task: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def bootstrap(folds: list[FoldResult], models: list[str], task: str, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+def evaluable_labels(table, folds, min_positives: int) -> list[int]:
+    """Multi-label: labels with at least ``min_positives`` positives (and as many negatives) in every fold's test part.
+
+    A label with one or two positives per fold gives a per-fold AUROC that is mostly noise, and in bootstrap
+    resamples it drops in and out of the macro average (no positive drawn), which biases the interval.
+    """
+    t = table.targets
+    ok = []
+    for j in range(t.shape[1]):
+        pos = [int(np.nansum(t[s.test, j] == 1)) for _, s in folds]
+        neg = [int(np.nansum(t[s.test, j] == 0)) for _, s in folds]
+        if min(pos) >= min_positives and min(neg) >= min_positives:
+            ok.append(j)
+    return ok
+
+
+def bootstrap(folds: list[FoldResult], models: list[str], task: str, n_boot: int, seed: int, labels: list[int] | None = None) -> dict[str, np.ndarray]:
     """Paired cluster bootstrap of the mean-over-folds AUROC: groups resampled within each fold's test part."""
     rng = np.random.default_rng(seed)
     prepared = []
@@ -100,7 +116,7 @@ def bootstrap(folds: list[FoldResult], models: list[str], task: str, n_boot: int
             pick = rng.integers(0, len(members), len(members))
             idx = np.concatenate([members[g] for g in pick])
             for m in models:
-                per_model[m].append(macro_auroc(f.probs[m][idx], f.targets[idx], task))
+                per_model[m].append(macro_auroc(f.probs[m][idx], f.targets[idx], task, labels))
         for m in models:
             v = [x for x in per_model[m] if x == x]
             out[m][b] = np.mean(v) if v else np.nan
@@ -172,11 +188,19 @@ def run_dataset(key: str, args, work: Path) -> dict:
     variants = {"image": base.model_copy(update={"data": base.data.model_copy(update={"metadata": None})}, deep=True), "fusion": base}
     models = list(variants)
     folds = fold_splits(table, args.folds, args.seed, val_fraction=0.2)[: args.max_folds]
+    names = list(table.label_space.names)
+    labels = None if task == "binary" else evaluable_labels(table, folds, args.min_positives)
+    if labels is not None and not labels:
+        raise ValueError(f"{key}: no label has {args.min_positives} positives in every fold; lower --min-positives")
     print(f"\n== {spec['title']}")
     print(f"   {len(table)} images, {len(set(table.groups.tolist()))} groups, task {task}, {args.folds} folds, "
           f"backbone {base.model.backbone} at {base.data.image_size} px, {base.trainer.max_epochs} epochs; "
           f"metadata numeric {base.data.metadata.numeric}, categorical {base.data.metadata.categorical} "
           f"(images decoded in {decode_s:.1f} s)", flush=True)
+    if labels is not None:
+        left = [n for j, n in enumerate(names) if j not in labels]
+        print(f"   AUROC: macro over the {len(labels)} labels with >= {args.min_positives} positives in every test fold"
+              + (f" (left out: {', '.join(left)})" if left else ""), flush=True)
     results: list[FoldResult] = []
     for k, splits in folds:
         assert not find_group_leaks(table, splits), "group leak between train/val/test"
@@ -192,15 +216,15 @@ def run_dataset(key: str, args, work: Path) -> dict:
             if fr.targets is None:
                 fr.targets = pred["test_targets"]
                 fr.groups = table.groups[splits.test]
-            fr.auroc[name] = macro_auroc(fr.probs[name], fr.targets, task)
+            fr.auroc[name] = macro_auroc(fr.probs[name], fr.targets, task, labels)
         results.append(fr)
         print(f"   fold {k}: train/val/test {fr.sizes['train']}/{fr.sizes['val']}/{fr.sizes['test']}  "
               + "  ".join(f"{m} AUROC {fr.auroc[m]:.3f} ({fr.seconds[m]:.0f} s, cpu {fr.cpu_seconds[m]:.0f} s)" for m in models), flush=True)
-    boots = bootstrap(results, models, task, args.boot, args.seed)
+    boots = bootstrap(results, models, task, args.boot, args.seed, labels)
     diff = boots["fusion"] - boots["image"]
     summary: dict = {"dataset": key, "title": spec["title"], "n_images": len(table), "task": task, "folds": args.folds,
                      "backbone": base.model.backbone, "image_size": base.data.image_size, "epochs": base.trainer.max_epochs,
-                     "boot": args.boot, "models": {}, "per_fold": [{"fold": f.fold, "sizes": f.sizes, "auroc": f.auroc, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds} for f in results]}
+                     "boot": args.boot, "labels": names if labels is None else [names[j] for j in labels], "models": {}, "per_fold": [{"fold": f.fold, "sizes": f.sizes, "auroc": f.auroc, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds} for f in results]}
     for m in models:
         a = np.asarray([f.auroc[m] for f in results], dtype=float)
         lo, hi = ci(boots[m])
@@ -219,12 +243,12 @@ def run_dataset(key: str, args, work: Path) -> dict:
 
 def verdict(d: dict, n_folds: int) -> str:
     lo, hi = d["ci95"]
-    fig = f"{d['mean']:+.3f} AUROC (95% bootstrap CI {lo:+.3f} to {hi:+.3f}; better in {d['folds_improved']}/{n_folds} folds)"
+    fig = f"{d['mean']:+.3f} AUROC (95% CI {lo:+.3f} to {hi:+.3f}; fusion better in {d['folds_improved']}/{n_folds} folds)"
     if lo > 0:
-        return f"fusion helps on this data: {fig}"
+        return f"fusion scored higher: {fig}; the CI excludes 0, so on this data fusion helps"
     if hi < 0:
-        return f"fusion is worse on this data: {fig}"
-    return f"no clear difference: {fig}; the CI includes 0, so these figures do not show that fusion helps"
+        return f"fusion scored lower: {fig}; the CI excludes 0, so on this data fusion hurts"
+    return f"no clear difference: {fig}; the CI includes 0, so these figures show neither a gain nor a loss"
 
 
 def print_summary(s: dict) -> None:
@@ -247,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="override data.image_size")
     ap.add_argument("--boot", type=int, default=None, help="bootstrap resamples (default 1000; 200 with --quick)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-positives", type=int, default=5, help="multi-label: labels need this many positives in every test fold")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override for both datasets, e.g. model.small_input=false")
     ap.add_argument("--quick", action="store_true", help="reduced check: 2 folds, 1 epoch, NIH cut to 300 images")
@@ -274,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = [run_dataset(k, args, work) for k in keys]
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"\n== summary ({total:.0f} s total wall time, {cpu:.0f} s CPU time)")
+    print("   CIs resample the test patients/lesions of each fold (paired for the difference); they do not include the\n"
+          "   variability of training itself (one seed per fold), so a CI that barely excludes 0 is weak evidence.")
     for s in summaries:
         print(f"   {s['dataset']}: image {s['models']['image']['mean']:.3f}, fusion {s['models']['fusion']['mean']:.3f} -> {s['verdict']}")
     if args.out:

@@ -197,9 +197,12 @@ def test_load_run_of_an_unfinished_run(tmp_path):
 
 # ----------------------------------------------------------------------------------- real trainings
 @pytest.mark.slow
-def test_compare_two_trained_runs_that_differ_in_lr(tmp_path, pneumonia_npz):
+def test_compare_two_trained_runs_that_differ_in_lr(tmp_path, pneumonia_npz, monkeypatch):
     from medlens.config import config_from_dict
     from medlens.training import train
+
+    monkeypatch.chdir(tmp_path)  # outside any git checkout: a commit made meanwhile must not show as a difference
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
 
     data = {"kind": "medmnist", "path": str(pneumonia_npz), "image_size": 28, "channels": 1, "max_samples": 150}
     results = []

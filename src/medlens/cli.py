@@ -36,6 +36,10 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "torch", "PIL", "matplotlib", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # Lightning's internal deprecation/perf notes are not actionable for a user of the CLI
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"(lightning|pytorch_lightning)(\.|$)")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,281 @@
+"""Unsupervised anomaly detection: U-Net AE and reversed AE vs. a PCA reconstruction-error baseline.
+
+    python benchmarks/anomaly.py                       # both datasets, the figures to report (CPU)
+    python benchmarks/anomaly.py --quick               # a reduced check that it runs (few images, 1 epoch)
+    python benchmarks/anomaly.py --dataset pneumonia   # one dataset
+    python benchmarks/anomaly.py --json out.json --figures figs/   # also write the numbers and histograms
+
+Datasets (../shared/data, official MedMNIST 28 px files and splits):
+  * PneumoniaMNIST: normal = ``normal`` (1214 training images), abnormal = ``pneumonia``.
+  * BreastMNIST (ultrasound): normal = ``normal, benign`` (399 training images), abnormal = ``malignant``.
+
+Protocol, per dataset (identical for every method):
+  * Fit on the NORMAL images of the official training split only; the threshold is fitted on the validation
+    normals at a 5 % false-positive rate; test = the whole official test split (normal vs. abnormal).
+  * Autoencoders: ``medlens.train`` with the shipped configs ``configs/anomaly_pneumoniamnist.yaml`` (U-Net AE)
+    and ``configs/anomaly_pneumoniamnist_reversed.yaml`` (reversed AE); for BreastMNIST only the data source and
+    normal label change. Wall time = the whole run (data, training, threshold, evaluation, bundle).
+  * PCA: the principal components of the training normals (pixels in [0, 1]) explaining ``--pca-variance`` of
+    their variance (90 %: chosen without labels); reconstruction = projection onto them.
+  * Every method is scored with both pixel error maps -- squared error (``mse``) and local SSIM dissimilarity
+    (``ssim``) -- each averaged over the image; the configs' own choice is ``ssim``. AUROC with a 95 %
+    bootstrap CI (test images resampled, ``--boot`` times), average precision, and sensitivity/specificity at the
+    validation-normal threshold.
+  * Validation AUROC (validation normals vs. abnormal, never used for any choice) is shown beside the test one:
+    PneumoniaMNIST's validation images come from the training cohort, its test images from a separate one.
+  * Reference rows, not anomaly detectors: minus the image's own pixel standard deviation, and minus its
+    fine-detail energy (image minus its 1 px Gaussian blur), which need no model. They show how much of a score
+    can come from global image statistics (smooth, low-contrast image = "abnormal").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDLENS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+DATASETS = {
+    "pneumonia": {"flag": "pneumoniamnist", "normal": "normal", "title": "PneumoniaMNIST: normal vs pneumonia",
+                  "path": DATA / "medmnist_pneumoniamnist" / "pneumoniamnist.npz"},
+    "breast": {"flag": "breastmnist", "normal": "normal, benign", "title": "BreastMNIST: normal/benign vs malignant",
+               "path": DATA / "medmnist_breastmnist" / "breastmnist.npz"},
+}
+CONFIGS = {"unet_ae": ROOT / "configs" / "anomaly_pneumoniamnist.yaml", "reversed_ae": ROOT / "configs" / "anomaly_pneumoniamnist_reversed.yaml"}
+MAPS = ("mse", "ssim")
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def _scores(x01: np.ndarray, rec01: np.ndarray, kind: str) -> np.ndarray:
+    """Mean error-map score per image, through medlens' own error maps (the ones bundles use)."""
+    import torch
+
+    from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
+
+    spec = ScoreSpec(error_map=kind, method="mean", mean=(0.0,), std=(1.0,))  # inputs already in [0, 1]
+    out = []
+    for i in range(0, len(x01), 512):
+        x = torch.from_numpy(x01[i : i + 512, None].astype(np.float32))
+        r = torch.from_numpy(rec01[i : i + 512, None].astype(np.float32))
+        out.append(scores_from_error_maps(error_map(x, r, spec), spec).numpy())
+    return np.concatenate(out)
+
+
+def _summary(val: np.ndarray, yv: np.ndarray, test: np.ndarray, y: np.ndarray, boot: int, fpr: float) -> dict:
+    """Threshold on the validation normals; validation AUROC (information only) and test metrics."""
+    from medlens.engine.anomaly import fit_threshold
+    from medlens.metrics import average_precision, binary_auroc
+
+    thr, _ = fit_threshold(val[~yv], fpr)
+    pred = test >= thr
+    rng = np.random.default_rng(0)
+    aucs = []
+    for _ in range(boot):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].any() and (~y[idx]).any():
+            aucs.append(binary_auroc(test[idx], y[idx]))
+    lo, hi = (np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan")))
+    return {
+        "val_auroc": binary_auroc(val, yv), "auroc": binary_auroc(test, y), "auroc_ci": [float(lo), float(hi)], "average_precision": average_precision(test, y),
+        "sensitivity": float(pred[y].mean()), "specificity": float((~pred[~y]).mean()), "threshold": thr,
+        "mean_score_normal": float(test[~y].mean()), "mean_score_abnormal": float(test[y].mean()),
+    }
+
+
+def _high_freq(x01: np.ndarray) -> np.ndarray:
+    """Mean squared difference between each image and its Gaussian blur (sigma 1 px): fine-detail energy."""
+    import cv2
+
+    return np.array([((im - cv2.GaussianBlur(im, (5, 5), 1.0)) ** 2).mean() for im in x01.astype(np.float32)])
+
+
+# ------------------------------------------------------------------------------------------ methods
+def run_pca(xtr: np.ndarray, xval: np.ndarray, xte: np.ndarray, variance: float) -> tuple[dict, dict, float, int]:
+    """PCA on flattened [0, 1] training normals; returns per-map (validation scores, test scores), seconds, k."""
+    t = time.perf_counter()
+    a = xtr.reshape(len(xtr), -1)
+    mu = a.mean(0)
+    _, s, vt = np.linalg.svd(a - mu, full_matrices=False)
+    ratio = np.cumsum(s**2) / np.sum(s**2)
+    k = int(np.searchsorted(ratio, variance) + 1)
+    v = vt[:k]
+
+    def rec(x: np.ndarray) -> np.ndarray:
+        f = x.reshape(len(x), -1)
+        return ((f - mu) @ v.T @ v + mu).reshape(x.shape)
+
+    val = {m: _scores(xval, rec(xval), m) for m in MAPS}
+    test = {m: _scores(xte, rec(xte), m) for m in MAPS}
+    return val, test, time.perf_counter() - t, k
+
+
+def run_autoencoder(name: str, ds: dict, out_dir: Path, epochs: int | None, max_samples: int | None) -> tuple[dict, dict, float, dict]:
+    """Train with ``medlens.train`` (shipped config), then score val normals and test with both error maps."""
+    import torch
+
+    from medlens import load_config, train
+    from medlens.bundle import load_bundle
+    from medlens.evaluate import dataset_splits
+    from medlens.models.autoencoder import ScoreSpec, anomaly_scores
+
+    over = [
+        f"data.path={ds['path']}", f"data.flag={ds['flag']}", f"data.normal_label={ds['normal']}",
+        f"output.dir={out_dir}", f"output.name={name}_{ds['flag']}", "output.overwrite=true",
+        "trainer.progress_bar=false", "tracking.backends=[csv]",
+    ]
+    if epochs is not None:
+        over.append(f"trainer.max_epochs={epochs}")
+    if max_samples is not None:
+        over.append(f"data.max_samples={max_samples}")
+    cfg = load_config(CONFIGS[name], over)
+    t = time.perf_counter()
+    result = train(cfg)
+    seconds = time.perf_counter() - t
+    bundle = load_bundle(result.bundle_dir)
+    table, splits = dataset_splits(cfg)
+    pp = bundle.manifest.preprocessing
+    base = ScoreSpec.from_dict(bundle.manifest.anomaly)
+    from medlens.data.transforms import make_transform
+
+    tf = make_transform(pp)
+
+    def score(rows: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.stack([tf(table.images[i]) for i in rows]))
+        out: dict[str, list] = {m: [] for m in MAPS}
+        for i in range(0, len(x), 256):
+            for m in MAPS:
+                spec = ScoreSpec(error_map=m, method="mean", mean=base.mean, std=base.std, ssim_window=base.ssim_window)
+                out[m].append(anomaly_scores(bundle.model, x[i : i + 256], spec)[0].numpy())
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    info = {"epochs_run": len(result.history), "train_normals": result.data_summary.get("train_normals"),
+            "bundle_test_auroc": result.metrics.get("test", {}).get("auroc")}
+    return score(splits.val), score(splits.test), seconds, info
+
+
+# ------------------------------------------------------------------------------------------ main
+def load_split(path: Path, normal_label: str, flag: str, max_samples: int | None):
+    """[0, 1] images: training normals; validation and test images with their abnormal flags."""
+    from medlens.config import MedMNISTData
+    from medlens.data.readers import read_dataset
+
+    table = read_dataset(MedMNISTData(kind="medmnist", path=str(path), flag=flag, task="anomaly", normal_label=normal_label, max_samples=max_samples, download=False))
+    normal = table.targets[:, 0] == 1
+    x = table.images.astype(np.float32) / 255.0
+    tr = (table.splits == "train") & normal
+    va = table.splits == "val"
+    te = table.splits == "test"
+    return x[tr], x[va], ~normal[va], x[te], ~normal[te]
+
+
+def benchmark(key: str, args, out_dir: Path) -> dict:
+    ds = DATASETS[key]
+    if not ds["path"].is_file():
+        raise SystemExit(f"{ds['path']} not found (set MEDLENS_SHARED_DATA)")
+    xtr, xva, yv, xte, y = load_split(ds["path"], ds["normal"], ds["flag"], args.max_samples)
+    rows: list[dict] = []
+    val, test, sec, k = run_pca(xtr, xva, xte, args.pca_variance)
+    for m in MAPS:
+        rows.append({"method": f"PCA (k={k}, {args.pca_variance:.0%} var.)", "map": m, "seconds": sec, "_scores": test[m], **_summary(val[m], yv, test[m], y, args.boot, args.fpr)})
+    for name in args.models:
+        val, test, sec, info = run_autoencoder(name, ds, out_dir, args.epochs, args.max_samples)
+        label = {"unet_ae": "U-Net AE", "reversed_ae": "reversed AE"}[name] + f" ({info['epochs_run']} ep.)"
+        for m in MAPS:
+            rows.append({"method": label, "map": m, "seconds": sec, **info, "_scores": test[m], **_summary(val[m], yv, test[m], y, args.boot, args.fpr)})
+    std_val, std_test = -xva.reshape(len(xva), -1).std(1), -xte.reshape(len(xte), -1).std(1)
+    rows.append({"method": "reference: -pixel std (no model)", "map": "-", "seconds": 0.0, "_scores": std_test, **_summary(std_val, yv, std_test, y, args.boot, args.fpr)})
+    hf_val, hf_test = -_high_freq(xva), -_high_freq(xte)
+    rows.append({"method": "reference: -high-freq. energy (no model)", "map": "-", "seconds": 0.0, "_scores": hf_test, **_summary(hf_val, yv, hf_test, y, args.boot, args.fpr)})
+    return {"dataset": ds["title"], "train_normals": int(len(xtr)), "val_normals": int((~yv).sum()), "val_abnormal": int(yv.sum()), "test": int(len(y)),
+            "test_abnormal": int(y.sum()), "rows": rows, "test_scores_y": y}
+
+
+def print_table(res: dict) -> None:
+    print(f"\n### {res['dataset']}  (train normals {res['train_normals']}, val {res['val_normals']} normal + {res['val_abnormal']} abnormal, "
+          f"test {res['test']} of which {res['test_abnormal']} abnormal)\n")
+    print("| method | error map | val AUROC | test AUROC [95% CI] | test AP | test sens. / spec. @ 5% val-FPR | wall time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        lo, hi = r["auroc_ci"]
+        print(f"| {r['method']} | {r['map']} | {r['val_auroc']:.3f} | {r['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['average_precision']:.3f} | "
+              f"{r['sensitivity']:.2f} / {r['specificity']:.2f} | {r['seconds']:.1f} |")
+
+
+def write_figures(res: dict, key: str, folder: Path) -> None:
+    """Histograms of the test scores of normal vs abnormal images, one panel per method and map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["rows"] if "_scores" in r]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 2.8), squeeze=False)
+    y = res["test_scores_y"]
+    for ax, r in zip(axes[0], rows, strict=True):
+        s = r["_scores"]
+        bins = np.linspace(s.min(), s.max(), 30)
+        ax.hist(s[~y], bins, alpha=0.6, label="normal", density=True)
+        ax.hist(s[y], bins, alpha=0.6, label="abnormal", density=True)
+        ax.set_title(f"{r['method'].split(' (')[0]} / {r['map']}\nAUROC {r['auroc']:.3f}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / f"anomaly_{key}_scores.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
+    ap.add_argument("--models", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--epochs", type=int, default=None, help="override the configs' trainer.max_epochs")
+    ap.add_argument("--max-samples", type=int, default=None, help="first N rows of the file, split shares kept")
+    ap.add_argument("--pca-variance", type=float, default=0.90)
+    ap.add_argument("--fpr", type=float, default=0.05, help="threshold: this false-positive rate on val normals")
+    ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="a reduced run: 1 epoch, 600 rows, 100 bootstrap draws")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--figures", type=Path, default=None, help="write score histograms (PNG) here")
+    ap.add_argument("--runs", type=Path, default=None, help="where the autoencoder runs go (default: a temp folder)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.max_samples, args.boot = 1, args.max_samples or 600, min(args.boot, 100)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "medlens"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    keys = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="medlens-anomaly-") as tmp:
+        runs = args.runs or Path(tmp)
+        for key in keys:
+            t = time.perf_counter()
+            res = benchmark(key, args, runs)
+            print_table(res)
+            print(f"\n({key}: {time.perf_counter() - t:.0f} s in all)", file=sys.stderr)
+            out[key] = res
+    if args.figures is not None:
+        for key, res in out.items():
+            write_figures(res, key, args.figures)
+    if args.json is not None:
+        clean = {k: {**v, "rows": [{kk: vv for kk, vv in r.items() if not kk.startswith("_")} for r in v["rows"]],
+                     "test_scores_y": None} for k, v in out.items()}
+        args.json.write_text(json.dumps(clean, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

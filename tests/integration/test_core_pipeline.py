@@ -44,14 +44,14 @@ def stderr_lines(result) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(pneumonia_npz: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A tiny PneumoniaMNIST run: 600 samples (official split shares), resnet10t, 1 epoch."""
+    """A tiny PneumoniaMNIST run: 600 samples (official split shares), resnet10t, 1 epoch (a few seconds)."""
     from medlens.training import train
 
     tmp = tmp_path_factory.mktemp("core")
     raw = tiny_config(tmp, {
         "kind": "medmnist", "path": str(pneumonia_npz), "image_size": 28, "channels": 1, "max_samples": 600,
         "batch_size": 64,
-    })
+    }, model={"small_input": False})  # the stock stem: ~16x cheaper at 28 px, enough to learn something
     result = train(config_from_dict(raw))
     return result
 
@@ -241,10 +241,7 @@ def test_crash_mid_training_leaves_no_bundle(tmp_path: Path) -> None:
         {"kind": "folder", "root": "data", "image_size": 28, "channels": 1, "cache_images": False, "num_workers": 0, "batch_size": 8},
     )
     res = cli("train", p)
-    assert res.exit_code == 2, (res.output, res.exception)
-    errors = [ln for ln in stderr_lines(res) if ln.startswith("error:")]
-    assert len(errors) == 1 and "07.png" in errors[0], res.stderr
-    assert stderr_lines(res)[-1] == errors[0]
+    _assert_one_line_error(res, "07.png")
     run = tmp_path / "runs" / "t"
     assert not (run / "bundle").exists()
     assert not [x for x in run.iterdir() if x.name.startswith(".bundle")]

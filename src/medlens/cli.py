@@ -126,6 +126,8 @@ def predict(
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write one HTML report per image (image, overlay, findings, model card) into this folder.")] = None,
+    report_method: Annotated[str, typer.Option(help="Explanation method shown in the reports.")] = "gradcam",
 ) -> None:
     """Predict IMAGES with BUNDLE: probabilities and labels per image."""
     _setup_logging()
@@ -133,7 +135,7 @@ def predict(
     from medlens.predict import predict as _predict
 
     meta = _run(metadata_rows_for, metadata, [str(p) for p in images]) if metadata else None
-    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, metadata=meta, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated)
+    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, metadata=meta, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated, report_dir=report, report_method=report_method)
     bad = [p for p in preds if not p.ok]
     if out is None:
         for p in preds:
@@ -144,6 +146,8 @@ def predict(
                 typer.echo(f"{p.source}\t{probs}\tpredicted={'|'.join(p.predicted)}")
     else:
         typer.echo(f"wrote {out} ({len(preds) - len(bad)} predicted, {len(bad)} failed)")
+    if report is not None:
+        typer.echo(f"reports: {report / 'index.html'}")
     for p in bad:
         typer.echo(f"could not predict {p.source}: {p.error}", err=True)
     if bad and len(bad) == len(preds):
@@ -362,6 +366,41 @@ def cv(
         s = r.summary.get(m)
         if s and s["mean"] is not None:
             typer.echo(f"{m}: {s['mean']:.4f} +- {s['std']:.4f} over {s['n_folds']} folds")
+
+
+@app.command()
+def explain(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, DICOM, ...).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs, heatmaps (.npy) and a JSON summary.")],
+    label: Annotated[Optional[list[str]], typer.Option(help="Label to explain (repeatable); default: the positive/predicted labels.")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, eigencam, layercam, hirescam, xgradcam (anomaly: error_map).")] = "gradcam",
+    target_layer: Annotated[Optional[str], typer.Option(help="Module to explain, e.g. backbone.layer3 (default: last conv stage).")] = None,
+    metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object.")] = None,
+) -> None:
+    """Explain IMAGE with BUNDLE: one heatmap overlay per label."""
+    _setup_logging()
+    from medlens.explain import explain_to_dir
+
+    exps = _run(explain_to_dir, bundle, image, out, label, method, target_layer, metadata)
+    for e in exps:
+        typer.echo(f"{e.label}\tp={e.probability:.4f}\t{e.method}\t{e.target_layer or '-'}")
+    typer.echo(f"wrote {len(exps)} overlay(s) to {out}")
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: inside the bundle).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+) -> None:
+    """Export BUNDLE (ONNX with a dynamic batch axis, manifest beside it)."""
+    _setup_logging()
+    from medlens.export import export as _export
+
+    path = _run(_export, bundle, format, out, opset)
+    typer.echo(f"exported {path}")
 
 
 def main() -> None:

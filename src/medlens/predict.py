@@ -27,6 +27,31 @@ log = logging.getLogger("medlens.predict")
 ImageInput = Any  # str | Path | bytes | np.ndarray | PIL.Image.Image
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    import cv2
+
+    return (ImageReadError, TypeError, ValueError, cv2.error)
+
+
+_INPUT_ERRORS = _input_errors()  # what makes ONE input fail (reported in its Prediction), not the batch
+
+
+def _as_input_list(inputs: Any) -> list:
+    """A single input (path, bytes, image array, PIL image) or an iterable of them -> list."""
+    if isinstance(inputs, (str, Path, bytes, bytearray)):
+        return [inputs]
+    if isinstance(inputs, np.ndarray):
+        return list(inputs) if inputs.ndim == 4 else [inputs]
+    try:
+        from PIL import Image
+
+        if isinstance(inputs, Image.Image):
+            return [inputs]
+    except ImportError:  # pragma: no cover
+        pass
+    return list(inputs)
+
+
 @dataclass
 class Prediction:
     """One image's result.
@@ -55,7 +80,16 @@ class Prediction:
 
 
 def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
-    """Any supported input -> (uint8 image, source name)."""
+    """Any supported input -> (uint8 image, source name).
+
+    Paths and bytes are decoded by format (PNG, JPEG, TIFF, BMP, DICOM, ...). Numpy arrays may be (H, W),
+    (H, W, C) or (C, H, W); uint8 is used as is, booleans and floats within [0, 1] are scaled by 255, other
+    dtypes (16-bit, Hounsfield units, ...) are min-max scaled to uint8.
+
+    Example:
+        >>> decode_input(np.zeros((2, 3), np.float32))[0].dtype
+        dtype('uint8')
+    """
     from medlens.data.io import MAX_PIXELS
 
     limit = max_pixels or MAX_PIXELS
@@ -65,7 +99,13 @@ def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None 
         return load_image_bytes(bytes(x), name or "<bytes>", limit), name or "<bytes>"
     if isinstance(x, np.ndarray):
         arr = x
-        if arr.dtype != np.uint8:
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise TypeError(f"{name or '<array>'}: an image array must be (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}")
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        elif arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = np.round(arr * 255.0).astype(np.uint8)
+        elif arr.dtype != np.uint8:
             from medlens.data.io import _to_uint8
 
             arr = _to_uint8(arr)
@@ -110,6 +150,11 @@ class Predictor:
         self.calibrated = calibrated
         self.device = torch.device(device)
         self.model = bundle.model.to(self.device).eval()
+        self.path: Path | None = bundle.path
+        self._init_preprocessing()
+
+    def _init_preprocessing(self) -> None:
+        """Transform and metadata encoder from the manifest (shared with the ONNX predictor)."""
         self.transform = make_transform(self.manifest.preprocessing)
         self._meta_encoder = None
         if self.manifest.metadata_encoder:
@@ -222,51 +267,114 @@ class Predictor:
                 ))
         return preds
 
-    def predict(self, inputs: Iterable[ImageInput], metadata: Sequence[dict | None] | None = None, names: Sequence[str] | None = None, progress: bool = False) -> list[Prediction]:
+    def predict(self, inputs: Iterable[ImageInput] | ImageInput, metadata: Sequence[dict | None] | None = None, names: Sequence[str] | None = None, progress: bool = False) -> list[Prediction]:
         """Predict a batch of inputs; unreadable inputs get a :class:`Prediction` with ``error`` set.
 
+        Every input gets exactly one result, in order: a corrupt file, an unsupported array or bad metadata
+        fails that input only.
+
         Args:
-            inputs: paths, bytes, numpy arrays or PIL images.
+            inputs: paths, bytes, numpy arrays or PIL images (a single one is also accepted; a 4-D array
+                (N, H, W, C) is N images).
             metadata: one dict per input for fusion models (missing fields allowed).
             names: display names of the inputs (default: the path or a description).
-            progress: show a progress bar.
+            progress: show a progress bar (on stderr).
+
+        Example:
+            >>> p.predict(["a.png", "b.dcm", np.zeros((28, 28), np.uint8)])  # doctest: +SKIP
         """
-        inputs = list(inputs)
+        inputs = _as_input_list(inputs)
         names = list(names) if names is not None else [None] * len(inputs)
+        if len(names) != len(inputs):
+            raise ValueError(f"{len(names)} names for {len(inputs)} inputs")
         results: list[Prediction | None] = [None] * len(inputs)
         meta_rows = list(metadata) if metadata is not None else [None] * len(inputs)
+        if len(meta_rows) != len(inputs):
+            raise ValueError(f"{len(meta_rows)} metadata rows for {len(inputs)} inputs")
         for start in _progress(range(0, len(inputs), self.batch_size), progress, "predicting", total=len(inputs), step=self.batch_size):
-            imgs, srcs, where, metas = [], [], [], []
+            xs, srcs, where, metas = [], [], [], []
             for j in range(start, min(start + self.batch_size, len(inputs))):
                 try:
                     img, src = decode_input(inputs[j], names[j])
-                except (ImageReadError, TypeError) as e:
+                    xs.append(self.transform(img))  # preprocessing errors (odd channel counts, ...) fail this input only
+                except _INPUT_ERRORS as e:
                     results[j] = Prediction(str(names[j] or inputs[j] if isinstance(inputs[j], (str, Path)) else names[j] or f"<input {j}>"), error=str(e))
                     continue
-                imgs.append(img)
                 srcs.append(src)
                 where.append(j)
                 metas.append(meta_rows[j])
-            if imgs:
-                probs = self.predict_arrays(imgs, self.encode_metadata(metas, len(imgs)))
-                for j, pr in zip(where, self.to_predictions(probs, srcs), strict=True):
-                    results[j] = pr
+            if xs:
+                meta, errors = self._encode_rows(metas)
+                for k, err in enumerate(errors):
+                    if err:
+                        results[where[k]] = Prediction(srcs[k], error=f"metadata: {err}")
+                keep = [k for k, err in enumerate(errors) if not err]
+                if not keep:
+                    continue
+                x = np.stack([xs[k] for k in keep])
+                m = None if meta is None else meta[keep]
+                probs = self._predict_preprocessed(x, m)
+                for k, pr in zip(keep, self.to_predictions(probs, [srcs[k] for k in keep]), strict=True):
+                    results[where[k]] = pr
         return [r for r in results if r is not None]
+
+    def predict_one(self, image: ImageInput, metadata: dict | None = None, name: str | None = None) -> Prediction:
+        """Predict one input (see :meth:`predict`); the result may carry ``error``."""
+        return self.predict([image], None if metadata is None else [metadata], None if name is None else [name])[0]
+
+    def _predict_preprocessed(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Preprocessed (N, C, H, W) -> probabilities, in chunks of ``batch_size``."""
+        out = [
+            self.activation(self._forward(x[i : i + self.batch_size], None if meta is None else meta[i : i + self.batch_size]))
+            for i in range(0, len(x), self.batch_size)
+        ]
+        return np.concatenate(out)
+
+    def _encode_rows(self, rows: list[dict | None]) -> tuple[np.ndarray | None, list[str]]:
+        """Encode metadata rows: (array or None, one error message per row, empty when fine).
+
+        A row that cannot be encoded (e.g. a non-numeric age) fails alone; its array row is zeros.
+        """
+        if self._meta_encoder is None:
+            return None, [""] * len(rows)
+        try:
+            return self.encode_metadata(rows, len(rows)), [""] * len(rows)
+        except ValueError:
+            pass
+        encoded: list[np.ndarray | None] = []
+        errors: list[str] = []
+        for r in rows:
+            try:
+                encoded.append(np.asarray(self.encode_metadata([r], 1))[0])
+                errors.append("")
+            except ValueError as e:
+                encoded.append(None)
+                errors.append(str(e))
+        good = [e for e in encoded if e is not None]
+        if not good:
+            return None, errors
+        arr = np.stack([e if e is not None else np.zeros_like(good[0]) for e in encoded])
+        return arr, errors
 
 
 def _progress(it, enabled: bool, desc: str, total: int | None = None, step: int = 1):
     if not enabled:
         yield from it
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     items = list(it)
     n = total if total is not None else len(items)
-    with Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False) as prog:
+    done = 0
+    # stderr, so that stdout stays clean for results; a non-terminal stream gets the final bar once
+    with Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as prog:
         task = prog.add_task(desc, total=n)
         for x in items:
             yield x
-            prog.advance(task, step if total is not None else 1)
+            inc = min(step, n - done) if total is not None else 1
+            done += inc
+            prog.advance(task, inc)
 
 
 def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path) -> Path:
@@ -290,8 +398,12 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
     return path
 
 
-def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
+def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True, report_dir: str | Path | None = None, report_method: str = "gradcam") -> list[Prediction]:
     """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
+
+    With ``report_dir``, one self-contained HTML report per predicted image (image, ``report_method``
+    overlay, findings vs thresholds, model card, not-a-diagnosis statement) and an ``index.html`` are written
+    there (see :mod:`medlens.clinical_report`).
 
     Example:
         >>> preds = predict("runs/demo/bundle", ["a.png", "b.dcm"], out="preds.csv")  # doctest: +SKIP
@@ -304,6 +416,10 @@ def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str 
     preds = predictor.predict(images, metadata=metadata, progress=progress)
     if out is not None:
         write_predictions_csv(preds, predictor.label_names, out)
+    if report_dir is not None:
+        from medlens.clinical_report import write_reports
+
+        write_reports(predictor, images, preds, report_dir, method=report_method, metadata=metadata, progress=progress)
     return preds
 
 

@@ -1,0 +1,308 @@
+"""Per-image reports for clinicians: one self-contained HTML file (and optionally a PDF) per image.
+
+A report shows the image, the explanation overlay(s), every finding's probability against its threshold and
+the decision, the model's name, version and intended use, and a plain statement that it is not a diagnosis.
+HTML reports embed their images (base64 PNG) and styles, so they open offline and can be archived as one
+file. PDFs are drawn with matplotlib (already a dependency), one page per image.
+
+Example:
+    >>> from medlens import Predictor
+    >>> from medlens.explain import explain
+    >>> from medlens.clinical_report import image_report_html
+    >>> p = Predictor.from_bundle("runs/nih/bundle")  # doctest: +SKIP
+    >>> img = load_image("chest.png")  # doctest: +SKIP
+    >>> html = image_report_html(img, p.predict_one(img), explain(p, img), p.manifest)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from medlens.bundle import Manifest
+    from medlens.explain import Explanation
+    from medlens.predict import ImageInput, Prediction, Predictor
+
+log = logging.getLogger("medlens.clinical_report")
+
+DISCLAIMER = (
+    "This report was produced automatically by a machine-learning model. It is NOT a diagnosis and must not "
+    "be used as the sole basis for any clinical decision. Probabilities are model outputs, not the likelihood "
+    "of disease in a given patient; all findings must be reviewed by a qualified clinician together with the "
+    "patient's history and other examinations."
+)
+NO_INTENDED_USE = "Not stated by the model's author. Research use only."
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1a1a1a;max-width:1000px}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.warn{background:#fff4e5;border:1px solid #f0a020;padding:10px 12px;border-radius:6px;font-size:14px}
+.err{background:#fdecea;border:1px solid #d93025;padding:10px 12px;border-radius:6px}
+.imgs{display:flex;flex-wrap:wrap;gap:16px}.imgs figure{margin:0}.imgs img{max-width:360px;max-height:360px;
+image-rendering:auto;border:1px solid #ccc;min-width:180px}
+figcaption{font-size:13px;color:#444;margin-top:4px}
+table{border-collapse:collapse;font-size:14px}th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}
+th{background:#f4f4f4}tr.pos td{background:#fdecea;font-weight:600}
+.bar{display:inline-block;height:10px;background:#5b8def;vertical-align:middle}
+.meta{font-size:13px;color:#444}.meta td{border:none;padding:1px 12px 1px 0}
+"""
+
+
+def _b64_png(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def model_card(manifest: Manifest) -> dict[str, str]:
+    """Name, version and provenance of the model, as shown in reports."""
+    cfg = manifest.config or {}
+    arch = manifest.architecture or {}
+    name = str(cfg.get("name") or (manifest.extra or {}).get("name") or arch.get("backbone") or arch.get("type") or "model")
+    versions = manifest.versions or {}
+    card = {
+        "Model": name,
+        "Architecture": f"{arch.get('type', 'classifier')} / {arch.get('backbone', '-')}",
+        "Task": f"{manifest.task} ({len(manifest.label_names)} labels)",
+        "Trained": manifest.created or "-",
+        "Version": f"bundle format {manifest.format_version}, medlens {versions.get('medlens', '?')}",
+        "Weights SHA-256": (manifest.weights_sha256 or "-")[:16],
+        "Input": f"{manifest.preprocessing.image_size} px, {manifest.preprocessing.channels} channel(s)",
+    }
+    test = (manifest.metrics or {}).get("test") or {}
+    if isinstance(test, dict) and test.get("auroc_macro") is not None:
+        card["Test AUROC (macro)"] = f"{float(test['auroc_macro']):.3f}"
+    return card
+
+
+def _finding_rows(prediction: Prediction, manifest: Manifest) -> list[dict[str, Any]]:
+    rows = []
+    task = manifest.task
+    names = manifest.label_names
+    for n in names:
+        p = prediction.probabilities.get(n)
+        thr = prediction.thresholds.get(n)
+        if task == "binary" and n == names[0]:
+            continue  # the negative class is 1 - p(positive): shown once, as the positive finding
+        if task == "multiclass":
+            decision = "predicted class" if n in prediction.predicted else ""
+        else:
+            decision = "POSITIVE" if prediction.decisions.get(n) else "negative"
+        rows.append({"label": n, "probability": p, "threshold": thr, "decision": decision, "positive": n in prediction.predicted})
+    if task == "anomaly" and prediction.score is not None:
+        lab = names[-1]
+        rows = [{"label": f"{lab} (anomaly score)", "probability": prediction.score, "threshold": prediction.thresholds.get(lab), "decision": "POSITIVE" if lab in prediction.predicted else "negative", "positive": lab in prediction.predicted, "score": True}]
+    return rows
+
+
+def image_report_html(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest, title: str | None = None) -> str:
+    """A self-contained HTML report for one image.
+
+    Args:
+        image: the decoded uint8 image (H, W) or (H, W, C).
+        prediction: its :class:`~medlens.predict.Prediction`.
+        explanations: overlays to show (may be empty).
+        manifest: the bundle manifest (model name, version, intended use).
+        title: page title (default: the prediction's source).
+
+    Returns:
+        HTML text with images embedded as base64 PNGs; no external resources.
+
+    Example:
+        >>> html = image_report_html(img, pred, explain(p, img), p.manifest)  # doctest: +SKIP
+        >>> "not a diagnosis" in html.lower()  # doctest: +SKIP
+        True
+    """
+    from medlens.explain import image_png
+
+    esc = html.escape
+    src = prediction.source or "image"
+    title = title or f"medlens report: {Path(str(src)).name}"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p class='warn' role='note'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p>",
+    ]
+    if not prediction.ok:
+        parts.append(f"<p class='err'>This image could not be analysed: {esc(str(prediction.error))}</p>")
+    parts.append("<h2>Image and explanation</h2><div class='imgs'>")
+    parts.append(f"<figure><img alt='input image' src='{_b64_png(image_png(image, 768))}'><figcaption>Input ({image.shape[1]}&times;{image.shape[0]} px)</figcaption></figure>")
+    for e in explanations:
+        cap = f"{esc(e.label)}: {esc(e.method)}" + (f" at {esc(e.target_layer)}" if e.target_layer else "") + f" (p = {e.probability:.3f})"
+        parts.append(f"<figure><img alt='{esc(e.method)} overlay for {esc(e.label)}' src='{_b64_png(e.overlay_png)}'><figcaption>{cap}</figcaption></figure>")
+    parts.append("</div>")
+    if explanations:
+        parts.append("<p class='meta'>Warm colours mark the regions that most increased the model's score for the label "
+                     "(for anomaly models: the pixels it reconstructed worst). They show where the model looked, not where disease is.</p>")
+    if prediction.ok:
+        rows = _finding_rows(prediction, manifest)
+        is_score = any(r.get("score") for r in rows)
+        parts.append("<h2>Findings</h2><table><thead><tr><th>Finding</th>"
+                     f"<th>{'Score' if is_score else 'Probability'}</th><th>Threshold</th><th>Decision</th></tr></thead><tbody>")
+        for r in rows:
+            p = r["probability"]
+            bar = "" if p is None or is_score else f"<span class='bar' style='width:{int(round(100 * max(0.0, min(1.0, p))))}px'></span> "
+            pv = "-" if p is None else (f"{p:.4g}" if is_score else f"{p:.3f}")
+            thr = "argmax" if manifest.task == "multiclass" else ("-" if r["threshold"] is None else f"{r['threshold']:.3f}")
+            parts.append(f"<tr class='{'pos' if r['positive'] else ''}'><td>{esc(r['label'])}</td><td>{bar}{pv}</td><td>{thr}</td><td>{esc(r['decision'])}</td></tr>")
+        parts.append("</tbody></table>")
+        summary = ", ".join(prediction.predicted) if prediction.predicted else "none"
+        parts.append(f"<p><strong>Model output:</strong> {esc(summary)}</p>")
+    parts.append("<h2>Intended use</h2>")
+    parts.append(f"<p>{esc(manifest.intended_use or NO_INTENDED_USE)}</p>")
+    parts.append("<h2>Model</h2><table class='meta'>")
+    for k, v in model_card(manifest).items():
+        parts.append(f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>")
+    parts.append("</table>")
+    parts.append(f"<p class='meta'>Source: {esc(str(src))}</p>")
+    parts.append(f"<p class='warn'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p></body></html>")
+    return "\n".join(parts)
+
+
+def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest) -> bytes:
+    """The same report as a one-page A4 PDF (matplotlib, no extra dependency).
+
+    Example:
+        >>> pdf = image_report_pdf(img, pred, exps, p.manifest)  # doctest: +SKIP
+        >>> pdf[:4]  # doctest: +SKIP
+        b'%PDF'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import textwrap
+
+    import cv2
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.27, 11.69))  # A4 portrait, inches
+    fig.text(0.06, 0.965, f"medlens report: {Path(str(prediction.source)).name}"[:90], fontsize=13, weight="bold", va="top")
+    fig.text(0.06, 0.935, "\n".join(textwrap.wrap("NOT A DIAGNOSIS. " + DISCLAIMER, 110)), fontsize=7.5, va="top", color="#8a4b00")
+    panels = [(image, "Input")] + [
+        (cv2.imdecode(np.frombuffer(e.overlay_png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], f"{e.label}: {e.method} (p={e.probability:.3f})")
+        for e in list(explanations)[:3]
+    ]
+    w = 0.88 / len(panels)
+    for i, (im, cap) in enumerate(panels):
+        ax = fig.add_axes([0.06 + i * w, 0.6, w - 0.02, 0.26])
+        ax.imshow(im, cmap="gray" if im.ndim == 2 else None)
+        ax.set_title(cap[:40], fontsize=8)
+        ax.axis("off")
+    lines = []
+    if not prediction.ok:
+        lines.append(f"Could not be analysed: {prediction.error}")
+    else:
+        for r in _finding_rows(prediction, manifest):
+            p = "-" if r["probability"] is None else f"{r['probability']:.3f}"
+            thr = "argmax" if manifest.task == "multiclass" else ("-" if r["threshold"] is None else f"{r['threshold']:.3f}")
+            lines.append(f"{r['label'][:28]:<30}{p:>10}{thr:>12}   {r['decision']}")
+    y = 0.56
+    fig.text(0.06, y, f"{'Finding':<30}{'Prob.':>10}{'Threshold':>12}   Decision", family="monospace", fontsize=8, weight="bold", va="top")
+    for ln in lines[:25]:
+        y -= 0.016
+        fig.text(0.06, y, ln, family="monospace", fontsize=8, va="top")
+    y -= 0.03
+    fig.text(0.06, y, "Intended use: " + "\n".join(textwrap.wrap(manifest.intended_use or NO_INTENDED_USE, 100)), fontsize=8, va="top")
+    y -= 0.05
+    for k, v in model_card(manifest).items():
+        fig.text(0.06, y, f"{k}: {v}", fontsize=7.5, va="top")
+        y -= 0.014
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _stem(src: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(src)).stem).strip("_") or "image"
+    stem, k = base, 1
+    while stem in used:
+        k += 1
+        stem = f"{base}_{k}"
+    used.add(stem)
+    return stem
+
+
+def write_reports(
+    predictor: Predictor,
+    inputs: Sequence[ImageInput],
+    predictions: Sequence[Prediction],
+    out_dir: str | Path,
+    method: str = "gradcam",
+    metadata: Sequence[dict | None] | None = None,
+    pdf: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """Write ``<image>.html`` (and ``.pdf``) per input plus ``index.html`` into ``out_dir``.
+
+    Inputs that could not be predicted get a report that says so. An explanation that fails (e.g. an ONNX-only
+    folder without PyTorch weights) leaves the report without overlay and is logged.
+
+    Example:
+        >>> preds = p.predict(paths)  # doctest: +SKIP
+        >>> write_reports(p, paths, preds, "reports/")  # doctest: +SKIP
+    """
+    from medlens.explain import explain
+    from medlens.predict import _progress, decode_input
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = list(inputs)
+    if len(inputs) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(inputs)} inputs")
+    used: set[str] = set()
+    written: list[Path] = []
+    index_rows = []
+    for i in _progress(range(len(inputs)), progress, "reports"):
+        pred = predictions[i]
+        stem = _stem(pred.source, used)
+        img = np.zeros((8, 8), np.uint8)
+        exps: list[Explanation] = []
+        if pred.ok:
+            try:
+                img, _ = decode_input(inputs[i], pred.source)
+                meta = None if metadata is None else metadata[i]
+                exps = explain(predictor, img, method=method, metadata=meta)
+            except (ValueError, TypeError, RuntimeError) as e:
+                log.warning("%s: no explanation in the report (%s)", pred.source, e)
+        page = image_report_html(img, pred, exps, predictor.manifest)
+        path = out / f"{stem}.html"
+        _write_atomic(path, page.encode("utf-8"))
+        written.append(path)
+        if pdf:
+            pp = out / f"{stem}.pdf"
+            _write_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest))
+            written.append(pp)
+        status = "error" if not pred.ok else (", ".join(pred.predicted) or "none")
+        index_rows.append(f"<tr><td><a href='{html.escape(path.name)}'>{html.escape(str(pred.source))}</a></td><td>{html.escape(status)}</td></tr>")
+    index = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medlens reports</title>"
+        f"<style>{_CSS}</style></head><body><h1>medlens reports ({len(index_rows)} images)</h1>"
+        f"<p class='warn'><strong>Not a diagnosis.</strong> {html.escape(DISCLAIMER)}</p>"
+        "<table><thead><tr><th>Image</th><th>Model output</th></tr></thead><tbody>" + "".join(index_rows) + "</tbody></table></body></html>"
+    )
+    _write_atomic(out / "index.html", index.encode("utf-8"))
+    written.append(out / "index.html")
+    log.info("wrote %d reports to %s", len(index_rows), out)
+    return written

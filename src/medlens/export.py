@@ -1,0 +1,311 @@
+"""Export a bundle to ONNX, and predict with ONNX Runtime behind the same :class:`~medlens.predict.Predictor` API.
+
+``export_onnx(bundle)`` writes ``model.onnx`` (input ``image`` (N, C, H, W) float32 already preprocessed, plus
+``metadata`` (N, D) for fusion models; output ``logits`` (N, K), or ``reconstruction`` for anomaly
+autoencoders, scored like the PyTorch predictor; the batch axis is dynamic) and the manifest
+beside it. The manifest keeps the labels, preprocessing, thresholds and temperature, so the ONNX folder is all
+a CPU-only server needs; ``extra.onnx`` records the file's SHA-256, the opset and the largest difference from
+PyTorch measured at export time.
+
+By default the model is written INTO the bundle folder (next to ``model.safetensors``), so
+``Predictor.from_bundle(bundle, backend="onnx")`` and ``medlens serve --backend onnx`` find it. Loading checks
+the SHA-256 before ONNX Runtime sees the bytes; ONNX files are protobuf, never pickles.
+
+Example:
+    >>> from medlens.export import export_onnx
+    >>> from medlens import Predictor
+    >>> export_onnx("runs/pneumoniamnist/bundle")  # doctest: +SKIP
+    PosixPath('runs/pneumoniamnist/bundle/model.onnx')
+    >>> p = Predictor.from_bundle("runs/pneumoniamnist/bundle", backend="onnx")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlens.bundle import (
+    MANIFEST,
+    WEIGHTS,
+    BundleError,
+    Manifest,
+    load_bundle,
+    read_manifest,
+    write_json_atomic,
+)
+from medlens.predict import Predictor
+
+log = logging.getLogger("medlens.export")
+
+ONNX_FILE = "model.onnx"
+DEFAULT_OPSET = 17
+FORMATS = ("onnx",)
+
+
+class _ExportWrapper(nn.Module):
+    """Fixes the call signature for tracing: (image) or (image, metadata) -> logits."""
+
+    def __init__(self, model: nn.Module, with_metadata: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_metadata = with_metadata
+
+    def forward(self, image: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(image, metadata if self.with_metadata else None)
+
+
+def metadata_dim(manifest: Manifest) -> int:
+    """Width of the encoded metadata vector of a fusion bundle (0 for image-only models)."""
+    if manifest.metadata_encoder:
+        from medlens.data.metadata import MetadataEncoder
+
+        return int(MetadataEncoder.from_dict(manifest.metadata_encoder).dim)
+    return int(manifest.architecture.get("meta_dim") or 0)
+
+
+def _example_inputs(manifest: Manifest, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pp = manifest.preprocessing
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, pp.channels, pp.image_size, pp.image_size, generator=g)
+    d = metadata_dim(manifest)
+    m = torch.randn(n, d, generator=g) if d > 0 else None
+    return x, m
+
+
+def _to_onnx_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bool | None) -> tuple[bytes, str]:
+    """Trace the network to ONNX in memory; returns (bytes, exporter used).
+
+    The TorchScript exporter is tried first: it is several times faster than the dynamo exporter on CPU and
+    gives identical graphs for these CNNs; the dynamo exporter is the fallback (and the only one in torch
+    versions without the former).
+    """
+    meta_dim = metadata_dim(manifest)
+    wrapper = _ExportWrapper(model, meta_dim > 0).eval()
+    x, m = _example_inputs(manifest, 2)  # batch 2, so no size-1 special case is baked in
+    args = (x,) if m is None else (x, m)
+    names = ["image"] if m is None else ["image", "metadata"]
+    output = output_name(manifest)
+    dyn_axes = {n: {0: "batch"} for n in [*names, output]}
+    errors = []
+    for use_dynamo in ([False, True] if dynamo is None else [dynamo]):
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if use_dynamo:
+                    batch = torch.export.Dim("batch", min=1, max=4096)
+                    shapes = {"image": {0: batch}} if m is None else {"image": {0: batch}, "metadata": {0: batch}}
+                    prog = torch.onnx.export(wrapper, args, input_names=names, output_names=[output], dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False)
+                    buf.write(prog.model_proto.SerializeToString())
+                else:
+                    torch.onnx.export(wrapper, args, buf, input_names=names, output_names=[output], dynamic_axes=dyn_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+            data = buf.getvalue()
+            if data:
+                return data, "dynamo" if use_dynamo else "torchscript"
+            errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: empty output")
+        except Exception as e:  # exporters raise many types; try the other one, then report both
+            errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: {type(e).__name__}: {str(e)[:300]}")
+    raise RuntimeError(f"ONNX export of {manifest.architecture.get('backbone', manifest.architecture.get('type'))} failed ({'; '.join(errors)})")
+
+
+def output_name(manifest: Manifest) -> str:
+    """``logits`` for classifiers, ``reconstruction`` for anomaly autoencoders."""
+    return "reconstruction" if manifest.task == "anomaly" else "logits"
+
+
+def _session(data: bytes, providers: list[str] | None = None, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    avail = ort.get_available_providers()
+    provs = [p for p in (providers or ["CPUExecutionProvider"]) if p in avail] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(data, sess_options=so, providers=provs)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opset: int = DEFAULT_OPSET, dynamo: bool | None = None, check: bool = True) -> Path:
+    """Export a bundle's network to ONNX with a dynamic batch axis; write the manifest beside it.
+
+    Args:
+        bundle_path: a bundle folder (``model.safetensors`` + ``manifest.json``).
+        out_dir: where ``model.onnx`` and ``manifest.json`` go; default: the bundle folder itself.
+        opset: ONNX opset (the dynamo exporter uses at least 18).
+        dynamo: force the dynamo (True) or TorchScript (False) exporter; default: TorchScript, then dynamo.
+        check: run ONNX Runtime on a batch of 3 random inputs and record the largest difference in logits.
+
+    Returns:
+        The path of ``model.onnx``.
+
+    Raises:
+        BundleError: the bundle is missing or tampered with.
+        RuntimeError: the network cannot be exported.
+
+    Example:
+        >>> export_onnx("runs/pneumoniamnist/bundle", "exported/pneumonia")  # doctest: +SKIP
+        PosixPath('exported/pneumonia/model.onnx')
+    """
+    src = Path(bundle_path)
+    bundle = load_bundle(src)
+    manifest = bundle.manifest
+    if manifest.task == "anomaly":
+        log.info("exporting an autoencoder: the ONNX output is the reconstruction, not logits")
+    data, exporter = _to_onnx_bytes(bundle.model, manifest, opset, dynamo)
+    info: dict[str, Any] = {
+        "file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset if exporter == "torchscript" else max(opset, 18),
+        "exporter": exporter, "inputs": ["image", "metadata"] if metadata_dim(manifest) else ["image"], "output": output_name(manifest),
+        "dynamic_axes": {"batch": 0}, "torch": torch.__version__,
+        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if check:
+        x, m = _example_inputs(manifest, 3, seed=1)
+        with torch.no_grad():
+            ref = bundle.model(x, m).float().numpy()
+        sess = _session(data)
+        feeds = {"image": x.numpy()} if m is None else {"image": x.numpy(), "metadata": m.numpy()}
+        out = sess.run(None, feeds)[0]
+        diff = float(np.abs(out - ref).max())
+        info["max_abs_diff"] = diff
+        if diff > 1e-3:
+            log.warning("ONNX Runtime and PyTorch outputs differ by up to %.2e on random inputs", diff)
+    dest = Path(out_dir) if out_dir is not None else src
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(dest / ONNX_FILE, data)
+    extra = {**manifest.extra, "onnx": info}
+    if dest.resolve() == src.resolve():
+        from medlens.bundle import update_manifest
+
+        update_manifest(src, extra=extra)
+    else:
+        manifest.extra = extra
+        write_json_atomic(dest / MANIFEST, manifest.to_dict())
+    log.info("exported %s to %s (%s exporter, opset %s, %.1f MB)", src, dest / ONNX_FILE, exporter, info["opset"], len(data) / 1e6)
+    return dest / ONNX_FILE
+
+
+class OnnxPredictor(Predictor):
+    """:class:`~medlens.predict.Predictor` on ONNX Runtime: same inputs, preprocessing, temperature, thresholds.
+
+    Args:
+        manifest: the bundle manifest (labels, preprocessing, thresholds, temperature, metadata encoder).
+        session: an ``onnxruntime.InferenceSession``.
+        path: the folder it came from (explanations load the PyTorch weights from here when present).
+        batch_size: images per run.
+        tta: average over the image and its horizontal flip.
+        calibrated: apply the manifest's temperature.
+
+    Example:
+        >>> p = OnnxPredictor.from_bundle("runs/pneumoniamnist/bundle")  # doctest: +SKIP
+        >>> p.predict(["chest.png"])[0].decisions  # doctest: +SKIP
+        {'pneumonia': True}
+    """
+
+    backend = "onnx"
+
+    def __init__(self, manifest: Manifest, session: Any, path: Path | None = None, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu") -> None:
+        self.bundle = None  # no PyTorch network here; see :attr:`model`
+        self.manifest = manifest
+        self.path = path
+        self.batch_size = batch_size
+        self.tta = tta
+        self.calibrated = calibrated
+        self.device = torch.device("cpu")
+        self.session = session
+        self._input_names = [i.name for i in session.get_inputs()]
+        self._torch_model: nn.Module | None = None
+        self._init_preprocessing()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu", providers: list[str] | None = None, threads: int | None = None, verify: bool = True) -> OnnxPredictor:
+        """Load ``model.onnx`` + ``manifest.json`` from a folder (or the ``.onnx`` file's folder).
+
+        A bundle never exported gets an in-memory export (slower start; run ``medlens export`` once instead).
+        With ``verify`` the file's SHA-256 must match the manifest's record.
+        """
+        p = Path(path)
+        folder = p.parent if p.suffix == ".onnx" else p
+        if not folder.is_dir():
+            raise BundleError(f"{folder}: bundle folder not found")
+        manifest = read_manifest(folder)
+        onnx_path = p if p.suffix == ".onnx" else folder / ONNX_FILE
+        if onnx_path.is_file():
+            data = onnx_path.read_bytes()
+            rec = (manifest.extra or {}).get("onnx") or {}
+            if verify:
+                if not rec.get("sha256"):
+                    raise BundleError(f"{onnx_path}: not recorded in {folder / MANIFEST}; re-run `medlens export {folder}`")
+                if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+                    raise BundleError(f"{onnx_path}: checksum does not match the manifest (file modified or corrupt)")
+        elif (folder / WEIGHTS).is_file():
+            log.warning("%s has no %s: exporting in memory (run `medlens export %s` once to skip this)", folder, ONNX_FILE, folder)
+            bundle = load_bundle(folder)
+            data, _ = _to_onnx_bytes(bundle.model, bundle.manifest, DEFAULT_OPSET, None)
+        else:
+            raise BundleError(f"{folder}: neither {ONNX_FILE} nor {WEIGHTS} found")
+        if device.startswith("cuda") and providers is None:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        try:
+            session = _session(data, providers, threads)
+        except Exception as e:  # onnxruntime raises its own exception types for invalid models
+            raise BundleError(f"{onnx_path}: ONNX Runtime cannot load the model ({type(e).__name__}: {str(e)[:300]})") from None
+        return cls(manifest, session, folder, batch_size=batch_size, tta=tta, calibrated=calibrated)
+
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch network (for explanations), loaded lazily from the bundle's ``model.safetensors``."""
+        if self._torch_model is None:
+            if self.path is None or not (Path(self.path) / WEIGHTS).is_file():
+                raise ValueError(f"{self.path}: explanations need the PyTorch weights ({WEIGHTS}); this folder has only the ONNX model")
+            self._torch_model = load_bundle(self.path).model
+        return self._torch_model
+
+    def _forward(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        feeds: dict[str, np.ndarray] = {"image": np.ascontiguousarray(x, dtype=np.float32)}
+        if "metadata" in self._input_names:
+            if meta is None:
+                raise ValueError("this model needs metadata: pass one dict per image (missing fields allowed)")
+            feeds["metadata"] = np.ascontiguousarray(meta, dtype=np.float32)
+        out = self.session.run(None, feeds)[0]
+        if self.manifest.task == "anomaly":  # reconstruction -> the anomaly score, as the torch predictor does
+            from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
+
+            spec = ScoreSpec.from_dict(self.manifest.anomaly)
+            maps = error_map(torch.from_numpy(feeds["image"]), torch.from_numpy(np.asarray(out, dtype=np.float32)), spec)
+            return scores_from_error_maps(maps, spec).float().numpy()[:, None]
+        if self.tta:
+            feeds["image"] = np.ascontiguousarray(x[..., ::-1], dtype=np.float32)
+            out = 0.5 * (out + self.session.run(None, feeds)[0])
+        return np.asarray(out, dtype=np.float32)
+
+
+def export(bundle_path: str | Path, format: str = "onnx", out_dir: str | Path | None = None, opset: int = DEFAULT_OPSET) -> Path:
+    """``medlens export``: dispatch on the format (only ``onnx`` today)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    return export_onnx(bundle_path, out_dir, opset=opset)
+
+
+__all__ = ["ONNX_FILE", "OnnxPredictor", "export", "export_onnx", "metadata_dim"]

@@ -198,7 +198,8 @@ class ModelConfig(StrictModel):
     backbone: str = "resnet18"
     pretrained: bool = False  # timm hub weights (needs network on first use)
     checkpoint: str | None = None  # local state dict (.pth/.pt/.safetensors), e.g. a self-supervised ResNet-50
-    small_input: bool | Literal["auto"] = "auto"  # adapt the stem for 28-64 px inputs
+    # adapt the stem for 28-64 px inputs: auto, true/false, or the stride reduction itself (1, 2 or 4)
+    small_input: bool | Literal["auto", 1, 2, 4] = "auto"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     # Anomaly detection (task: anomaly)

@@ -497,3 +497,9 @@ def explain_to_dir(bundle: str | Path, image: str | Path, out_dir: str | Path, l
     exps = explain(predictor, str(image), label=list(labels) if labels else None, method=method, metadata=meta, target_layer=target_layer)
     write_explanations(exps, out_dir, Path(image).stem)
     return exps
+
+
+# `medlens.explain` is both this module and the public function; calling the module calls the function.
+from medlens._callable_module import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "explain")

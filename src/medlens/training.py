@@ -34,7 +34,7 @@ from medlens.data.samples import SampleTable
 from medlens.data.splits import LeakageError, Splits, find_group_leaks, split_indices
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
 from medlens.evaluate import EvalResult, score_table
-from medlens.losses import class_weights_from_counts, create_loss
+from medlens.losses import create_loss, loss_kwargs
 from medlens.metrics import tune_thresholds
 from medlens.predict import Predictor
 
@@ -103,28 +103,9 @@ def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Split
 
 
 def _loss_for(cfg: RunConfig, train: SampleTable):
-    o = cfg.optim
-    task = train.label_space.task
-    pos = train.positives()
     known = (~np.isnan(train.targets)).sum(axis=0)
-    kw: dict[str, Any] = {"gamma": o.focal_gamma, "alpha": o.focal_alpha, "label_smoothing": o.label_smoothing}
-
-    def cols(v):  # binary models have one output: the positive class
-        v = torch.as_tensor(v, dtype=torch.float32)
-        return v[1:2] if task == "binary" else v
-
-    if o.pos_weight == "auto":
-        kw["pos_weight"] = cols((known - pos) / np.maximum(pos, 1))
-    elif isinstance(o.pos_weight, list):
-        kw["pos_weight"] = cols(o.pos_weight) if len(o.pos_weight) == train.label_space.num_labels else torch.tensor(o.pos_weight)
-    if o.class_weights == "auto":
-        if task == "multiclass":
-            kw["weight"] = class_weights_from_counts(pos, int(known.max()), "multiclass")
-        else:
-            kw["weight"] = cols((known - pos) / np.maximum(pos, 1))
-    elif isinstance(o.class_weights, list):
-        kw["weight"] = torch.tensor(o.class_weights, dtype=torch.float32)
-    return create_loss(o.loss, task, **kw)
+    kw = loss_kwargs(cfg.optim, train.label_space.task, train.positives(), known)
+    return create_loss(cfg.optim.loss, train.label_space.task, **kw)
 
 
 def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_encoder=None):
@@ -142,7 +123,7 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
     return pp, sets, cache
 
 
-def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = None, table: SampleTable | None = None) -> RunResult:
+def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = None, table: SampleTable | None = None, callbacks: list | None = None) -> RunResult:
     """Train a model from a config and write its bundle.
 
     Args:
@@ -150,6 +131,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         resume: a Lightning checkpoint to continue from (``trainer.auto_resume`` finds ``last.ckpt``).
         splits: precomputed train/val/test rows (e.g. a cross-validation fold) instead of ``data.split``.
         table: an already-read dataset (default: read from ``cfg.data``).
+        callbacks: extra Lightning callbacks (e.g. timing or custom logging).
 
     Returns:
         :class:`RunResult` with the run folder, the bundle folder and final metrics.
@@ -214,12 +196,13 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         load_backbone_checkpoint(model, cfg.model.checkpoint)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metric, _ = monitor_for(cfg, space.task)
-    module = create_task(space.task, model=model, label_space=space, loss=_loss_for(cfg, train_table), optim=optim_settings(cfg), monitor_metric=metric, seed=cfg.seed)
+    metric, mode = monitor_for(cfg, space.task)
+    module = create_task(space.task, model=model, label_space=space, loss=_loss_for(cfg, train_table), optim=optim_settings(cfg), monitor_metric=metric, seed=cfg.seed,
+                         monitor_mode=mode, channels_last=cfg.trainer.channels_last)
     if cfg.trainer.compile:
         module.model = torch.compile(module.model)
     loggers = build_loggers(cfg, run_dir, resume)
-    trainer, ckpt_cb = build_trainer(cfg, run_dir, space.task, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder()])
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, space.task, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder(), *(callbacks or [])])
     t_fit = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     train_time = time.perf_counter() - t_fit

@@ -314,3 +314,13 @@ def test_explain_cli(tmp_path: Path) -> None:
     assert (out / "chest_Effusion_gradcampp.png").is_file() and (out / "chest_Mass_gradcampp.png").is_file()
     r = CliRunner().invoke(app, ["explain", str(b), str(img), "--label", "Cardiomegaly", "--out", str(out)])
     assert r.exit_code == 2 and "unknown label 'Cardiomegaly'" in r.output
+
+
+def test_public_api(multilabel: Predictor) -> None:
+    import medlens
+    import medlens.explain as module
+
+    assert callable(medlens.explain) and module.list_methods() == list_methods()
+    exps = medlens.explain(multilabel, np.zeros((32, 32, 3), np.uint8), label="b")
+    assert isinstance(exps[0], medlens.Explanation)
+    assert medlens.OnnxPredictor.backend == "onnx" and callable(medlens.export_onnx)

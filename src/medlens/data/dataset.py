@@ -140,6 +140,43 @@ def default_num_workers(table: SampleTable, cached: bool) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Row order for one epoch that depends only on ``(seed, epoch)``: a permutation, or weighted draws.
+
+    Lightning calls ``set_epoch`` before every epoch (also after a resume), so a resumed run visits the rows
+    in the same order as an uninterrupted one; ``torch``'s own samplers advance one generator instead.
+
+    Args:
+        n: number of rows.
+        seed: the run's seed.
+        weights: per-row sampling weights (draws with replacement), or None for a shuffled permutation.
+
+    Example:
+        >>> s = EpochSampler(5, seed=1); s.set_epoch(3); a = list(s); s.set_epoch(3)
+        >>> a == list(s) and sorted(a) == [0, 1, 2, 3, 4]
+        True
+    """
+
+    def __init__(self, n: int, seed: int = 0, weights: np.ndarray | torch.Tensor | None = None) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63 - 1))
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+
+
 def make_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -151,10 +188,12 @@ def make_loader(
 ) -> DataLoader:
     g = torch.Generator()
     g.manual_seed(seed)
+    if shuffle and sampler is None:
+        sampler = EpochSampler(len(dataset), seed)  # reproducible per epoch, so resume is exact
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
+        shuffle=False,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
@@ -165,7 +204,7 @@ def make_loader(
     )
 
 
-def weighted_sampler(table: SampleTable, seed: int = 0) -> torch.utils.data.WeightedRandomSampler:
+def weighted_sampler(table: SampleTable, seed: int = 0) -> EpochSampler:
     """Sample rows with weight inversely proportional to their class frequency.
 
     Multi-label rows take the weight of their rarest positive label (all-negative rows: the negative rate).
@@ -180,6 +219,4 @@ def weighted_sampler(table: SampleTable, seed: int = 0) -> torch.utils.data.Weig
         neg_rows = max(float((t.sum(axis=1) == 0).sum()), 1.0)
         inv = np.where(t > 0, 1.0 / pos[None, :], 0.0)
         w = np.where(t.sum(axis=1) > 0, inv.max(axis=1), 1.0 / neg_rows)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(w), replacement=True, generator=g)
+    return EpochSampler(len(w), seed, weights=w)  # draws with replacement, order fixed by (seed, epoch)

@@ -86,7 +86,8 @@ def mix_batch(
         images = lam * images + (1.0 - lam) * images[perm]
     t1 = torch.nan_to_num(targets, nan=0.0)
     mixed = lam * t1 + (1.0 - lam) * t1[perm]
-    new_mask = mask & mask[perm]
+    # A label unknown in either source is unknown in the mix, unless the second image contributes nothing.
+    new_mask = mask if lam >= 1.0 else mask & mask[perm]
     mixed = torch.where(new_mask, mixed, torch.full_like(mixed, float("nan")))
     return images, mixed, new_mask, lam
 
@@ -100,19 +101,31 @@ class TaskModule(L.LightningModule):
         loss: a loss from :func:`medlens.losses.create_loss`.
         optim: optimiser/schedule settings.
         monitor_metric: the validation metric used for checkpoints (without the ``val/`` prefix).
+        seed: the run's seed; every epoch's randomness is derived from (seed, epoch).
+        monitor_mode: ``max`` or ``min`` for the monitored metric (the plateau scheduler follows it).
+        channels_last: run the network in channels-last memory format (faster convolutions on CPU and GPU).
     """
 
     task: str = "base"
 
-    def __init__(self, model: nn.Module, label_space: LabelSpace, loss: nn.Module, optim: OptimSettings, monitor_metric: str = "auroc_macro", seed: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, label_space: LabelSpace, loss: nn.Module, optim: OptimSettings, monitor_metric: str = "auroc_macro",
+        seed: int = 0, monitor_mode: str = "max", channels_last: bool = False,
+    ) -> None:
         super().__init__()
+        self.channels_last = channels_last
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.label_space = label_space
         self.loss_fn = loss
         self.optim = optim
         self.monitor_metric = monitor_metric
+        self.monitor_mode = monitor_mode
         self.seed = seed
-        self.ema_model: nn.Module | None = copy.deepcopy(model).eval() if optim.ema else None
+        # The EMA copy is only ever run in validation (eval mode); its parameters take no gradient.
+        self.ema_model: nn.Module | None = copy.deepcopy(model) if optim.ema else None
+        self._ema_seen_step = -1
         if self.ema_model is not None:
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
@@ -133,6 +146,11 @@ class TaskModule(L.LightningModule):
     def forward(self, images: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(images, metadata)
 
+    def on_after_batch_transfer(self, batch: Batch | None, dataloader_idx: int) -> Batch | None:
+        if self.channels_last and batch is not None and batch.images.ndim == 4:
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        return batch
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if batch is None:
             return None
@@ -146,14 +164,19 @@ class TaskModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
         return loss
 
+    def on_train_start(self) -> None:
+        self._ema_seen_step = int(self.global_step)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema_model is not None:
+        # Update the average after each optimiser step (not each batch: gradient accumulation steps less often).
+        if self.ema_model is not None and int(self.global_step) != self._ema_seen_step:
+            self._ema_seen_step = int(self.global_step)
             self._update_ema()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         # warm-up of the decay (as in timm's ModelEmaV3) so early epochs are not dominated by the init
-        step = self.global_step + 1
+        step = self.global_step
         decay = min(self.optim.ema_decay, (1 + step) / (10 + step))
         for e, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1.0 - decay)
@@ -253,8 +276,9 @@ class TaskModule(L.LightningModule):
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         o = self.optim
-        head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
-        back = [p for n, p in self.model.named_parameters() if n.startswith("backbone.")]
+        named = [(n.replace("_orig_mod.", ""), p) for n, p in self.model.named_parameters()]  # torch.compile prefix
+        head = [p for n, p in named if not n.startswith("backbone.")]
+        back = [p for n, p in named if n.startswith("backbone.")]
 
         def split_decay(params):
             decay = [p for p in params if p.ndim > 1]
@@ -279,7 +303,8 @@ class TaskModule(L.LightningModule):
         if o.scheduler == "none":
             return opt
         if o.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=o.gamma if o.gamma < 1 else 0.1, patience=o.plateau_patience)
+            mode = "min" if self.monitor_mode == "min" else "max"
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=o.gamma if o.gamma < 1 else 0.1, patience=o.plateau_patience)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.monitor_metric}", "interval": "epoch"}}
         if o.scheduler == "multistep":
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=o.gamma)

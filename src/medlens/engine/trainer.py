@@ -22,15 +22,31 @@ def monitor_for(cfg, task: str) -> tuple[str, str]:
     return "auroc_macro", "max"
 
 
+def _uses_cuda(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def precision_arg(p: str, accelerator: str) -> str:
+    """Lightning's precision string for ``trainer.precision``.
+
+    ``bf16``: bfloat16 autocast (CPU and recent GPUs); ``16``: float16 autocast with loss scaling (CUDA only);
+    ``auto``: ``16`` on a CUDA GPU, full float32 on CPU (where bf16 is only faster with AMX/AVX512-BF16 units);
+    ``32``: float32. Losses are always computed in float32.
+
+    Example:
+        >>> precision_arg("bf16", "cpu")
+        'bf16-mixed'
+    """
     if p == "bf16":
         return "bf16-mixed"
     if p == "16":
+        if not _uses_cuda(accelerator):
+            raise ValueError("trainer.precision: 16 (float16 autocast) needs a CUDA GPU; use precision: bf16 on CPU")
         return "16-mixed"
     if p == "auto":
-        import torch
-
-        return "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
+        return "16-mixed" if _uses_cuda(accelerator) else "32-true"
     return "32-true"
 
 

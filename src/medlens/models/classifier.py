@@ -15,13 +15,15 @@ from torch import nn
 log = logging.getLogger("medlens.models")
 
 
-def stem_reduction(image_size: int, small_input: bool | str) -> int:
+def stem_reduction(image_size: int, small_input: bool | str | int) -> int:
     """How much to cut the backbone's input stride: 4 for <= 32 px, 2 for <= 96 px, else 1.
 
     A ResNet's stride-32 stem turns a 28 px image into a 1x1 map; cutting it keeps a ~4x4 final map.
     """
     if small_input is False:
         return 1
+    if isinstance(small_input, int) and not isinstance(small_input, bool):
+        return int(small_input)  # an explicit reduction (e.g. 2 for a lighter 28 px model)
     if small_input is True:
         return 4 if image_size <= 48 else 2
     if image_size <= 32:
@@ -65,7 +67,7 @@ class ImageClassifier(nn.Module):
         in_chans: 1 for grey, 3 for colour.
         pretrained: load timm's hub weights (network needed on first use).
         image_size: input size, used to adapt the stem for small images.
-        small_input: ``auto``, True or False (see :func:`stem_reduction`).
+        small_input: ``auto``, True, False, or a stride reduction 1/2/4 (see :func:`stem_reduction`).
 
     Example:
         >>> m = ImageClassifier("resnet18", num_outputs=1, in_chans=1, image_size=28)
@@ -80,7 +82,7 @@ class ImageClassifier(nn.Module):
         in_chans: int = 3,
         pretrained: bool = False,
         image_size: int = 224,
-        small_input: bool | str = "auto",
+        small_input: bool | str | int = "auto",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ) -> None:

@@ -1,0 +1,80 @@
+"""Trainer factory: precision, gradient clipping and accumulation, monitor, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from medlens.engine.trainer import build_trainer, monitor_for, precision_arg
+from tests.unit.engine._tiny import tiny_cfg, tiny_loaders, tiny_module
+
+
+class _GradNorms(L.Callback):
+    """Total gradient norm seen by each optimiser step (after Lightning's clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+        self.steps = 0
+
+    def on_train_start(self, trainer, pl_module):
+        def hook(opt, args, kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        trainer.optimizers[0].register_step_post_hook(hook)  # Lightning runs forward/backward/clip inside step()
+
+
+def _fit(tmp_path, optim=None, trainer=None, n=64):
+    cfg = tiny_cfg(tmp_path, optim={"lr": 1e-2, **(optim or {})}, trainer={"max_epochs": 1, **(trainer or {})})
+    space, train_dl, val_dl = tiny_loaders(n)
+    module = tiny_module(cfg, space)
+    rec = _GradNorms()
+    tr, ckpt = build_trainer(cfg, tmp_path, "binary", extra_callbacks=[rec])
+    tr.fit(module, train_dl, val_dl)
+    return tr, module, rec
+
+
+def test_precision_mapping():
+    assert precision_arg("32", "cpu") == "32-true"
+    assert precision_arg("bf16", "cpu") == "bf16-mixed"
+    assert precision_arg("auto", "cpu") == "32-true"
+    with pytest.raises(ValueError, match="precision: 16 .* needs a CUDA GPU; use precision: bf16 on CPU"):
+        precision_arg("16", "cpu")
+
+
+@pytest.mark.slow
+def test_gradient_clipping_and_accumulation(tmp_path):
+    tr, _, free = _fit(tmp_path / "a")
+    assert tr.global_step == 4 and len(free.norms) == 4  # 64 rows, batch 16
+    assert max(free.norms) > 0.01  # the clip below is active
+    tr, _, clipped = _fit(tmp_path / "b", optim={"grad_clip": 0.01, "accumulate_grad_batches": 2})
+    assert tr.gradient_clip_val == 0.01 and tr.accumulate_grad_batches == 2
+    assert tr.global_step == 2 and len(clipped.norms) == 2  # one optimiser step per 2 batches
+    assert max(clipped.norms) <= 0.01 * (1 + 1e-4)
+
+
+@pytest.mark.slow
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    tr, module, rec = _fit(tmp_path, trainer={"precision": "bf16", "channels_last": True})
+    assert tr.precision == "bf16-mixed"
+    assert all(torch.isfinite(torch.tensor(rec.norms)))
+    assert module.history and module.history[-1]["val/loss"] == module.history[-1]["val/loss"]  # finite, not NaN
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())  # master weights stay float32
+
+
+def test_monitor_defaults_and_overrides(tmp_path):
+    assert monitor_for(tiny_cfg(tmp_path), "binary") == ("auroc_macro", "max")
+    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/loss"}), "binary") == ("loss", "min")
+    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/f1_macro"}), "multilabel") == ("f1_macro", "max")
+
+
+def test_early_stopping_and_checkpoints_follow_the_monitor(tmp_path):
+    cfg = tiny_cfg(tmp_path, trainer={"early_stopping_patience": 2, "monitor": "val/loss", "max_time_s": 60})
+    tr, ckpt = build_trainer(cfg, tmp_path, "binary")
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+    es = next(c for c in tr.callbacks if isinstance(c, EarlyStopping))
+    assert es.monitor == "val/loss" and es.mode == "min" and es.patience == 2
+    assert ckpt.monitor == "val/loss" and ckpt.mode == "min" and ckpt.save_last
+    assert any(isinstance(c, Timer) for c in tr.callbacks)

@@ -130,7 +130,8 @@ def fit_threshold(normal_scores: np.ndarray, fpr: float) -> tuple[float, float]:
         raise ValueError(f"false-positive rate must be in (0, 1), got {fpr}")
     k = int(np.floor(fpr * len(s) + 1e-9))  # how many normals may be flagged
     if k == 0:
-        thr = float(np.nextafter(s[0], np.inf))
+        # a margin above the largest score: batched and single-image passes differ by float rounding
+        thr = float(s[0] + 1e-6 * max(1.0, abs(s[0])))
     else:
         hi, lo = s[k - 1], s[k]
         mid = (hi + lo) / 2.0

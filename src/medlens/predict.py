@@ -270,8 +270,8 @@ class Predictor:
     def predict(self, inputs: Iterable[ImageInput] | ImageInput, metadata: Sequence[dict | None] | None = None, names: Sequence[str] | None = None, progress: bool = False) -> list[Prediction]:
         """Predict a batch of inputs; unreadable inputs get a :class:`Prediction` with ``error`` set.
 
-        Every input gets exactly one result, in order: a corrupt file, an unsupported array or bad metadata
-        fails that input only.
+        Every input gets exactly one result, in order: a corrupt file or an unsupported array fails that input
+        only. Invalid metadata (e.g. a non-numeric age) is a caller error and raises ``ValueError``.
 
         Args:
             inputs: paths, bytes, numpy arrays or PIL images (a single one is also accepted; a 4-D array
@@ -304,18 +304,11 @@ class Predictor:
                 where.append(j)
                 metas.append(meta_rows[j])
             if xs:
-                meta, errors = self._encode_rows(metas)
-                for k, err in enumerate(errors):
-                    if err:
-                        results[where[k]] = Prediction(srcs[k], error=f"metadata: {err}")
-                keep = [k for k, err in enumerate(errors) if not err]
-                if not keep:
-                    continue
-                x = np.stack([xs[k] for k in keep])
-                m = None if meta is None else meta[keep]
+                m = self._encode_rows(metas, srcs)
+                x = np.stack(xs)
                 probs = self._predict_preprocessed(x, m)
-                for k, pr in zip(keep, self.to_predictions(probs, [srcs[k] for k in keep]), strict=True):
-                    results[where[k]] = pr
+                for j, pr in zip(where, self.to_predictions(probs, srcs), strict=True):
+                    results[j] = pr
         return [r for r in results if r is not None]
 
     def predict_one(self, image: ImageInput, metadata: dict | None = None, name: str | None = None) -> Prediction:
@@ -330,31 +323,23 @@ class Predictor:
         ]
         return np.concatenate(out)
 
-    def _encode_rows(self, rows: list[dict | None]) -> tuple[np.ndarray | None, list[str]]:
-        """Encode metadata rows: (array or None, one error message per row, empty when fine).
+    def _encode_rows(self, rows: list[dict | None], srcs: list[str]) -> np.ndarray | None:
+        """Encode the metadata rows of a batch (None for image-only models).
 
-        A row that cannot be encoded (e.g. a non-numeric age) fails alone; its array row is zeros.
+        Invalid metadata (e.g. a non-numeric age) is the caller's error, not a bad image: it raises a
+        ``ValueError`` naming the input and the field instead of being reported per input.
         """
         if self._meta_encoder is None:
-            return None, [""] * len(rows)
+            return None
         try:
-            return self.encode_metadata(rows, len(rows)), [""] * len(rows)
+            return self.encode_metadata(rows, len(rows))
         except ValueError:
-            pass
-        encoded: list[np.ndarray | None] = []
-        errors: list[str] = []
-        for r in rows:
-            try:
-                encoded.append(np.asarray(self.encode_metadata([r], 1))[0])
-                errors.append("")
-            except ValueError as e:
-                encoded.append(None)
-                errors.append(str(e))
-        good = [e for e in encoded if e is not None]
-        if not good:
-            return None, errors
-        arr = np.stack([e if e is not None else np.zeros_like(good[0]) for e in encoded])
-        return arr, errors
+            for r, src in zip(rows, srcs, strict=True):
+                try:
+                    self.encode_metadata([r], 1)
+                except ValueError as e:
+                    raise ValueError(f"{src}: metadata: {e}") from None
+            raise
 
 
 def _progress(it, enabled: bool, desc: str, total: int | None = None, step: int = 1):

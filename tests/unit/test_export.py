@@ -90,6 +90,7 @@ def test_onnx_matches_torch_on_real_test_images(arch: dict, task: str, test_imag
         b = onnx_p.predict_arrays(imgs, meta)
         assert a.shape == b.shape == (len(imgs), 1 if task == "anomaly" else 3)
         diff = float(np.abs(a - b).max())
+        print(f"{arch['type']}/{arch.get('backbone', '')} {arch['image_size']}px on {name} ({len(imgs)} images): max |torch - onnx| = {diff:.2e}")
         assert diff < TOL, f"{name}: max |torch - onnx| = {diff:.2e}"
         # decisions: identical wherever the value is not within the numerical difference of its threshold
         srcs = [str(i) for i in range(len(imgs))]

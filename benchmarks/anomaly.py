@@ -225,7 +225,8 @@ def write_figures(res: dict, key: str, folder: Path) -> None:
     y = res["test_scores_y"]
     for ax, r in zip(axes[0], rows, strict=True):
         s = r["_scores"]
-        bins = np.linspace(s.min(), s.max(), 30)
+        lo, hi = np.percentile(s, [0.5, 99.5])  # a few outliers would squeeze every other bin
+        bins = np.linspace(lo, hi if hi > lo else lo + 1e-9, 30)
         ax.hist(s[~y], bins, alpha=0.6, label="normal", density=True)
         ax.hist(s[y], bins, alpha=0.6, label="abnormal", density=True)
         ax.set_title(f"{r['method'].split(' (')[0]} / {r['map']}\nAUROC {r['auroc']:.3f}", fontsize=8)

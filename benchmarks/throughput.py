@@ -17,7 +17,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from medlens._atomic import atomic_open
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import Preprocessing
 
@@ -169,16 +170,8 @@ class Bundle:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2)
 
 
 def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True) -> Path:

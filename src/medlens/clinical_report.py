@@ -20,14 +20,14 @@ import base64
 import html
 import io
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medlens._atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     from medlens.bundle import Manifest
@@ -223,17 +223,6 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _stem(src: str, used: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(src)).stem).strip("_") or "image"
     stem, k = base, 1
@@ -288,11 +277,11 @@ def write_reports(
                 log.warning("%s: no explanation in the report (%s)", pred.source, e)
         page = image_report_html(img, pred, exps, predictor.manifest)
         path = out / f"{stem}.html"
-        _write_atomic(path, page.encode("utf-8"))
+        write_bytes_atomic(path, page.encode("utf-8"))
         written.append(path)
         if pdf:
             pp = out / f"{stem}.pdf"
-            _write_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest))
+            write_bytes_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest))
             written.append(pp)
         status = "error" if not pred.ok else (", ".join(pred.predicted) or "none")
         index_rows.append(f"<tr><td><a href='{html.escape(path.name)}'>{html.escape(str(pred.source))}</a></td><td>{html.escape(status)}</td></tr>")
@@ -302,7 +291,7 @@ def write_reports(
         f"<p class='warn'><strong>Not a diagnosis.</strong> {html.escape(DISCLAIMER)}</p>"
         "<table><thead><tr><th>Image</th><th>Model output</th></tr></thead><tbody>" + "".join(index_rows) + "</tbody></table></body></html>"
     )
-    _write_atomic(out / "index.html", index.encode("utf-8"))
+    write_bytes_atomic(out / "index.html", index.encode("utf-8"))
     written.append(out / "index.html")
     log.info("wrote %d reports to %s", len(index_rows), out)
     return written

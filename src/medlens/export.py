@@ -25,8 +25,6 @@ import datetime as _dt
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlens._atomic import write_bytes_atomic
 from medlens.bundle import (
     MANIFEST,
     WEIGHTS,
@@ -136,17 +135,6 @@ def _session(data: bytes, providers: list[str] | None = None, threads: int | Non
     return ort.InferenceSession(data, sess_options=so, providers=provs)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opset: int = DEFAULT_OPSET, dynamo: bool | None = None, check: bool = True) -> Path:
     """Export a bundle's network to ONNX with a dynamic batch axis; write the manifest beside it.
 
@@ -193,7 +181,7 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
             log.warning("ONNX Runtime and PyTorch outputs differ by up to %.2e on random inputs", diff)
     dest = Path(out_dir) if out_dir is not None else src
     dest.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(dest / ONNX_FILE, data)
+    write_bytes_atomic(dest / ONNX_FILE, data)
     extra = {**manifest.extra, "onnx": info}
     if dest.resolve() == src.resolve():
         from medlens.bundle import update_manifest

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medlens._atomic import write_bytes_atomic
 from medlens.metrics import label_view, pr_points, roc_points
 
 _DPI = 100
@@ -46,17 +45,7 @@ def save_png(data: bytes, path: str | Path) -> Path:
     Example:
         >>> save_png(roc_png(probs, targets, "multilabel", names), "roc.png")  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_bytes_atomic(path, data)
 
 
 def _grid(n: int, max_cols: int) -> tuple[int, int]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens._atomic import atomic_open
 from medlens.bundle import Bundle, Manifest, load_bundle
 from medlens.data.io import ImageReadError, load_image, load_image_bytes
 from medlens.data.transforms import make_transform
@@ -365,10 +364,7 @@ def _progress(it, enabled: bool, desc: str, total: int | None = None, step: int 
 def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path) -> Path:
     """One row per input: source, one probability column per label, predicted labels, error. Atomic write."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
             w = csv.writer(f)
             scored = any(p.score is not None for p in preds)  # anomaly bundles: a score column
             w.writerow(["source", *[f"prob_{n}" for n in label_names], *(["anomaly_score"] if scored else []), "predicted", "error"])
@@ -376,10 +372,6 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
                 probs = [("" if not p.ok or n not in p.probabilities else f"{p.probabilities[n]:.6f}") for n in label_names]
                 score = ["" if p.score is None else f"{p.score:.6g}"] if scored else []
                 w.writerow([p.source, *probs, *score, "|".join(p.predicted), p.error or ""])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

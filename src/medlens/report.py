@@ -17,8 +17,6 @@ import base64
 import datetime as _dt
 import html
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens._atomic import write_text_atomic
 from medlens.metrics import LOWER_IS_BETTER, metric_value
 
 log = logging.getLogger("medlens.report")
@@ -121,21 +120,6 @@ def html_page(title: str, body: str) -> str:
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>\n"
     )
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write text to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ inputs

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens._atomic import atomic_open, write_text_atomic
 from medlens.bundle import Bundle, Manifest, save_bundle, write_json_atomic
 from medlens.config import RunConfig, dump_config
 from medlens.data.dataset import ImageDataset, default_num_workers, make_loader, weighted_sampler
@@ -58,12 +58,6 @@ class RunResult:
 def run_dir_for(cfg: RunConfig) -> Path:
     name = cfg.output.name or cfg.name or "run"
     return Path(cfg.output.dir) / name
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def architecture_for(cfg: RunConfig, num_outputs: int, meta_dim: int = 0, meta_extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,8 +137,8 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     """
     import lightning as L
 
-    from medlens.engine.module import create_task, optim_settings
     from medlens.engine.distributed import DistributedEpochOrder, env_is_global_zero
+    from medlens.engine.module import create_task, optim_settings
     from medlens.engine.tracking import RunRecorder, build_loggers, finish_tracking
     from medlens.engine.trainer import build_trainer, monitor_for
     from medlens.models import create_model
@@ -167,7 +161,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         if resume is None and ckpt_dir.exists():
             for f in ckpt_dir.glob("*.ckpt"):  # stale checkpoints of an overwritten run must not be picked up
                 f.unlink()
-        _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
 
     table, splits = prepare_data(cfg, table, splits)
     space = table.label_space
@@ -286,10 +280,8 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         for k in row:
             if k not in keys:
                 keys.append(k)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for row in history:
             w.writerow(row)
-    os.replace(tmp, path)

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 
+from medlens._atomic import atomic_open
 from medlens.engine.distributed import env_is_global_zero
 from medlens.registry import Registry
 from medlens.runs import TRACKING, collect_environment, flatten, write_environment
@@ -375,13 +376,10 @@ def _append_csv_row(path: Path, row: dict[str, Any]) -> None:
             keys = list(reader.fieldnames or [])
             rows = list(reader)
     keys += [k for k in row if k not in keys]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows([*rows, row])
-    os.replace(tmp, path)
 
 
 def _artifacts(run_dir: Path) -> list[Path]:

@@ -50,6 +50,12 @@ def adapt_stem(net: nn.Module, reduction: int) -> bool:
     if hasattr(net, "conv_stem") and isinstance(net.conv_stem, nn.Conv2d):  # EfficientNet / MobileNet
         net.conv_stem.stride = (1, 1)
         return True
+    feats = getattr(net, "features", None)
+    if isinstance(feats, nn.Sequential) and hasattr(feats, "conv0") and hasattr(feats, "pool0"):  # DenseNet
+        feats.pool0 = nn.Identity()
+        if reduction >= 4:
+            feats.conv0.stride = (1, 1)
+        return True
     if hasattr(net, "stem") and isinstance(net.stem, nn.Sequential) and isinstance(net.stem[0], nn.Conv2d):
         conv = net.stem[0]  # ConvNeXt patchify stem (k=4, s=4) -> k=s=4/reduction
         k = max(1, conv.kernel_size[0] // min(reduction, conv.kernel_size[0]))
@@ -94,7 +100,9 @@ class ImageClassifier(nn.Module):
         red = stem_reduction(image_size, small_input)
         if red > 1 and not adapt_stem(self.backbone, red):
             log.warning("small-input stem adaptation is not supported for %s; using the stock stem", backbone)
-        self.num_features = int(self.backbone.num_features)
+        # the width of the pooled vector the head sees: MobileNetV3 pools 576 channels and then widens them to
+        # 1024 in its own conv head (timm's head_hidden_size); most families have the two equal
+        self.num_features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(self.num_features, num_outputs)
 

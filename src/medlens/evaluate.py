@@ -116,10 +116,13 @@ def evaluate(
         write_json_atomic(Path(out), {"split": split, **result.metrics})
     if record and b.path is not None:
         key = split + ("" if calibrated else "_uncalibrated") + ("_tta" if tta else "")
-        record_evaluation(b.path, key, {
-            "split": split, "calibrated": calibrated, "tta": tta, "config": "bundle" if config is None else str(getattr(cfg, "name", None) or config),
-            "overrides": list(overrides or []), "metrics": result.metrics,
-        })
+        try:
+            record_evaluation(b.path, key, {
+                "split": split, "calibrated": calibrated, "tta": tta, "config": "bundle" if config is None else str(getattr(cfg, "name", None) or config),
+                "overrides": list(overrides or []), "metrics": result.metrics,
+            })
+        except OSError as e:  # a read-only bundle (shared model store, container image): the metrics still count
+            log.warning("could not record the evaluation in %s/manifest.json (%s); use --no-record or --out", b.path, e.strerror or e)
     return result
 
 

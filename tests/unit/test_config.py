@@ -47,6 +47,21 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert again == cfg
 
 
+def _readme_configs() -> list[str]:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    return [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if re.search(r"^data:", b, flags=re.M)]
+
+
+def test_readme_config_examples_are_valid() -> None:
+    """Every full config shown in README.md validates: a documented key that does not exist is a bug."""
+    blocks = _readme_configs()
+    assert len(blocks) >= 2
+    for block in blocks:
+        config_from_dict(yaml.safe_load(block), source="README.md")
+
+
 def test_typo_key_names_key_and_file(tmp_path: Path) -> None:
     raw = _minimal() | {"optim": {"lrr": 0.1}}
     p = _write(tmp_path, raw, "typo.yaml")

@@ -33,9 +33,13 @@ def tiny_cfg(tmp_path: Path, **sections):
     return config_from_dict(raw)
 
 
-def tiny_net():
-    """resnet10t with the stock stride-32 stem on 16 px grey images: a few milliseconds a batch."""
-    return create_model({"type": "classifier", "backbone": "resnet10t", "num_outputs": 1, "in_chans": 1, "image_size": SIZE, "small_input": False})
+def tiny_net(small_input: bool | int = False):
+    """resnet10t on 16 px grey images: a few milliseconds a batch.
+
+    The stock stride-32 stem (default) leaves 1x1 feature maps, whose batch norm is fine in float32 but can
+    overflow under bf16 autocast; ``small_input=4`` keeps 2x2 maps, as medlens does for small images.
+    """
+    return create_model({"type": "classifier", "backbone": "resnet10t", "num_outputs": 1, "in_chans": 1, "image_size": SIZE, "small_input": small_input})
 
 
 def tiny_loaders(n: int = 96, batch_size: int = 16, seed: int = 0):
@@ -47,9 +51,9 @@ def tiny_loaders(n: int = 96, batch_size: int = 16, seed: int = 0):
     return space, make_loader(ds, batch_size, True, 0, None, seed, drop_last=True), make_loader(ds, 64, False, 0)
 
 
-def tiny_module(cfg, space=None):
+def tiny_module(cfg, space=None, small_input: bool | int = False):
     space = space or LabelSpace(("negative", "positive"), "binary")
     return create_task(
-        space.task, model=tiny_net(), label_space=space, loss=create_loss("bce", space.task),
+        space.task, model=tiny_net(small_input), label_space=space, loss=create_loss("bce", space.task),
         optim=optim_settings(cfg), seed=cfg.seed, channels_last=cfg.trainer.channels_last,
     )

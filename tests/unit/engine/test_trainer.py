@@ -25,10 +25,11 @@ class _GradNorms(L.Callback):
         trainer.optimizers[0].register_step_post_hook(hook)  # Lightning runs forward/backward/clip inside step()
 
 
-def _fit(tmp_path, optim=None, trainer=None, n=64):
+def _fit(tmp_path, optim=None, trainer=None, n=64, small_input=False):
     cfg = tiny_cfg(tmp_path, optim={"lr": 1e-2, **(optim or {})}, trainer={"max_epochs": 1, **(trainer or {})})
     space, train_dl, val_dl = tiny_loaders(n)
-    module = tiny_module(cfg, space)
+    torch.manual_seed(0)  # the network's initial weights do not depend on which tests ran before
+    module = tiny_module(cfg, space, small_input)
     rec = _GradNorms()
     tr, ckpt = build_trainer(cfg, tmp_path, "binary", extra_callbacks=[rec])
     tr.fit(module, train_dl, val_dl)
@@ -56,7 +57,8 @@ def test_gradient_clipping_and_accumulation(tmp_path):
 
 @pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    tr, module, rec = _fit(tmp_path, trainer={"precision": "bf16", "channels_last": True})
+    # 2x2 feature maps (the small-input stem): 1x1 maps make batch norm overflow in bf16 on some initialisations
+    tr, module, rec = _fit(tmp_path, trainer={"precision": "bf16", "channels_last": True}, small_input=4)
     assert tr.precision == "bf16-mixed"
     assert all(torch.isfinite(torch.tensor(rec.norms)))
     assert module.history and module.history[-1]["val/loss"] == module.history[-1]["val/loss"]  # finite, not NaN

@@ -245,3 +245,27 @@ def test_explain_and_report(server):
     rep = httpx.post(server.url + "/v1/report", files={"file": ("a.png", png_bytes(arr))}, timeout=60)
     assert rep.status_code == 200 and "attachment" in rep.headers["content-disposition"]
     assert "not a diagnosis" in rep.text.lower()
+
+
+def test_anomaly_bundle_is_served_with_score_and_error_map(tmp_path):
+    """An autoencoder bundle goes through the same routes: a score against the threshold, an error-map overlay."""
+    import torch
+
+    from medlens.models.autoencoder import ScoreSpec
+    from medlens.serve.app import create_app
+
+    torch.manual_seed(0)
+    arch = {"type": "reversed_ae", "in_chans": 1, "image_size": 16, "depth": 2, "width": 4, "latent_dim": 4}
+    spec = ScoreSpec(mean=(0.5,), std=(0.5,))
+    m = Manifest(arch, LabelSpace(("normal", "pneumonia"), "anomaly"), resolve_preprocessing(16, 1), thresholds=[0.5],
+                 anomaly={"normal_label": "normal", "threshold": 0.5, "fpr": 0.05, **spec.to_dict()})
+    bundle = save_bundle(create_model(arch).eval(), m, tmp_path / "ae")
+    with Server(create_app(bundle)) as s:
+        r = httpx.post(s.url + "/v1/predict", files={"files": ("x.png", png_bytes(_img(3)))}, timeout=60)
+        assert r.status_code == 200, r.text
+        p = r.json()["predictions"][0]
+        assert p["score"] >= 0.0 and p["predicted"] == (["pneumonia"] if p["score"] >= 0.5 else ["normal"])
+        e = httpx.post(s.url + "/v1/explain", files={"file": ("x.png", png_bytes(_img(3)))}, timeout=60)
+        assert e.status_code == 200, e.text
+        assert e.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(e.content)).size == (40, 48)  # the error map has the uploaded image's size

@@ -48,7 +48,25 @@ def test_upload_shows_probabilities_and_heatmap(page_server, chromium, tmp_path:
             assert width > 0
             assert "for " in page.text_content("#heatmap-caption")
             assert page.text_content("#error") == ""
+            # another finding and another method: the heatmap is recomputed for that choice
+            methods = page.eval_on_selector_all("#method option", "os => os.map(o => o.value)")
+            assert {"gradcam", "gradcam++", "eigencam"} <= set(methods)
+            first_src = page.get_attribute("#heatmap", "src")
+            page.select_option("#label", "Mass")
+            page.select_option("#method", "eigencam")
+            page.click("#explain")
+            page.wait_for_function(f"document.getElementById('heatmap').src !== {first_src!r} && document.getElementById('heatmap').naturalWidth > 0", timeout=60000)
+            caption = page.text_content("#heatmap-caption")
+            assert "Mass" in caption and "eigencam" in caption.lower(), caption
             page.screenshot(path=str(shot / "serve_page.png"), full_page=True)
+            # the per-image report downloads as an HTML file with the findings and the not-a-diagnosis statement
+            with page.expect_download(timeout=60000) as dl:
+                page.click("#report")
+            saved = tmp_path / dl.value.suggested_filename
+            dl.value.save_as(saved)
+            assert saved.suffix == ".html"
+            html = saved.read_text(encoding="utf-8")
+            assert "Effusion" in html and "Mass" in html and "not a diagnosis" in html.lower()
             # a bad file shows an error message and the page keeps working
             bad = tmp_path / "notes.png"
             bad.write_text("not an image")

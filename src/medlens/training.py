@@ -139,7 +139,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
 
     from medlens.engine.distributed import DistributedEpochOrder, env_is_global_zero
     from medlens.engine.module import create_task, optim_settings
-    from medlens.engine.tracking import RunRecorder, build_loggers, finish_tracking
+    from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer, monitor_for
     from medlens.models import create_model
 
@@ -254,22 +254,31 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         **table.summary(), "splits": splits.sizes(), "split_method": splits.method,
         "split_label_counts": {k: table.subset(v).label_counts() for k, v in splits.as_dict().items()},
     }
-    manifest.extra["data_summary"] = summary
-    if (run_dir / "environment.json").is_file():  # the reproducibility record (engine.tracking.RunRecorder)
-        manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
-    save_bundle(final_model, manifest, bundle_dir)
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    _write_history(run_dir / "history.csv", history)
-    np.savez_compressed(
-        run_dir / "predictions.npz",
-        **{f"{k}_{f}": getattr(v, f) for k, v in results.items() for f in ("probs", "targets")},
-        **{f"{k}_ids": np.asarray(v.ids, dtype=str) for k, v in results.items()},
-        **{f"{k}_groups": np.asarray(["" if g is None else g for g in v.groups], dtype=str) for k, v in results.items() if v.groups is not None},
-    )
-    finish_tracking(cfg, loggers, run_dir, metrics)
+    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, history, loggers)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
     return RunResult(run_dir, bundle_dir, metrics, history, best, summary, wall, train_time)
+
+
+def save_run_outputs(cfg: RunConfig, run_dir: Path, bundle_dir: Path, model: torch.nn.Module, manifest: Manifest, summary: dict[str, Any],
+                     results: dict[str, EvalResult], history: list[dict[str, Any]], loggers: list) -> None:
+    """What every finished run writes: the bundle, ``metrics.json``, ``history.csv``, ``predictions.npz``, trackers."""
+    from medlens.engine.tracking import finish_tracking
+
+    manifest.extra["data_summary"] = summary
+    if (run_dir / "environment.json").is_file():  # the reproducibility record (engine.tracking.RunRecorder)
+        manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
+    save_bundle(model, manifest, bundle_dir)
+    write_json_atomic(run_dir / "metrics.json", manifest.metrics)
+    _write_history(run_dir / "history.csv", history)
+    with atomic_open(run_dir / "predictions.npz", "wb") as f:
+        np.savez_compressed(
+            f,
+            **{f"{k}_{f}": getattr(v, f) for k, v in results.items() for f in ("probs", "targets")},
+            **{f"{k}_ids": np.asarray(v.ids, dtype=str) for k, v in results.items()},
+            **{f"{k}_groups": np.asarray(["" if g is None else g for g in v.groups], dtype=str) for k, v in results.items() if v.groups is not None},
+        )
+    finish_tracking(cfg, loggers, run_dir, manifest.metrics)
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:

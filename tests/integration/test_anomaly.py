@@ -4,7 +4,6 @@ resume, and a folder dataset streamed from disk. Tiny autoencoders, 28 px, one o
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,6 @@ from medlens.config import config_from_dict, load_config
 from tests.conftest import ROOT, tiny_config
 
 ANOMALY_CONFIGS = sorted((ROOT / "configs").glob("anomaly_*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _cfg(tmp_path: Path, source: dict, **sections):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,6 @@ from medlens.config import config_from_dict
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI installs a rich log handler on the root logger; put the test runner's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def cli(*args: str):

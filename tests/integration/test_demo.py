@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import urllib.request
 from pathlib import Path
 
@@ -12,15 +11,6 @@ from typer.testing import CliRunner
 
 import medlens.demo as demo
 from medlens.cli import app
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture()

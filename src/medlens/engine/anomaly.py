@@ -409,16 +409,16 @@ def train_anomaly(cfg: RunConfig, table: SampleTable, splits: Splits, run_dir: P
         >>> result = medlens.train(load_config("configs/anomaly_pneumoniamnist.yaml"))  # doctest: +SKIP
         >>> result.metrics["test"]["auroc"]  # doctest: +SKIP
     """
-    from medlens.bundle import Bundle, Manifest, save_bundle, write_json_atomic
+    from medlens.bundle import Bundle, Manifest
     from medlens.data.dataset import ImageDataset, default_num_workers, make_loader
     from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
     from medlens.engine.module import create_task, optim_settings
-    from medlens.engine.tracking import RunRecorder, build_loggers, finish_tracking
+    from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer
     from medlens.evaluate import EvalResult, score_table
     from medlens.models import create_model
     from medlens.predict import Predictor
-    from medlens.training import RunResult, _write_history
+    from medlens.training import RunResult, save_run_outputs
 
     t0 = time.perf_counter() if t0 is None else t0
     _check_table(cfg, table)
@@ -505,20 +505,7 @@ def train_anomaly(cfg: RunConfig, table: SampleTable, splits: Splits, run_dir: P
         "train_rows_left_out": int(dropped),
         "split_label_counts": {k: table.subset(v).label_counts() for k, v in splits.as_dict().items()},
     }
-    manifest.extra["data_summary"] = summary
-    if (run_dir / "environment.json").is_file():
-        import json
-
-        manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
-    save_bundle(final_model, manifest, bundle_dir)
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    _write_history(run_dir / "history.csv", history)
-    np.savez_compressed(
-        run_dir / "predictions.npz",
-        **{f"{k}_{f}": getattr(v, f) for k, v in results.items() for f in ("probs", "targets")},
-        **{f"{k}_ids": np.asarray(v.ids, dtype=str) for k, v in results.items()},
-    )
-    finish_tracking(cfg, loggers, run_dir, metrics)
+    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, history, loggers)
     wall = time.perf_counter() - t0
     log.info("anomaly run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
     return RunResult(run_dir, bundle_dir, metrics, history, best, summary, wall, train_time)

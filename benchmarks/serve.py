@@ -2,10 +2,10 @@
 
     python benchmarks/serve.py [--bundle DIR] [--clients 8] [--seconds 30] [--backend torch|onnx]
 
-Without --bundle a bundle is trained quickly on PneumoniaMNIST from ../shared/data (ResNet-18, 28 px; random
-weights would give the same speed). Clients send real test images as PNG to 127.0.0.1 only, for a bounded
+Without --bundle a ResNet-18 28 px bundle with random weights is used (a trained one runs at the same speed;
+pass e.g. the bundle of `medlens train configs/pneumoniamnist.yaml`). Clients send real test images as PNG to 127.0.0.1 only, for a bounded
 time, and the script prints p50/p99 latency and requests/s, next to the Predictor's images/s at batch 1 on the
-same images.
+same images. The server runs as `medlens serve` in a separate process, as a user starts it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import io
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -109,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     args = ap.parse_args(argv)
 
-    import uvicorn
+    import subprocess
 
-    from medlens.serve.app import create_app
+    import httpx
 
     tmp = tempfile.TemporaryDirectory()
     bundle = args.bundle or make_bundle(Path(tmp.name))
@@ -124,16 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(bundle, backend=args.backend), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
+    # the server is `medlens serve` in its own process, as a user runs it; the clients live in this one
+    medlens = str(Path(sys.executable).parent / "medlens")
+    server = subprocess.Popen([medlens, "serve", str(bundle), "--port", str(port), "--backend", args.backend],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    asyncio.run(load(url, blobs, args.clients, 2.0))  # warm-up
-    res = asyncio.run(load(url, blobs, args.clients, args.seconds))
-    server.should_exit = True
-    th.join(timeout=10)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"medlens serve did not start: {server.stderr.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        asyncio.run(load(url, blobs, args.clients, 2.0))  # warm-up
+        res = asyncio.run(load(url, blobs, args.clients, args.seconds))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
     ratio = res["requests_per_s"] / raw["images_per_s"]
     print(f"# serve benchmark: {args.clients} clients, {args.seconds:.0f} s, backend {args.backend}, 28 px ResNet-18\n")

@@ -244,7 +244,8 @@ class TaskModule(L.LightningModule):
             self.history.append(row)
 
     def compute_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
-        return classification_metrics(probs, targets, self.label_space.task, self.label_space.names)
+        # per-epoch validation: an early epoch near chance is no news; the final evaluation warns about AUROC < 0.5
+        return classification_metrics(probs, targets, self.label_space.task, self.label_space.names, warn=False)
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         logits = self.model(batch.images, batch.metadata)

@@ -107,7 +107,9 @@ class StepTimer:
         now = time.perf_counter()
         if trainer.global_step == self.warmup and self.t0 is None:
             self.t0 = now
-        elif self.t0 is not None and self.t_end:
+        elif self.t0 is not None and self.t_end and idx > 0:
+            # a gap inside an epoch is the loader fetching the batch (plus Lightning's loop); the gap across an
+            # epoch boundary is validation and checkpointing, not the loader
             self.wait += now - self.t_end
 
     def _end(self, trainer, module, outputs, batch, idx):
@@ -166,9 +168,6 @@ def write_images(tmp: Path, size: int, n: int) -> dict[str, list[Path]]:
 
     rng = np.random.default_rng(0)
     out: dict[str, list[Path]] = {"png": [], "jpeg": [], "dicom": []}
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.test_serve import dicom_bytes
-
     for i in range(n):
         # smooth content like a radiograph (random noise would make PNG/JPEG unrealistically slow)
         base = rng.integers(0, 255, (8, 8)).astype(np.uint8)
@@ -183,6 +182,28 @@ def write_images(tmp: Path, size: int, n: int) -> dict[str, list[Path]]:
         d.write_bytes(dicom_bytes(img.astype(np.uint16) * 16))
         out["dicom"].append(d)
     return out
+
+
+def dicom_bytes(arr16: np.ndarray) -> bytes:
+    """A 12-bit MONOCHROME2 digital X-ray DICOM file of ``arr16`` (uncompressed, explicit VR little endian)."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = arr16.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = arr16.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def pipeline_rate(paths: list[Path], size: int, augment: str = "light") -> float:
@@ -276,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for reporting)")
     args = ap.parse_args(argv)
     import logging
+    import warnings
 
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")  # Lightning's notes about logging intervals and reused folders
     import torch
 
     steps, warmup, reps = (8, 3, 20) if args.quick else (40, 5, 100)
@@ -295,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     for size in (64,) if args.quick else (64, 224):
         b = 64 if size == 64 else 16
         st = steps if size == 64 else max(steps // 4, 4)
-        hand = hand_loop(size, b, st, warmup)
-        ml = medlens_train_rate(size, b, st, warmup, tmp)
+        # alternated and best of two each, so neither side gets the warmer (or quieter) minute
+        hand, ml = 0.0, 0.0
+        for _ in range(2):
+            hand = max(hand, hand_loop(size, b, st, warmup))
+            ml = max(ml, medlens_train_rate(size, b, st, warmup, tmp))
         train_rates[size] = ml
         fl = flops_per_image(size)
         print(f"| {size} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} | {ml * fl / 1e9:.1f} | {100 * ml * fl / 1e9 / peak:.0f}% |")
@@ -327,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     # the real thing: `medlens train` on PNG files with the default loader settings (cache: auto, workers: auto,
     # light augmentation), timing how long each step waits for its batch
     timers: list = []
-    folder = png_folder(tmp, 64, 640 if not args.quick else 200)
+    # enough images that the timed steps fall in one epoch (70 % of the rows train)
+    folder = png_folder(tmp, 64, int(64 * (steps + warmup) / 0.7) + 64)
     rate = medlens_train_rate(64, 64, steps, warmup, tmp, data={"kind": "folder", "root": str(folder), "augment": "light"}, timer_out=timers)
     wf = timers[0].wait_fraction
     print(f"`medlens train` on 64 px PNG files, default loader (cache auto, workers auto), light augmentation: "

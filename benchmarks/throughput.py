@@ -176,6 +176,8 @@ def png_folder(tmp: Path, size: int, n: int) -> Path:
 def write_images(tmp: Path, size: int, n: int) -> dict[str, list[Path]]:
     from PIL import Image
 
+    from medlens.data.io import dicom_bytes
+
     rng = np.random.default_rng(0)
     out: dict[str, list[Path]] = {"png": [], "jpeg": [], "dicom": []}
     for i in range(n):
@@ -189,31 +191,9 @@ def write_images(tmp: Path, size: int, n: int) -> dict[str, list[Path]]:
         Image.fromarray(img).save(j, quality=90)
         out["jpeg"].append(j)
         d = tmp / f"{size}_{i}.dcm"
-        d.write_bytes(dicom_bytes(img.astype(np.uint16) * 16))
+        d.write_bytes(dicom_bytes(img.astype(np.uint16) * 16))  # 12-bit, as radiographs are stored
         out["dicom"].append(d)
     return out
-
-
-def dicom_bytes(arr16: np.ndarray) -> bytes:
-    """A 12-bit MONOCHROME2 digital X-ray DICOM file of ``arr16`` (uncompressed, explicit VR little endian)."""
-    import io
-
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows, ds.Columns = arr16.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = arr16.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def pipeline_rate(paths: list[Path], size: int, augment: str = "light") -> float:

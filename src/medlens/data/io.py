@@ -59,6 +59,40 @@ def _from_pil(img, max_pixels: int) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, slope: float = 1.0, intercept: float = 0.0) -> bytes:
+    """Encode a 2-D grey image as an uncompressed MONOCHROME2 digital X-ray DICOM file, in memory.
+
+    For fixtures, benchmarks and de-identified examples: no patient attributes are written.
+
+    Example:
+        >>> data = dicom_bytes(np.full((8, 8), 1000, np.uint16))  # doctest: +SKIP
+        >>> read_dicom(data).shape  # doctest: +SKIP
+        (8, 8)
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if pixels.ndim != 2:
+        raise ValueError(f"dicom_bytes: a 2-D grey image is needed, got shape {pixels.shape}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("image.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pragma: no cover - pydicom 2.x
+        ds.save_as(buf, write_like_original=False)
+    return buf.getvalue()
+
+
 def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
     """Decode DICOM pixel data to uint8 with rescale slope/intercept, VOI LUT/windowing and MONOCHROME1 inversion."""
     try:

@@ -73,8 +73,8 @@ def _scores(x01: np.ndarray, rec01: np.ndarray, kind: str) -> np.ndarray:
 
 def _summary(val: np.ndarray, yv: np.ndarray, test: np.ndarray, y: np.ndarray, boot: int, fpr: float) -> dict:
     """Threshold on the validation normals; validation AUROC (information only) and test metrics."""
-    from medlens.engine.anomaly import fit_threshold
-    from medlens.metrics import average_precision, binary_auroc
+    from medlens.tasks.anomaly.threshold import fit_threshold
+    from medlens.tasks.classification.metrics import average_precision, binary_auroc
 
     thr, _ = fit_threshold(val[~yv], fpr)
     pred = test >= thr
@@ -125,7 +125,7 @@ def run_autoencoder(name: str, ds: dict, out_dir: Path, epochs: int | None, max_
 
     from medlens import load_config, train
     from medlens.bundle import load_bundle
-    from medlens.evaluate import dataset_splits
+    from medlens.evaluation import dataset_splits
     from medlens.models.autoencoder import ScoreSpec, anomaly_scores
 
     over = [

@@ -46,7 +46,7 @@ def make_bundle(out: Path, backbone: str = "resnet18") -> Path:
 
 
 def raw_predictor_rate(bundle: Path, images: list[np.ndarray], seconds: float, backend: str) -> dict:
-    from medlens.predict import Predictor
+    from medlens.inference import Predictor
 
     p = Predictor.from_bundle(bundle, backend=backend, batch_size=1)
     for im in images[:10]:

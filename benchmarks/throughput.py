@@ -219,7 +219,7 @@ def inference(tmp: Path, size: int, reps: int) -> list[tuple[str, float, float, 
     from medlens.data.transforms import make_transform, resolve_preprocessing
     from medlens.export import export_onnx
     from medlens.models import create_model
-    from medlens.predict import Predictor
+    from medlens.inference import Predictor
 
     a = arch(size)
     bundle = save_bundle(create_model(a).eval(), Manifest(a, LabelSpace(("n", "p"), "binary"), resolve_preprocessing(size, 3), thresholds=[0.5]), tmp / "inf_bundle")

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
@@ -50,3 +52,35 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON types for numpy scalars/arrays, paths and NaN (-> null), recursively."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if v != v else v
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (numpy values converted, NaN as null) atomically.
+
+    Example:
+        >>> write_json_atomic("out/metrics.json", {"auroc": 0.9})  # doctest: +SKIP
+    """
+    import json
+
+    path = Path(path)
+    with atomic_open(path, "w") as f:
+        json.dump(jsonable(obj), f, indent=2)
+    return path

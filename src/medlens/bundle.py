@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
-from medlens._atomic import atomic_open
+from medlens._atomic import jsonable, write_json_atomic
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import Preprocessing
 
@@ -55,23 +54,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return None if v != v else v
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 @dataclass
@@ -105,7 +87,7 @@ class Manifest:
         return list(self.label_space.names)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({
+        return jsonable({
             "format": "medlens-bundle",
             "format_version": self.format_version,
             "created": self.created,
@@ -166,12 +148,6 @@ class Bundle:
     model: nn.Module
     manifest: Manifest
     path: Path | None = None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    with atomic_open(path, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
 
 
 def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True) -> Path:

@@ -110,7 +110,7 @@ def evaluate(
 ) -> None:
     """Evaluate BUNDLE on a split; prints metrics JSON and records it in the bundle manifest."""
     _setup_logging()
-    from medlens.evaluate import evaluate as _evaluate
+    from medlens.evaluation import evaluate as _evaluate
 
     r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record)
     _print_json({"split": split, **r.metrics})
@@ -127,30 +127,39 @@ def predict(
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write one HTML report per image (image, overlay, findings, model card) into this folder.")] = None,
-    report_method: Annotated[str, typer.Option(help="Explanation method shown in the reports.")] = "gradcam",
+    report_method: Annotated[Optional[str], typer.Option(help="Explanation method shown in the reports (default: the model's first, e.g. gradcam or error_map).")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Exit 0 even when some images could not be read (they are still listed).")] = False,
 ) -> None:
-    """Predict IMAGES with BUNDLE: probabilities and labels per image."""
+    """Predict IMAGES with BUNDLE: per finding the value, its threshold and the decision."""
     _setup_logging()
+    from medlens.bundle import read_manifest
     from medlens.data.metadata import metadata_rows_for
-    from medlens.predict import predict as _predict
+    from medlens.inference import predict as _predict
+    from medlens.tasks import task_of
 
-    meta = _run(metadata_rows_for, metadata, [str(p) for p in images]) if metadata else None
-    preds = _run(_predict, bundle, [str(p) for p in images], out, batch_size, tta, backend, metadata=meta, progress=sys.stderr.isatty() or len(images) > 50, calibrated=calibrated, report_dir=report, report_method=report_method)
+    paths = [str(p) for p in images]
+    meta = _run(metadata_rows_for, metadata, paths) if metadata else None
+    progress = sys.stderr.isatty() or len(images) > 50
+    if report is not None:
+        from medlens.clinical_report import predict_with_reports
+
+        preds = _run(predict_with_reports, bundle, paths, report, out, report_method, meta, progress, backend=backend, batch_size=batch_size, tta=tta, calibrated=calibrated)
+    else:
+        preds = _run(_predict, bundle, paths, out, batch_size, tta, backend, metadata=meta, progress=progress, calibrated=calibrated)
+    manifest = _run(read_manifest, bundle)
+    task = task_of(manifest)
     bad = [p for p in preds if not p.ok]
     if out is None:
         for p in preds:
             if p.ok:
-                probs = " ".join(f"{k}={v:.4f}" for k, v in p.probabilities.items())
-                if p.score is not None:  # anomaly bundles: the score and the threshold it is compared with
-                    probs = f"score={p.score:.6g} threshold={next(iter(p.thresholds.values()), float('nan')):.6g}"
-                typer.echo(f"{p.source}\t{probs}\tpredicted={'|'.join(p.predicted)}")
+                typer.echo(f"{p.source}\t{task.summary_line(p, manifest)}")
     else:
         typer.echo(f"wrote {out} ({len(preds) - len(bad)} predicted, {len(bad)} failed)")
     if report is not None:
         typer.echo(f"reports: {report / 'index.html'}")
     for p in bad:
-        typer.echo(f"could not predict {p.source}: {p.error}", err=True)
-    if bad and len(bad) == len(preds):
+        typer.echo(f"could not predict: {p.error}", err=True)
+    if bad and (len(bad) == len(preds) or not keep_going):
         raise typer.Exit(code=2)
 
 
@@ -374,17 +383,17 @@ def explain(
     image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, DICOM, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs, heatmaps (.npy) and a JSON summary.")],
     label: Annotated[Optional[list[str]], typer.Option(help="Label to explain (repeatable); default: the positive/predicted labels.")] = None,
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, eigencam, layercam, hirescam, xgradcam (anomaly: error_map).")] = "gradcam",
+    method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, eigencam, layercam, hirescam, xgradcam (anomaly models: error_map); default: the model's first.")] = None,
     target_layer: Annotated[Optional[str], typer.Option(help="Module to explain, e.g. backbone.layer3 (default: last conv stage).")] = None,
     metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object.")] = None,
 ) -> None:
     """Explain IMAGE with BUNDLE: one heatmap overlay per label."""
     _setup_logging()
-    from medlens.explain import explain_to_dir
+    from medlens.interpret import explain_to_dir
 
     exps = _run(explain_to_dir, bundle, image, out, label, method, target_layer, metadata)
     for e in exps:
-        typer.echo(f"{e.label}\tp={e.probability:.4f}\t{e.method}\t{e.target_layer or '-'}")
+        typer.echo(f"{e.label}\tvalue={e.probability:.4g}\t{e.method}\t{e.target_layer or '-'}")
     typer.echo(f"wrote {len(exps)} overlay(s) to {out}")
 
 

@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens._atomic import write_bytes_atomic
+from medlens.explanation import Explanation, image_png
+from medlens.inference import ImageInput, Prediction, Predictor, decode_input
+from medlens.progress import progress_iter
+from medlens.tasks import task_of
 
 if TYPE_CHECKING:
     from medlens.bundle import Manifest
-    from medlens.explain import Explanation
-    from medlens.predict import ImageInput, Prediction, Predictor
 
 log = logging.getLogger("medlens.clinical_report")
 
@@ -85,23 +87,8 @@ def model_card(manifest: Manifest) -> dict[str, str]:
 
 
 def _finding_rows(prediction: Prediction, manifest: Manifest) -> list[dict[str, Any]]:
-    rows = []
-    task = manifest.task
-    names = manifest.label_names
-    for n in names:
-        p = prediction.probabilities.get(n)
-        thr = prediction.thresholds.get(n)
-        if task == "binary" and n == names[0]:
-            continue  # the negative class is 1 - p(positive): shown once, as the positive finding
-        if task == "multiclass":
-            decision = "predicted class" if n in prediction.predicted else ""
-        else:
-            decision = "POSITIVE" if prediction.decisions.get(n) else "negative"
-        rows.append({"label": n, "probability": p, "threshold": thr, "decision": decision, "positive": n in prediction.predicted})
-    if task == "anomaly" and prediction.score is not None:
-        lab = names[-1]
-        rows = [{"label": f"{lab} (anomaly score)", "probability": prediction.score, "threshold": prediction.thresholds.get(lab), "decision": "POSITIVE" if lab in prediction.predicted else "negative", "positive": lab in prediction.predicted, "score": True}]
-    return rows
+    """The task's findings as report rows (one vocabulary with the page and the CLI)."""
+    return [{"finding": f, "label": f.label, "positive": f.positive} for f in task_of(manifest).findings(prediction, manifest)]
 
 
 def image_report_html(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest, title: str | None = None) -> str:
@@ -122,9 +109,8 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         >>> "not a diagnosis" in html.lower()  # doctest: +SKIP
         True
     """
-    from medlens.explain import image_png
-
     esc = html.escape
+    task = task_of(manifest)
     src = prediction.source or "image"
     title = title or f"medlens report: {Path(str(src)).name}"
     parts = [
@@ -142,20 +128,17 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         cap = f"{esc(e.label)}: {esc(e.method)}" + (f" at {esc(e.target_layer)}" if e.target_layer else "") + f" (p = {e.probability:.3f})"
         parts.append(f"<figure><img alt='{esc(e.method)} overlay for {esc(e.label)}' src='{_b64_png(e.overlay_png)}'><figcaption>{cap}</figcaption></figure>")
     parts.append("</div>")
-    if explanations:
-        parts.append("<p class='meta'>Warm colours mark the regions that most increased the model's score for the label "
-                     "(for anomaly models: the pixels it reconstructed worst). They show where the model looked, not where disease is.</p>")
+    for method in dict.fromkeys(e.method for e in explanations):
+        parts.append(f"<p class='meta'>{esc(method)}: {esc(task.caption(method))} Maps show where the model looked, not where disease is.</p>")
     if prediction.ok:
-        rows = _finding_rows(prediction, manifest)
-        is_score = any(r.get("score") for r in rows)
+        pres = task.presentation(manifest)
         parts.append("<h2>Findings</h2><table><thead><tr><th>Finding</th>"
-                     f"<th>{'Score' if is_score else 'Probability'}</th><th>Threshold</th><th>Decision</th></tr></thead><tbody>")
-        for r in rows:
-            p = r["probability"]
-            bar = "" if p is None or is_score else f"<span class='bar' style='width:{int(round(100 * max(0.0, min(1.0, p))))}px'></span> "
-            pv = "-" if p is None else (f"{p:.4g}" if is_score else f"{p:.3f}")
-            thr = "argmax" if manifest.task == "multiclass" else ("-" if r["threshold"] is None else f"{r['threshold']:.3f}")
-            parts.append(f"<tr class='{'pos' if r['positive'] else ''}'><td>{esc(r['label'])}</td><td>{bar}{pv}</td><td>{thr}</td><td>{esc(r['decision'])}</td></tr>")
+                     f"<th>{esc(pres.value_name)}</th><th>Threshold</th><th>Decision</th></tr></thead><tbody>")
+        for f in task.findings(prediction, manifest):
+            p = f.value
+            bar = "" if p is None or f.value_kind != "probability" else f"<span class='bar' style='width:{int(round(100 * max(0.0, min(1.0, p))))}px'></span> "
+            parts.append(f"<tr class='{'pos' if f.positive else ''}'><td>{esc(f.label)}</td><td>{bar}{esc(f.value_text())}</td>"
+                         f"<td>{esc(f.threshold_text())}</td><td>{esc(f.decision)}</td></tr>")
         parts.append("</tbody></table>")
         summary = ", ".join(prediction.predicted) if prediction.predicted else "none"
         parts.append(f"<p><strong>Model output:</strong> {esc(summary)}</p>")
@@ -203,12 +186,11 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     if not prediction.ok:
         lines.append(f"Could not be analysed: {prediction.error}")
     else:
-        for r in _finding_rows(prediction, manifest):
-            p = "-" if r["probability"] is None else f"{r['probability']:.3f}"
-            thr = "argmax" if manifest.task == "multiclass" else ("-" if r["threshold"] is None else f"{r['threshold']:.3f}")
-            lines.append(f"{r['label'][:28]:<30}{p:>10}{thr:>12}   {r['decision']}")
+        for f in task_of(manifest).findings(prediction, manifest):
+            lines.append(f"{f.label[:28]:<30}{f.value_text():>10}{f.threshold_text():>12}   {f.decision}")
     y = 0.56
-    fig.text(0.06, y, f"{'Finding':<30}{'Prob.':>10}{'Threshold':>12}   Decision", family="monospace", fontsize=8, weight="bold", va="top")
+    value_name = "Score" if task_of(manifest).presentation(manifest).value_kind == "score" else "Prob."
+    fig.text(0.06, y, f"{'Finding':<30}{value_name:>10}{'Threshold':>12}   Decision", family="monospace", fontsize=8, weight="bold", va="top")
     for ln in lines[:25]:
         y -= 0.016
         fig.text(0.06, y, ln, family="monospace", fontsize=8, va="top")
@@ -238,7 +220,7 @@ def write_reports(
     inputs: Sequence[ImageInput],
     predictions: Sequence[Prediction],
     out_dir: str | Path,
-    method: str = "gradcam",
+    method: str | None = None,
     metadata: Sequence[dict | None] | None = None,
     pdf: bool = False,
     progress: bool = False,
@@ -252,8 +234,7 @@ def write_reports(
         >>> preds = p.predict(paths)  # doctest: +SKIP
         >>> write_reports(p, paths, preds, "reports/")  # doctest: +SKIP
     """
-    from medlens.explain import explain
-    from medlens.predict import _progress, decode_input
+    from medlens.interpret import explain
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +244,7 @@ def write_reports(
     used: set[str] = set()
     written: list[Path] = []
     index_rows = []
-    for i in _progress(range(len(inputs)), progress, "reports"):
+    for i in progress_iter(range(len(inputs)), progress, "reports"):
         pred = predictions[i]
         stem = _stem(pred.source, used)
         img = np.zeros((8, 8), np.uint8)
@@ -295,3 +276,24 @@ def write_reports(
     written.append(out / "index.html")
     log.info("wrote %d reports to %s", len(index_rows), out)
     return written
+
+
+def predict_with_reports(bundle: str | Path, images: Sequence[ImageInput], report_dir: str | Path, out: str | Path | None = None,
+                         method: str | None = None, metadata: Sequence[dict | None] | None = None, progress: bool = False,
+                         **predictor_kw: Any) -> list[Prediction]:
+    """Predict images and write one self-contained HTML report per image plus ``index.html`` into ``report_dir``.
+
+    Each report holds the image, the ``method`` overlay (default: the task's first method), the findings against
+    their thresholds, the model card and the not-a-diagnosis statement.
+
+    Example:
+        >>> preds = predict_with_reports("runs/demo/bundle", ["a.png"], "reports/")  # doctest: +SKIP
+    """
+    from medlens.inference import write_predictions_csv
+
+    predictor = Predictor.from_bundle(bundle, **predictor_kw)
+    preds = predictor.predict(images, metadata=metadata, progress=progress)
+    if out is not None:
+        write_predictions_csv(preds, predictor.label_names, out)
+    write_reports(predictor, images, preds, report_dir, method=method, metadata=metadata, progress=progress)
+    return preds

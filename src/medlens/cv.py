@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from medlens.config import RunConfig
-from medlens.data.samples import SampleTable
-from medlens.data.splits import Splits, find_group_leaks, kfold_indices, split_indices
+from medlens.data.splits import check_disjoint_folds, fold_plan, groups_of
 
 log = logging.getLogger("medlens.cv")
 
@@ -39,72 +38,6 @@ CV_METRICS = (
     "auroc_macro", "average_precision_macro", "sensitivity_macro", "specificity_macro", "f1_macro", "accuracy",
     "auroc_micro", "exact_match", "hamming_accuracy", "ece", "brier",
 )
-
-
-class FoldLeakError(ValueError):
-    """A group appears in the held-out parts of two folds, or in two parts of one fold."""
-
-
-def _groups_of(table: SampleTable, rows: np.ndarray) -> set[str]:
-    if table.groups is None:
-        return {f"__id__{i}" for i in table.ids[rows]}
-    return {g if g is not None else f"__id__{i}" for g, i in zip(table.groups[rows], table.ids[rows], strict=True)}
-
-
-def fold_plan(table: SampleTable, folds: int = 5, seed: int = 0, val_fraction: float = 0.15) -> list[Splits]:
-    """One :class:`Splits` per fold: train, inner validation (from the training part), test = the held-out fold.
-
-    Raises :class:`FoldLeakError` if a group would be held out in two folds or straddle a fold's parts.
-
-    Example:
-        >>> plan = fold_plan(table, folds=5, seed=0)  # doctest: +SKIP
-        >>> [len(s.test) for s in plan]  # doctest: +SKIP
-        [156, 156, 156, 156, 156]
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.split.val_fraction must be in (0, 1) for cross-validation (the inner validation share), not {val_fraction}")
-    parts = kfold_indices(table, folds, seed)
-    plan = []
-    for f, (train_rows, test_rows) in enumerate(parts):
-        sub = table.subset(train_rows)
-        sub.splits = None  # the dataset's own split plays no part in k-fold
-        inner = split_indices(sub, method="stratified", val_fraction=val_fraction, test_fraction=0.0, seed=seed + 1000 + f)
-        fit_rows = np.concatenate([inner.train, inner.test])  # a zero test share may still get a few rows
-        splits = Splits(
-            np.sort(train_rows[fit_rows]), np.sort(train_rows[inner.val]), np.sort(test_rows), "kfold",
-            [f"fold {f} of {folds}: held-out {len(test_rows)} rows; inner validation {len(inner.val)} rows"],
-        )
-        leaks = find_group_leaks(table, splits)
-        if leaks:
-            raise FoldLeakError(f"{table.source}: fold {f}: groups in two parts, e.g. {list(leaks)[:5]}")
-        plan.append(splits)
-    check_disjoint_folds(table, [s.test for s in plan])
-    return plan
-
-
-def check_disjoint_folds(table: SampleTable, held_out: list[np.ndarray]) -> None:
-    """Raise :class:`FoldLeakError` if any group (patient) is in two folds' held-out parts.
-
-    Example:
-        >>> check_disjoint_folds(table, [s.test for s in fold_plan(table)])  # doctest: +SKIP
-    """
-    owner: dict[str, int] = {}
-    for f, rows in enumerate(held_out):
-        for g in _groups_of(table, np.asarray(rows)):
-            if g in owner and owner[g] != f:
-                raise FoldLeakError(f"{table.source}: group {g!r} is held out in folds {owner[g]} and {f}")
-            owner[g] = f
-
-
-def fold_splits(table: SampleTable, folds: int, fold: int, seed: int = 0, val_fraction: float = 0.15) -> Splits:
-    """The splits of one fold (as training made them); used when a config says ``split.method: kfold``.
-
-    Example:
-        >>> s = fold_splits(table, folds=5, fold=2, seed=0)  # doctest: +SKIP
-    """
-    if not 0 <= fold < folds:
-        raise ValueError(f"data.split.fold must be in 0..{folds - 1}, not {fold}")
-    return fold_plan(table, folds, seed, val_fraction)[fold]
 
 
 def _mean_std(values: list[float | None]) -> dict[str, Any]:
@@ -165,9 +98,8 @@ def cross_validate(
         >>> r = cross_validate(load_config("configs/breastmnist_cv.yaml"), folds=5)  # doctest: +SKIP
         >>> r.summary["auroc_macro"]["mean"], r.summary["auroc_macro"]["std"]  # doctest: +SKIP
     """
-    from medlens.bundle import write_json_atomic
-    from medlens.data.readers import read_dataset
-    from medlens.metrics import classification_metrics
+    from medlens._atomic import write_json_atomic
+    from medlens.tasks import read_table, task_of
     from medlens.training import run_dir_for, train
 
     t0 = time.perf_counter()
@@ -175,9 +107,10 @@ def cross_validate(
     s = cfg.data.split
     cv_dir = Path(out) if out is not None else run_dir_for(cfg)
     cv_dir.mkdir(parents=True, exist_ok=True)
-    table = read_dataset(cfg.data)
-    if table.label_space.task == "anomaly":
-        raise ValueError("medlens cv supports binary, multiclass and multilabel tasks")
+    table = read_table(cfg.data)
+    task_obj = task_of(table)
+    if not task_obj.supports_cv:
+        raise ValueError(f"medlens cv does not support task {task_obj.name!r}")
     plan = fold_plan(table, k, s.seed, s.val_fraction)
     log.info("cv: %d folds over %d samples (%s groups)", k, len(table), "no" if table.groups is None else len(set(table.groups.tolist())))
     fold_rows: list[dict[str, Any]] = []
@@ -192,7 +125,7 @@ def cross_validate(
         fold_rows.append({
             "fold": f, "run_dir": str(res.run_dir), "bundle": str(res.bundle_dir),
             "sizes": splits.sizes(),
-            "groups": {name: len(_groups_of(table, rows)) for name, rows in splits.as_dict().items()},
+            "groups": {name: len(groups_of(table, rows)) for name, rows in splits.as_dict().items()},
             "held_out_ids": [str(i) for i in table.ids[splits.test]],
             "metrics": test, "val_metrics": res.metrics.get("val") or {},
             "train_time_s": round(res.train_time_s, 2),
@@ -212,7 +145,7 @@ def cross_validate(
     }
     # pooled out-of-fold predictions: every sample scored once, by the model that never saw it (each fold with
     # its own threshold, so pooled threshold metrics use 0.5 and mainly AUROC/AP are meaningful here)
-    pooled = classification_metrics(np.concatenate(oof_probs), np.concatenate(oof_targets), task, names, warn=False)
+    pooled = task_obj.epoch_metrics(np.concatenate(oof_probs), np.concatenate(oof_targets), names)
     check_disjoint_folds(table, [plan[f].test for f in range(k)])
     result = CVResult(cv_dir, fold_rows, summary, per_label, pooled, wall_time_s=time.perf_counter() - t0)
     doc = {
@@ -236,7 +169,7 @@ def cross_validate(
 
 
 def _target_rows(targets: dict[str, float], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    from medlens.metrics import LOWER_IS_BETTER
+    from medlens.tasks.classification.metrics import LOWER_IS_BETTER
 
     rows = []
     for name, target in targets.items():

@@ -33,35 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlens._atomic import write_bytes_atomic
-from medlens.bundle import (
-    MANIFEST,
-    WEIGHTS,
-    BundleError,
-    Manifest,
-    load_bundle,
-    read_manifest,
-    write_json_atomic,
-)
-from medlens.predict import Predictor
+from medlens._atomic import write_bytes_atomic, write_json_atomic
+from medlens.bundle import MANIFEST, Manifest, load_bundle
+from medlens.inference.onnx import ONNX_FILE, OnnxPredictor, onnx_session
+from medlens.tasks import task_of
 
 log = logging.getLogger("medlens.export")
 
-ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
 FORMATS = ("onnx",)
-
-
-class _ExportWrapper(nn.Module):
-    """Fixes the call signature for tracing: (image) or (image, metadata) -> logits."""
-
-    def __init__(self, model: nn.Module, with_metadata: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.with_metadata = with_metadata
-
-    def forward(self, image: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(image, metadata if self.with_metadata else None)
 
 
 def metadata_dim(manifest: Manifest) -> int:
@@ -82,15 +62,14 @@ def _example_inputs(manifest: Manifest, n: int, seed: int = 0) -> tuple[torch.Te
     return x, m
 
 
-def _to_onnx_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bool | None) -> tuple[bytes, str]:
+def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bool | None) -> tuple[bytes, str]:
     """Trace the network to ONNX in memory; returns (bytes, exporter used).
 
     The TorchScript exporter is tried first: it is several times faster than the dynamo exporter on CPU and
     gives identical graphs for these CNNs; the dynamo exporter is the fallback (and the only one in torch
     versions without the former).
     """
-    meta_dim = metadata_dim(manifest)
-    wrapper = _ExportWrapper(model, meta_dim > 0).eval()
+    wrapper = task_of(manifest).inference_head(model, manifest).eval()
     x, m = _example_inputs(manifest, 2)  # batch 2, so no size-1 special case is baked in
     args = (x,) if m is None else (x, m)
     names = ["image"] if m is None else ["image", "metadata"]
@@ -119,20 +98,8 @@ def _to_onnx_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: boo
 
 
 def output_name(manifest: Manifest) -> str:
-    """``logits`` for classifiers, ``reconstruction`` for anomaly autoencoders."""
-    return "reconstruction" if manifest.task == "anomaly" else "logits"
-
-
-def _session(data: bytes, providers: list[str] | None = None, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    avail = ort.get_available_providers()
-    provs = [p for p in (providers or ["CPUExecutionProvider"]) if p in avail] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(data, sess_options=so, providers=provs)
+    """The task's output name (``logits`` for classifiers, ``score`` for anomaly detectors)."""
+    return task_of(manifest).output_name
 
 
 def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opset: int = DEFAULT_OPSET, dynamo: bool | None = None, check: bool = True) -> Path:
@@ -159,9 +126,7 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     src = Path(bundle_path)
     bundle = load_bundle(src)
     manifest = bundle.manifest
-    if manifest.task == "anomaly":
-        log.info("exporting an autoencoder: the ONNX output is the reconstruction, not logits")
-    data, exporter = _to_onnx_bytes(bundle.model, manifest, opset, dynamo)
+    data, exporter = export_to_bytes(bundle.model, manifest, opset, dynamo)
     info: dict[str, Any] = {
         "file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset if exporter == "torchscript" else max(opset, 18),
         "exporter": exporter, "inputs": ["image", "metadata"] if metadata_dim(manifest) else ["image"], "output": output_name(manifest),
@@ -171,8 +136,8 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     if check:
         x, m = _example_inputs(manifest, 3, seed=1)
         with torch.no_grad():
-            ref = bundle.model(x, m).float().numpy()
-        sess = _session(data)
+            ref = task_of(manifest).inference_head(bundle.model, manifest).eval()(x, m).float().numpy()
+        sess = onnx_session(data)
         feeds = {"image": x.numpy()} if m is None else {"image": x.numpy(), "metadata": m.numpy()}
         out = sess.run(None, feeds)[0]
         diff = float(np.abs(out - ref).max())
@@ -194,101 +159,6 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     return dest / ONNX_FILE
 
 
-class OnnxPredictor(Predictor):
-    """:class:`~medlens.predict.Predictor` on ONNX Runtime: same inputs, preprocessing, temperature, thresholds.
-
-    Args:
-        manifest: the bundle manifest (labels, preprocessing, thresholds, temperature, metadata encoder).
-        session: an ``onnxruntime.InferenceSession``.
-        path: the folder it came from (explanations load the PyTorch weights from here when present).
-        batch_size: images per run.
-        tta: average over the image and its horizontal flip.
-        calibrated: apply the manifest's temperature.
-
-    Example:
-        >>> p = OnnxPredictor.from_bundle("runs/pneumoniamnist/bundle")  # doctest: +SKIP
-        >>> p.predict(["chest.png"])[0].decisions  # doctest: +SKIP
-        {'pneumonia': True}
-    """
-
-    backend = "onnx"
-
-    def __init__(self, manifest: Manifest, session: Any, path: Path | None = None, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu") -> None:
-        self.bundle = None  # no PyTorch network here; see :attr:`model`
-        self.manifest = manifest
-        self.path = path
-        self.batch_size = batch_size
-        self.tta = tta
-        self.calibrated = calibrated
-        self.device = torch.device("cpu")
-        self.session = session
-        self._input_names = [i.name for i in session.get_inputs()]
-        self._torch_model: nn.Module | None = None
-        self._init_preprocessing()
-
-    @classmethod
-    def from_bundle(cls, path: str | Path, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu", providers: list[str] | None = None, threads: int | None = None, verify: bool = True) -> OnnxPredictor:
-        """Load ``model.onnx`` + ``manifest.json`` from a folder (or the ``.onnx`` file's folder).
-
-        A bundle never exported gets an in-memory export (slower start; run ``medlens export`` once instead).
-        With ``verify`` the file's SHA-256 must match the manifest's record.
-        """
-        p = Path(path)
-        folder = p.parent if p.suffix == ".onnx" else p
-        if not folder.is_dir():
-            raise BundleError(f"{folder}: bundle folder not found")
-        manifest = read_manifest(folder)
-        onnx_path = p if p.suffix == ".onnx" else folder / ONNX_FILE
-        if onnx_path.is_file():
-            data = onnx_path.read_bytes()
-            rec = (manifest.extra or {}).get("onnx") or {}
-            if verify:
-                if not rec.get("sha256"):
-                    raise BundleError(f"{onnx_path}: not recorded in {folder / MANIFEST}; re-run `medlens export {folder}`")
-                if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-                    raise BundleError(f"{onnx_path}: checksum does not match the manifest (file modified or corrupt)")
-        elif (folder / WEIGHTS).is_file():
-            log.warning("%s has no %s: exporting in memory (run `medlens export %s` once to skip this)", folder, ONNX_FILE, folder)
-            bundle = load_bundle(folder)
-            data, _ = _to_onnx_bytes(bundle.model, bundle.manifest, DEFAULT_OPSET, None)
-        else:
-            raise BundleError(f"{folder}: neither {ONNX_FILE} nor {WEIGHTS} found")
-        if device.startswith("cuda") and providers is None:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        try:
-            session = _session(data, providers, threads)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            raise BundleError(f"{onnx_path}: ONNX Runtime cannot load the model ({type(e).__name__}: {str(e)[:300]})") from None
-        return cls(manifest, session, folder, batch_size=batch_size, tta=tta, calibrated=calibrated)
-
-    @property
-    def model(self) -> nn.Module:
-        """The PyTorch network (for explanations), loaded lazily from the bundle's ``model.safetensors``."""
-        if self._torch_model is None:
-            if self.path is None or not (Path(self.path) / WEIGHTS).is_file():
-                raise ValueError(f"{self.path}: explanations need the PyTorch weights ({WEIGHTS}); this folder has only the ONNX model")
-            self._torch_model = load_bundle(self.path).model
-        return self._torch_model
-
-    def _forward(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
-        feeds: dict[str, np.ndarray] = {"image": np.ascontiguousarray(x, dtype=np.float32)}
-        if "metadata" in self._input_names:
-            if meta is None:
-                raise ValueError("this model needs metadata: pass one dict per image (missing fields allowed)")
-            feeds["metadata"] = np.ascontiguousarray(meta, dtype=np.float32)
-        out = self.session.run(None, feeds)[0]
-        if self.manifest.task == "anomaly":  # reconstruction -> the anomaly score, as the torch predictor does
-            from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
-
-            spec = ScoreSpec.from_dict(self.manifest.anomaly)
-            maps = error_map(torch.from_numpy(feeds["image"]), torch.from_numpy(np.asarray(out, dtype=np.float32)), spec)
-            return scores_from_error_maps(maps, spec).float().numpy()[:, None]
-        if self.tta:
-            feeds["image"] = np.ascontiguousarray(x[..., ::-1], dtype=np.float32)
-            out = 0.5 * (out + self.session.run(None, feeds)[0])
-        return np.asarray(out, dtype=np.float32)
-
-
 def export(bundle_path: str | Path, format: str = "onnx", out_dir: str | Path | None = None, opset: int = DEFAULT_OPSET) -> Path:
     """``medlens export``: dispatch on the format (only ``onnx`` today)."""
     if format not in FORMATS:
@@ -296,4 +166,4 @@ def export(bundle_path: str | Path, format: str = "onnx", out_dir: str | Path | 
     return export_onnx(bundle_path, out_dir, opset=opset)
 
 
-__all__ = ["ONNX_FILE", "OnnxPredictor", "export", "export_onnx", "metadata_dim"]
+__all__ = ["ONNX_FILE", "OnnxPredictor", "export", "export_onnx", "export_to_bytes", "metadata_dim"]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from medlens._atomic import write_bytes_atomic
-from medlens.metrics import label_view, pr_points, roc_points
+from medlens.tasks import get_task
+from medlens.tasks.classification.metrics import label_view, pr_points, roc_points
 
 _DPI = 100
 _CELL = 2.6  # inches per small-multiple panel
@@ -166,7 +167,7 @@ def confusion_png(metrics: dict[str, Any], label_names: Sequence[str], max_cols:
         >>> png = confusion_png(classification_metrics(probs, targets, "multilabel", names), names)  # doctest: +SKIP
     """
     task = metrics.get("task")
-    if task == "multiclass":
+    if get_task(task).top_label:
         k = len(label_names)
         fig = _figure(max(4.0, 0.7 * k + 2), max(3.5, 0.7 * k + 1.5))
         _matrix(fig.subplots(), np.asarray(metrics["confusion_matrix"]), list(label_names), "confusion matrix (row: true class)")
@@ -199,7 +200,7 @@ def reliability_png(
     Example:
         >>> png = reliability_png(probs, targets, "binary", uncalibrated_probs=raw)  # doctest: +SKIP
     """
-    from medlens.calibration import expected_calibration_error, reliability_bins
+    from medlens.tasks.classification.calibration import expected_calibration_error, reliability_bins
 
     fig = _figure(4.6, 5.0)
     ax, hx = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
@@ -218,10 +219,11 @@ def reliability_png(
                alpha=0.45 if len(series) > 1 else 0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("observed frequency" if task != "multiclass" else "accuracy", fontsize=9)
-    ax.set_title("reliability diagram" + (" (top label)" if task == "multiclass" else ""), fontsize=10)
+    top = get_task(task).top_label
+    ax.set_ylabel("accuracy" if top else "observed frequency", fontsize=9)
+    ax.set_title("reliability diagram" + (" (top label)" if top else ""), fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
-    hx.set_xlabel("predicted probability" if task != "multiclass" else "confidence", fontsize=9)
+    hx.set_xlabel("confidence" if top else "predicted probability", fontsize=9)
     hx.set_ylabel("count", fontsize=8)
     hx.tick_params(labelsize=7)
     return _png(fig)

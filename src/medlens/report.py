@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from medlens._atomic import write_text_atomic
-from medlens.metrics import LOWER_IS_BETTER, metric_value
+from medlens.tasks import get_task, task_of
+from medlens.tasks.classification.metrics import LOWER_IS_BETTER, metric_value
 
 log = logging.getLogger("medlens.report")
 
@@ -223,19 +224,21 @@ def build_report(
         >>> r.metrics["ci"]["headline"]["auroc_macro"]  # doctest: +SKIP
     """
     from medlens import plots
-    from medlens.bundle import load_bundle, write_json_atomic
-    from medlens.calibration import calibration_summary
+    from medlens._atomic import write_json_atomic
+    from medlens.bundle import load_bundle
     from medlens.config import config_from_dict, load_config
-    from medlens.evaluate import dataset_splits
-    from medlens.metrics import classification_metrics, sweep_thresholds
-    from medlens.predict import Predictor
-    from medlens.uncertainty import bootstrap_ci
+    from medlens.evaluation import dataset_splits
+    from medlens.inference import Predictor
+    from medlens.tasks.classification.calibration import calibration_summary
+    from medlens.tasks.classification.metrics import classification_metrics, sweep_thresholds
+    from medlens.tasks.classification.uncertainty import bootstrap_ci
 
     bundle_dir, run_dir = resolve_source(source)
     b = load_bundle(bundle_dir)
     m = b.manifest
-    if m.task not in ("binary", "multiclass", "multilabel"):
-        raise ValueError(f"{bundle_dir}: reports cover binary, multiclass and multilabel models, not {m.task!r}")
+    task = task_of(m)
+    if not task.supports_report:
+        raise ValueError(f"{bundle_dir}: the evaluation report does not cover task {task.name!r} models; use medlens evaluate")
     if config is not None:
         cfg = load_config(config, overrides)
     elif m.config:
@@ -279,7 +282,7 @@ def build_report(
         "uncalibrated": calibration_summary(probs_raw, sub.targets, m.task, names),
     }
     sweep = None
-    if m.task != "multiclass" and split != "val" and len(parts["val"]):
+    if task.thresholded and split != "val" and len(parts["val"]):
         vsub, vprobs, _ = score(parts["val"])
         sweep = {"split": "val", "required_sensitivity": required_sensitivity,
                  "labels": sweep_thresholds(vprobs, vsub.targets, m.task, names, required_sensitivity)}
@@ -436,7 +439,7 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
     parts.append(f"<p>Temperature fitted on validation: <b>T = {fmt(cs['temperature'])}</b> ({'applied' if cs['applied'] else 'not applied in this report'}). "
                  f"ECE {fmt(cs['calibrated']['ece'])} with temperature, {fmt(cs['uncalibrated']['ece'])} without; "
                  f"Brier {fmt(cs['calibrated']['brier'])} / {fmt(cs['uncalibrated']['brier'])}.</p>")
-    what = ("Accuracy of the arg-max class against its probability (top-label calibration)" if doc["task"] == "multiclass"
+    what = ("Accuracy of the arg-max class against its probability (top-label calibration)" if get_task(doc["task"]).top_label
             else "Observed frequency of positives against the predicted probability (all known labels pooled)")
     parts.append(html_img(figs.get("reliability"), "reliability diagram", f"{what}, in equal-width bins; the histogram shows how many predictions fall in each bin."))
 

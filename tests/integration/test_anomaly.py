@@ -34,18 +34,19 @@ def _pneumonia(tmp_path, npz, **sections):
 
 @pytest.mark.parametrize("path", ANOMALY_CONFIGS, ids=lambda p: p.name)
 def test_shipped_anomaly_configs_load(path):
-    from medlens.engine.anomaly import architecture_for_anomaly
+    from medlens.tasks.anomaly import architecture_for_anomaly
     from medlens.engine.trainer import monitor_for
+    from medlens.tasks import get_task
 
     cfg = load_config(path)
     assert cfg.data.task == "anomaly" and cfg.data.normal_label
     arch = architecture_for_anomaly(cfg)
     assert arch["type"] in ("unet_ae", "reversed_ae")
-    assert monitor_for(cfg, "anomaly") == ("loss", "min")  # early stopping / checkpoints on val reconstruction loss
+    assert monitor_for(cfg, get_task("anomaly").default_monitor()) == ("loss", "min")  # early stopping / checkpoints on val reconstruction loss
 
 
 def test_unet_skip_levels_come_from_the_config(tmp_path):
-    from medlens.engine.anomaly import architecture_for_anomaly
+    from medlens.tasks.anomaly import architecture_for_anomaly
     from medlens.models import create_model
 
     src = {"kind": "synthetic", "num_samples": 20}
@@ -59,8 +60,8 @@ def test_unet_skip_levels_come_from_the_config(tmp_path):
 @pytest.mark.slow
 def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumonia_npz, monkeypatch):
     import medlens
-    from medlens.engine.anomaly import ReconstructionTask
-    from medlens.predict import Predictor
+    from medlens.tasks.anomaly.module import ReconstructionModule as ReconstructionTask
+    from medlens.inference import Predictor
 
     seen: list[np.ndarray] = []
     check = ReconstructionTask.check_normal
@@ -100,7 +101,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
     for k in ("auroc", "average_precision", "f1", "sensitivity", "specificity", "threshold"):
         assert k in test
     assert test["ci"]["headline"]["auroc_macro"]["n_valid"] > 0
-    again = medlens.evaluate(result.bundle_dir, split="test", record=False)
+    again = medlens.evaluation(result.bundle_dir, split="test", record=False)
     assert again.metrics["auroc"] == pytest.approx(test["auroc"])
 
     # ---- medlens predict on PNG files gives the evaluated scores
@@ -122,7 +123,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
 
 
 def _splits(cfg):
-    from medlens.evaluate import dataset_splits
+    from medlens.evaluation import dataset_splits
 
     return dataset_splits(cfg)
 

@@ -63,7 +63,7 @@ def test_run_folder_layout(trained) -> None:
 
 def test_predict_equals_evaluate_round_trip(trained, tmp_path: Path) -> None:
     """Test images as PNG files -> `medlens predict` CSV == `medlens evaluate` probabilities and decisions."""
-    from medlens.evaluate import dataset_splits, evaluate
+    from medlens.evaluation import dataset_splits, evaluate
 
     cfg = config_from_dict(json.loads((trained.bundle_dir / "manifest.json").read_text())["config"])
     table, splits = dataset_splits(cfg)
@@ -103,11 +103,11 @@ def test_predict_equals_evaluate_round_trip(trained, tmp_path: Path) -> None:
 def test_predict_python_api_on_arrays_matches(trained) -> None:
     """The in-memory path (arrays, no files) gives the same numbers as the file path."""
     from medlens import predict
-    from medlens.evaluate import evaluate
+    from medlens.evaluation import evaluate
 
     ev = evaluate(trained.bundle_dir, split="test")
     cfg = config_from_dict(json.loads((trained.bundle_dir / "manifest.json").read_text())["config"])
-    from medlens.evaluate import dataset_splits
+    from medlens.evaluation import dataset_splits
 
     table, splits = dataset_splits(cfg)
     preds = predict(trained.bundle_dir, list(table.images[splits.test]))

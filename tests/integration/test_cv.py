@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medlens.cli import app
 from medlens.config import config_from_dict, load_config
-from medlens.cv import FoldLeakError, check_disjoint_folds, fold_plan, fold_splits
+from medlens.data.splits import FoldLeakError, check_disjoint_folds, fold_plan, fold_splits
 from medlens.data.readers import read_dataset
 from medlens.data.splits import find_group_leaks
 from tests.conftest import ROOT, tiny_config
@@ -84,7 +84,7 @@ def test_cv_breastmnist_five_folds(breast_npz, tmp_path):
     text = (cv_dir / "report.html").read_text()
     assert "&plusmn;" in text and all(f"fold {i}" in text for i in range(5)) and "data:image/png;base64," in text
     # a fold's bundle remembers its fold: evaluating it on "test" re-creates that held-out part exactly
-    from medlens.evaluate import evaluate
+    from medlens.evaluation import evaluate
 
     f2 = doc["fold_results"][2]
     r = evaluate(f2["bundle"], split="test", record=False)

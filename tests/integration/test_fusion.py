@@ -21,7 +21,7 @@ from medlens.data.metadata import MetadataEncoder
 from medlens.data.readers import read_dataset
 from medlens.data.transforms import make_transform
 from medlens.models import create_model
-from medlens.predict import Predictor
+from medlens.inference import Predictor
 from medlens.training import train
 from tests.conftest import tiny_config
 

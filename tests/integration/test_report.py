@@ -144,7 +144,7 @@ def test_report_plots_render_in_headless_chromium(nih_report, chromium, tmp_path
 
 @pytest.mark.slow
 def test_evaluate_records_results_in_the_manifest_and_switches_calibration(nih_run, tmp_path):
-    from medlens.evaluate import evaluate
+    from medlens.evaluation import evaluate
 
     bundle = tmp_path / "bundle"
     shutil.copytree(nih_run.bundle_dir, bundle)
@@ -172,14 +172,14 @@ def test_evaluate_records_results_in_the_manifest_and_switches_calibration(nih_r
 def test_evaluate_on_a_read_only_bundle_still_returns_metrics(nih_run, tmp_path, monkeypatch, caplog):
     """A bundle in a read-only model store cannot take the record; the evaluation itself must not fail."""
     import medlens.bundle
-    from medlens.evaluate import evaluate
+    from medlens.evaluation import evaluate
 
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(medlens.bundle, "update_manifest", read_only)  # as root, chmod cannot make a folder read-only
     before = (nih_run.bundle_dir / "manifest.json").read_bytes()
-    with caplog.at_level("WARNING", logger="medlens.evaluate"):
+    with caplog.at_level("WARNING", logger="medlens.evaluation"):
         r = evaluate(nih_run.bundle_dir, split="val")
     assert np.isfinite(r.metrics["auroc_macro"])
     assert "could not record" in caplog.text and "Permission denied" in caplog.text

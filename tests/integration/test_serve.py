@@ -141,7 +141,7 @@ def test_predict_valid_formats(server, kind):
 
 
 def test_predict_matches_predictor(server, bundle_dir):
-    from medlens.predict import Predictor
+    from medlens.inference import Predictor
 
     arr = _img(2)
     direct = Predictor.from_bundle(bundle_dir).predict([arr])[0].probabilities

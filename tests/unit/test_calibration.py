@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from medlens.calibration import (
+from medlens.tasks.classification.calibration import (
     brier_score,
     calibration_summary,
     expected_calibration_error,
@@ -118,7 +118,7 @@ def test_predictor_applies_temperature_only_when_calibrated():
     from medlens.bundle import Bundle, Manifest
     from medlens.data.labels import LabelSpace
     from medlens.data.transforms import Preprocessing
-    from medlens.predict import Predictor
+    from medlens.inference import Predictor
 
     torch = pytest.importorskip("torch")
     m = Manifest(architecture={}, label_space=LabelSpace(("n", "p"), "binary"),
@@ -133,7 +133,7 @@ def test_predictor_applies_temperature_only_when_calibrated():
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_classification_metrics_reports_the_same_ece_and_brier(task):
-    from medlens.metrics import classification_metrics
+    from medlens.tasks.classification.metrics import classification_metrics
 
     rng = np.random.default_rng(6)
     n = 120

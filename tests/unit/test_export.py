@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from medlens.bundle import MANIFEST, WEIGHTS, BundleError, read_manifest
-from medlens.export import ONNX_FILE, OnnxPredictor, export_onnx
-from medlens.predict import Predictor
+from medlens.inference.onnx import OnnxPredictor
+from medlens.export import ONNX_FILE, export_onnx
+from medlens.inference import Predictor
 from tests.unit._bundles import random_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +24,11 @@ LARGE = 96  # above this input size, compare on a subset of the test images (a 2
 def _config_architectures() -> list[tuple[str, dict, str]]:
     """(id, architecture dict, task) for each distinct network in configs/*.yaml, as training would build it."""
     from medlens.config import load_config
-    from medlens.engine.anomaly import architecture_for_anomaly
-    from medlens.training import architecture_for
+    from types import SimpleNamespace
+
+    from medlens.data.labels import LabelSpace
+    from medlens.tasks import get_task
+    from medlens.tasks.anomaly import architecture_for_anomaly
 
     seen: dict[str, tuple[str, dict, str]] = {}
     for path in sorted((ROOT / "configs").glob("*.yaml")):
@@ -33,7 +37,8 @@ def _config_architectures() -> list[tuple[str, dict, str]]:
             arch, task = architecture_for_anomaly(cfg), "anomaly"
         else:
             # 3 outputs, and 7 metadata columns for fusion configs: widths do not change the network's layers
-            arch, task = architecture_for(cfg, 3, 7 if cfg.data.metadata is not None else 0), "multilabel"
+            enc = SimpleNamespace(dim=7, architecture=dict) if cfg.data.metadata is not None else None
+            arch, task = get_task("multilabel").architecture(cfg, LabelSpace(("a", "b", "c"), "multilabel"), enc), "multilabel"
         key = json.dumps({k: v for k, v in arch.items() if k not in ("num_outputs", "drop_rate", "drop_path_rate")}, sort_keys=True)
         if key not in seen:
             name = arch.get("backbone", "") if arch["type"] in ("classifier", "fusion") else ""
@@ -140,7 +145,7 @@ def test_dynamic_batch_tta_and_manifest(small_bundle: Path, tmp_path: Path) -> N
 
 
 def test_onnx_only_folder_cannot_explain_but_says_why(small_bundle: Path, tmp_path: Path) -> None:
-    from medlens.explain import explain
+    from medlens.interpret import explain
 
     out = tmp_path / "o"
     export_onnx(small_bundle, out)

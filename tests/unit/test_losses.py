@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from medlens.losses import (
+from medlens.tasks.classification.losses import (
     FocalLoss,
     MaskedBCE,
     SoftCrossEntropy,

@@ -1,4 +1,4 @@
-"""medlens.metrics agrees with scikit-learn to 1e-9 on random inputs, incl. unknown labels and labels without positives."""
+"""medlens.tasks.classification.metrics agrees with scikit-learn to 1e-9 on random inputs, incl. unknown labels and labels without positives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from medlens.metrics import (
+from medlens.tasks.classification.metrics import (
     average_precision,
     best_threshold,
     binary_auroc,
@@ -288,7 +288,7 @@ def test_sweep_and_tune_per_label_with_unknowns():
 def test_inverted_score_warns(caplog):
     y = np.array([0, 0, 1, 1.0])
     targets = np.stack([1 - y, y], axis=1)
-    with caplog.at_level(logging.WARNING, logger="medlens.metrics"):
+    with caplog.at_level(logging.WARNING, logger="medlens.tasks.classification.metrics"):
         m = classification_metrics(np.array([[.9], [.8], [.2], [.1]]), targets, "binary", ["n", "p"])
     assert m["auroc_macro"] == 0.0
     assert any("inverted" in r.getMessage() for r in caplog.records)

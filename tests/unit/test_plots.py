@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medlens import plots
-from medlens.metrics import classification_metrics
+from medlens.tasks.classification.metrics import classification_metrics
 
 
 def _img(png: bytes) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from medlens.bundle import MANIFEST, WEIGHTS, BundleError
-from medlens.predict import Prediction, Predictor, decode_input, predict, write_predictions_csv
+from medlens.inference import Prediction, Predictor, decode_input, predict, write_predictions_csv
 from tests.unit._bundles import random_bundle
 from tests.unit.data.test_dicom import make_dicom
 

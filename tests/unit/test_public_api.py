@@ -6,13 +6,13 @@ import inspect
 
 
 def test_api_names_are_callable_even_after_submodule_import() -> None:
-    import medlens.evaluate  # noqa: F401 - importing the submodules must not hide the functions
-    import medlens.predict  # noqa: F401
+    import medlens.evaluation  # noqa: F401 - importing the submodules must not hide the functions
+    import medlens.inference  # noqa: F401
     from medlens import evaluate, predict, train
 
     assert callable(predict) and callable(evaluate) and inspect.isfunction(train)
-    assert "bundle" in inspect.signature(predict.predict).parameters
-    assert medlens.predict.Predictor is not None  # the module's names stay reachable
+    assert "bundle" in inspect.signature(predict).parameters
+    assert medlens.inference.Predictor is not None  # the module's names stay reachable
     for name in medlens.__all__:
         assert getattr(medlens, name) is not None, name  # medlens is bound by the imports above
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medlens.uncertainty import bootstrap_ci, bootstrap_indices, group_codes
+from medlens.tasks.classification.uncertainty import bootstrap_ci, bootstrap_indices, group_codes
 
 
 @settings(max_examples=40, deadline=None)

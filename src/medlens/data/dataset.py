@@ -210,7 +210,7 @@ def weighted_sampler(table: SampleTable, seed: int = 0) -> EpochSampler:
     Multi-label rows take the weight of their rarest positive label (all-negative rows: the negative rate).
     """
     t = np.nan_to_num(table.targets, nan=0.0)
-    if table.label_space.task in ("binary", "multiclass"):
+    if table.label_space.exclusive:
         counts = t.sum(axis=0)
         cls = t.argmax(axis=1)
         w = 1.0 / np.maximum(counts[cls], 1.0)

@@ -29,7 +29,7 @@ def is_dicom_bytes(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale any numeric array to uint8 using its min/max (16-bit PNGs, float images)."""
     if arr.dtype == np.uint8:
         return arr
@@ -40,7 +40,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _from_pil(img, max_pixels: int) -> np.ndarray:
+def from_pil(img, max_pixels: int) -> np.ndarray:
     from PIL import ImageOps
 
     w, h = img.size
@@ -49,7 +49,7 @@ def _from_pil(img, max_pixels: int) -> np.ndarray:
     img = ImageOps.exif_transpose(img)  # respect camera orientation
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _to_uint8(np.asarray(img))
+        return to_uint8(np.asarray(img))
     if mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if mode in ("LA", "1"):
@@ -115,7 +115,7 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
             from pydicom.pixels import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
-        return _to_uint8(arr[..., :3])
+        return to_uint8(arr[..., :3])
     if arr.ndim == 3:  # multi-frame: take the middle frame
         arr = arr[arr.shape[0] // 2]
     out = apply_modality_lut(arr, ds).astype(np.float32)  # rescale slope/intercept (or modality LUT) -> e.g. HU
@@ -136,9 +136,9 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
             img = np.clip((voi - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
         except Exception as e:  # malformed LUT: fall back to the full range
             log.warning("%s: VOI LUT not applied (%s); using the full intensity range", name, e)
-            img = _to_uint8(out)
+            img = to_uint8(out)
     else:
-        img = _to_uint8(out)  # no window in the file: the image's own min..max
+        img = to_uint8(out)  # no window in the file: the image's own min..max
     if photometric == "MONOCHROME1":  # 0 is white: invert so that high = bright, as in MONOCHROME2
         img = 255 - img
     return img
@@ -201,7 +201,7 @@ def load_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_P
             if w * h > max_pixels:
                 raise ImageReadError(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels}")
             img.load()
-            return _from_pil(img, max_pixels)
+            return from_pil(img, max_pixels)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:  # Pillow refuses huge images from their header alone

@@ -13,7 +13,10 @@ from typing import Literal
 
 import numpy as np
 
-Task = Literal["binary", "multiclass", "multilabel", "anomaly"]
+from medlens.config import Task  # the one definition of the task names
+
+#: how each label kind lays out targets and network outputs: (one class per row, one output for two names)
+LAYOUT: dict[str, tuple[bool, bool]] = {"binary": (True, True), "multiclass": (True, False), "multilabel": (False, False), "anomaly": (True, True)}
 
 
 class LabelError(ValueError):
@@ -38,8 +41,20 @@ class LabelSpace:
             raise LabelError("the label space is empty")
         if len(set(self.names)) != len(self.names):
             raise LabelError(f"duplicate label names: {list(self.names)}")
-        if self.task == "binary" and len(self.names) != 2:
+        if self.task not in LAYOUT:
+            raise LabelError(f"unknown task {self.task!r}; valid: {', '.join(LAYOUT)}")
+        if self.single_output and len(self.names) != 2:
             raise LabelError(f"a binary task needs exactly 2 label names (negative, positive), got {list(self.names)}")
+
+    @property
+    def exclusive(self) -> bool:
+        """One class per sample (one-hot targets): binary, multiclass and the normal/abnormal view."""
+        return LAYOUT[self.task][0]
+
+    @property
+    def single_output(self) -> bool:
+        """Two names scored by one output (the second is the positive class)."""
+        return LAYOUT[self.task][1]
 
     @property
     def num_labels(self) -> int:
@@ -48,12 +63,12 @@ class LabelSpace:
     @property
     def num_outputs(self) -> int:
         """Number of network outputs: 1 logit for binary, one per label otherwise."""
-        return 1 if self.task in ("binary", "anomaly") else len(self.names)
+        return 1 if self.single_output else len(self.names)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Names of the columns metrics are reported for (binary: the positive class only)."""
-        return (self.names[1],) if self.task in ("binary", "anomaly") else self.names
+        return (self.names[1],) if self.single_output else self.names
 
     def index(self, name: str) -> int:
         try:

@@ -154,7 +154,7 @@ class SampleTable:
 
     def check_nonempty_classes(self) -> None:
         """Raise if a class (binary/multiclass) has no sample, naming it."""
-        if self.label_space.task in ("binary", "multiclass"):
+        if self.label_space.exclusive:
             counts = self.positives()
             empty = [n for n, c in zip(self.label_space.names, counts, strict=True) if c == 0]
             if empty:

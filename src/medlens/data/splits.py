@@ -160,7 +160,7 @@ def _assign_groups(table: SampleTable, fractions: list[float], seed: int) -> np.
     uniq, inv = _group_index(keys)
     counts, sizes = _group_labels(table, inv, len(uniq))
     order = np.asarray([_hash01(seed, str(g)) for g in uniq])
-    if table.label_space.task in ("binary", "multiclass", "anomaly"):
+    if table.label_space.exclusive:
         # stratum of a group: its most frequent class (-1 when all unknown)
         strata = np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
         g_assign = _strata_cut(strata, order, fractions)
@@ -271,3 +271,71 @@ def find_group_leaks(table: SampleTable, splits: Splits | dict[str, np.ndarray])
             seen.setdefault(g, set()).add(name)
     order = {n: i for i, n in enumerate(SPLIT_NAMES)}
     return {g: sorted(s, key=lambda x: order.get(x, 99)) for g, s in sorted(seen.items()) if len(s) > 1}
+
+
+# ------------------------------------------------------------------------------------------ k-fold plans
+class FoldLeakError(ValueError):
+    """A group appears in the held-out parts of two folds, or in two parts of one fold."""
+
+
+def groups_of(table: SampleTable, rows: np.ndarray) -> set[str]:
+    """The groups (patients) of some rows; a row without a group is its own group."""
+    if table.groups is None:
+        return {f"__id__{i}" for i in table.ids[rows]}
+    return {g if g is not None else f"__id__{i}" for g, i in zip(table.groups[rows], table.ids[rows], strict=True)}
+
+
+def fold_plan(table: SampleTable, folds: int = 5, seed: int = 0, val_fraction: float = 0.15) -> list[Splits]:
+    """One :class:`Splits` per fold: train, inner validation (from the training part), test = the held-out fold.
+
+    Raises :class:`FoldLeakError` if a group would be held out in two folds or straddle a fold's parts.
+
+    Example:
+        >>> plan = fold_plan(table, folds=5, seed=0)  # doctest: +SKIP
+        >>> [len(s.test) for s in plan]  # doctest: +SKIP
+        [156, 156, 156, 156, 156]
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.split.val_fraction must be in (0, 1) for cross-validation (the inner validation share), not {val_fraction}")
+    parts = kfold_indices(table, folds, seed)
+    plan = []
+    for f, (train_rows, test_rows) in enumerate(parts):
+        sub = table.subset(train_rows)
+        sub.splits = None  # the dataset's own split plays no part in k-fold
+        inner = split_indices(sub, method="stratified", val_fraction=val_fraction, test_fraction=0.0, seed=seed + 1000 + f)
+        fit_rows = np.concatenate([inner.train, inner.test])  # a zero test share may still get a few rows
+        splits = Splits(
+            np.sort(train_rows[fit_rows]), np.sort(train_rows[inner.val]), np.sort(test_rows), "kfold",
+            [f"fold {f} of {folds}: held-out {len(test_rows)} rows; inner validation {len(inner.val)} rows"],
+        )
+        leaks = find_group_leaks(table, splits)
+        if leaks:
+            raise FoldLeakError(f"{table.source}: fold {f}: groups in two parts, e.g. {list(leaks)[:5]}")
+        plan.append(splits)
+    check_disjoint_folds(table, [s.test for s in plan])
+    return plan
+
+
+def check_disjoint_folds(table: SampleTable, held_out: list[np.ndarray]) -> None:
+    """Raise :class:`FoldLeakError` if any group (patient) is in two folds' held-out parts.
+
+    Example:
+        >>> check_disjoint_folds(table, [s.test for s in fold_plan(table)])  # doctest: +SKIP
+    """
+    owner: dict[str, int] = {}
+    for f, rows in enumerate(held_out):
+        for g in groups_of(table, np.asarray(rows)):
+            if g in owner and owner[g] != f:
+                raise FoldLeakError(f"{table.source}: group {g!r} is held out in folds {owner[g]} and {f}")
+            owner[g] = f
+
+
+def fold_splits(table: SampleTable, folds: int, fold: int, seed: int = 0, val_fraction: float = 0.15) -> Splits:
+    """The splits of one fold (as training made them); used when a config says ``split.method: kfold``.
+
+    Example:
+        >>> s = fold_splits(table, folds=5, fold=2, seed=0)  # doctest: +SKIP
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.split.fold must be in 0..{folds - 1}, not {fold}")
+    return fold_plan(table, folds, seed, val_fraction)[fold]

@@ -1,7 +1,9 @@
-"""LightningModules, one per task, around a plain ``nn.Module``.
+"""The LightningModule base every task's module derives from, around a plain ``nn.Module``.
 
-The network knows nothing about losses or metrics; the task module owns the loss, the activation, the
-optimiser and schedule, mixup/cutmix, EMA validation and epoch-level metrics over the whole validation set.
+The network knows nothing about losses or metrics. This base owns what every task shares: the optimiser and
+schedule, mixup/cutmix, EMA validation, whole-set validation across processes, the per-epoch history (with the
+epoch's own training loss and learning rate) and reproducible epochs. Each task's module (``medlens.tasks.*``)
+sets the targets, the activation and the epoch metrics.
 """
 
 from __future__ import annotations
@@ -20,10 +22,6 @@ from torch import nn
 from medlens.data.dataset import Batch
 from medlens.data.labels import LabelSpace
 from medlens.engine.distributed import first_occurrences, gather_uneven
-from medlens.metrics import classification_metrics
-from medlens.registry import Registry
-
-TASKS: Registry = Registry("task")
 
 
 @dataclass
@@ -93,7 +91,7 @@ def mix_batch(
 
 
 class TaskModule(L.LightningModule):
-    """Base LightningModule for classification; subclasses set the task-specific target/activation.
+    """Base LightningModule; subclasses set the task-specific targets, activation and metrics.
 
     Args:
         model: the network (``forward(images, metadata)`` -> logits).
@@ -133,6 +131,8 @@ class TaskModule(L.LightningModule):
         self.history: list[dict[str, Any]] = []
         self.ema_better_by_epoch: dict[int, bool] = {}
         self._mix_gen = torch.Generator().manual_seed(seed)
+        self._train_loss_sum = 0.0
+        self._train_loss_n = 0
 
     # ----------------------------------------------------------------- task specifics
     def task_targets(self, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +161,33 @@ class TaskModule(L.LightningModule):
         logits = self.model(images, batch.metadata)
         t, m = self.task_targets(targets, mask)
         loss = self.loss_fn(logits, t, m)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        self.record_train_loss(loss, len(batch))
         return loss
+
+    def record_train_loss(self, loss: torch.Tensor, n: int) -> None:
+        """Log the step loss and add it to this epoch's running mean (the history's ``train/loss``)."""
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self._train_loss_sum += float(loss.detach()) * n
+        self._train_loss_n += n
+
+    def current_lr(self) -> float | None:
+        """The learning rate of the last parameter group (the head's), after this step's schedule."""
+        try:
+            opt = self.trainer.optimizers[0]
+        except (AttributeError, IndexError, RuntimeError):
+            return None
+        return float(opt.param_groups[-1]["lr"]) if opt.param_groups else None
+
+    def history_row(self, logs: dict[str, float]) -> dict[str, Any]:
+        """One history row for the epoch being validated: its own training loss (mean so far), LR, metrics."""
+        row: dict[str, Any] = {"epoch": int(self.current_epoch), "step": int(self.global_step)}
+        if self._train_loss_n:
+            row["train/loss"] = self._train_loss_sum / self._train_loss_n
+        lr = self.current_lr()
+        if lr is not None:
+            row["lr"] = lr
+        row.update(logs)
+        return row
 
     def on_train_start(self) -> None:
         self._ema_seen_step = int(self.global_step)
@@ -237,15 +262,11 @@ class TaskModule(L.LightningModule):
                         logs[f"val/{k}"] = float(v)
         self.log_dict({k: v for k, v in logs.items() if v == v}, prog_bar=False, sync_dist=False)
         if not self.trainer.sanity_checking:
-            row = {"epoch": int(self.current_epoch), "step": int(self.global_step), **logs}
-            tl = self.trainer.callback_metrics.get("train/loss_epoch")
-            if tl is not None:
-                row["train/loss"] = float(tl)
-            self.history.append(row)
+            self.history.append(self.history_row(logs))
 
     def compute_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
-        # per-epoch validation: an early epoch near chance is no news; the final evaluation warns about AUROC < 0.5
-        return classification_metrics(probs, targets, self.label_space.task, self.label_space.names, warn=False)
+        """Per-epoch validation metrics over the whole validation set (set by each task's module)."""
+        raise NotImplementedError
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         logits = self.model(batch.images, batch.metadata)
@@ -268,6 +289,10 @@ class TaskModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Every epoch's randomness (augmentation, dropout, mixup) depends only on (seed, epoch), so a run
         # resumed from an epoch-end checkpoint continues exactly as an uninterrupted one.
+        self._train_loss_sum, self._train_loss_n = 0.0, 0
+        lr = self.current_lr()
+        if lr is not None:
+            self.log("lr", lr, on_step=False, on_epoch=True, prog_bar=False)
         s = (self.seed * 1000003 + int(self.current_epoch)) % (2**31 - 1)
         random.seed(s)
         np.random.seed(s)
@@ -332,40 +357,3 @@ class TaskModule(L.LightningModule):
 
 def _f(x) -> float:
     return float("nan") if x is None else float(x)
-
-
-@TASKS.register("binary")
-class BinaryTask(TaskModule):
-    """One logit for the positive class (label_names[1])."""
-
-    task = "binary"
-
-    def task_targets(self, targets, mask):
-        return targets[:, 1:2], mask[:, 1:2]
-
-
-@TASKS.register("multiclass")
-class MulticlassTask(TaskModule):
-    """Softmax over classes; rows with an unknown class are masked."""
-
-    task = "multiclass"
-
-    def task_targets(self, targets, mask):
-        return targets, mask.all(dim=1)
-
-    def activation(self, logits):
-        return torch.softmax(logits, dim=1)
-
-
-@TASKS.register("multilabel")
-class MultilabelTask(TaskModule):
-    """One sigmoid per label; unknown labels are masked out of the loss."""
-
-    task = "multilabel"
-
-
-def create_task(name: str, **kw) -> TaskModule:
-    """Build the LightningModule for a task name (binary, multiclass, multilabel, anomaly)."""
-    if name == "anomaly" and name not in TASKS:
-        import medlens.engine.anomaly  # noqa: F401  (registers the reconstruction task)
-    return TASKS.create(name, **kw)

@@ -10,16 +10,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from medlens.engine.callbacks import AtomicCheckpointIO, FreezeBackbone
 
 
-def monitor_for(cfg, task: str) -> tuple[str, str]:
-    """The validation metric checkpoints follow, and its mode."""
+def monitor_for(cfg, default: tuple[str, str]) -> tuple[str, str]:
+    """The validation metric checkpoints follow, and its mode (``default``: the task's own choice)."""
     t = cfg.trainer
     if t.monitor != "auto":
         name = t.monitor.removeprefix("val/")
         mode = t.monitor_mode if t.monitor_mode != "auto" else ("min" if "loss" in name else "max")
         return name, mode
-    if task == "anomaly":
-        return "loss", "min"
-    return "auroc_macro", "max"
+    return default
 
 
 def _uses_cuda(accelerator: str) -> bool:
@@ -50,14 +48,14 @@ def precision_arg(p: str, accelerator: str) -> str:
     return "32-true"
 
 
-def build_trainer(cfg, run_dir: Path, task: str, loggers=None, extra_callbacks=None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, extra_callbacks=None) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer for a run: best + last checkpoints (atomic), early stopping, freezing, progress bar.
 
     Returns:
         (trainer, the best-checkpoint callback).
     """
     t = cfg.trainer
-    metric, mode = monitor_for(cfg, task)
+    metric, mode = monitor
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",

@@ -352,7 +352,12 @@ def scores_from_error_maps(maps: torch.Tensor, spec: ScoreSpec | None = None) ->
     spec = spec or ScoreSpec()
     flat = maps.flatten(1).float()
     if spec.method == "percentile":
-        return torch.quantile(flat, spec.percentile / 100.0, dim=1)
+        # torch.quantile's linear interpolation, written with sort so the ONNX export computes the same score
+        n = flat.shape[1]
+        pos = (spec.percentile / 100.0) * (n - 1)
+        lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+        s = torch.sort(flat, dim=1).values
+        return s[:, lo] + (s[:, hi] - s[:, lo]) * (pos - lo)
     return flat.mean(dim=1)
 
 

@@ -36,7 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlens.predict import Predictor
+from medlens.inference import Predictor
+from medlens.tasks import task_of
 
 log = logging.getLogger("medlens.serve")
 
@@ -201,6 +202,8 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     settings = settings or ServeSettings(api_key=os.environ.get("MEDLENS_API_KEY") or None)
     predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=settings.max_batch)
     manifest = predictor.manifest
+    task = task_of(manifest)
+    methods = task.explain_methods()
     batcher = MicroBatcher(predictor, settings.max_batch, settings.max_wait_ms)
     explain_lock = threading.Lock()  # Grad-CAM hooks and gradients: one explanation at a time
     state: dict[str, Any] = {"explain_predictor": None, "started": time.time(), "requests": 0, "errors": 0}
@@ -292,7 +295,14 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         d = manifest.to_dict()
         d.pop("config", None)
         d["backend"] = predictor.backend
-        d["explain_methods"] = _methods()
+        d["explain_methods"] = methods
+        d["presentation"] = task.presentation(manifest).to_dict()
+        if "target_layers" not in state:
+            try:
+                state["target_layers"] = task.target_layers(explain_predictor().model)
+            except (ValueError, OSError, ImportError):  # an ONNX-only folder: no PyTorch network to list
+                state["target_layers"] = []
+        d["target_layers"] = state["target_layers"]
         d["metadata_fields"] = _metadata_fields(manifest)
         return d
 
@@ -304,46 +314,58 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         names = [_safe_name(f.filename) for f in files]
         images = await asyncio.to_thread(lambda: [_decode(b, n, settings) for b, n in zip(blobs, names, strict=True)])
         meta_rows = _parse_metadata(metadata, len(images))
-        meta = predictor.encode_metadata(meta_rows, len(images)) if predictor._meta_encoder is not None else None
+        meta = predictor.encode_metadata(meta_rows, len(images)) if predictor.meta_encoder is not None else None
         probs = await batcher.submit(images, meta)
         preds = predictor.to_predictions(probs, names)
         return {"model": manifest.architecture.get("backbone", manifest.architecture.get("type")), "task": manifest.task,
-                "predictions": [_pred_json(p) for p in preds]}
+                "predictions": [_pred_json(p, task.findings(p, manifest)) for p in preds]}
 
     @app.post("/v1/explain")
-    async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str = Form("gradcam"), metadata: str | None = Form(None)):
+    async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str | None = Form(None), metadata: str | None = Form(None),
+                      target_layer: str | None = Form(None)):
         data = await _read_upload(file, settings)
         img = await asyncio.to_thread(_decode, data, _safe_name(file.filename), settings)
         if label is not None and label != "" and label not in manifest.label_names:
             raise ApiError(422, "unknown_label", f"label {label!r} is not one of {manifest.label_names}")
-        if method not in _methods():
-            raise ApiError(422, "unknown_method", f"method {method!r} is not one of {_methods()}")
+        method = method or methods[0]
+        if method not in methods:
+            raise ApiError(422, "unknown_method", f"method {method!r} is not one of {methods}")
         meta_rows = _parse_metadata(metadata, 1)
 
         def run():
-            from medlens.explain import explain as _explain
+            from medlens.interpret import explain as _explain
 
             with explain_lock:
-                return _explain(explain_predictor(), img, label=label or None, method=method, metadata=None if meta_rows is None else meta_rows[0])
+                try:
+                    return _explain(explain_predictor(), img, label=label or None, method=method,
+                                    metadata=None if meta_rows is None else meta_rows[0], target_layer=target_layer or None)
+                except ValueError as e:  # an unknown target layer or label: the client's mistake
+                    raise ApiError(422, "invalid_request", str(e)) from None
 
         exps = await asyncio.to_thread(run)
         if not exps:
             raise ApiError(422, "nothing_to_explain", "no label to explain for this image")
         e = exps[0]
-        return Response(e.overlay_png, media_type="image/png", headers={
-            "X-Medlens-Label": e.label, "X-Medlens-Method": e.method, "X-Medlens-Probability": f"{e.probability:.6f}",
-        })
+        kind = task.presentation(manifest).value_kind
+        headers = {"X-Medlens-Label": _header_safe(e.label), "X-Medlens-Method": e.method, "X-Medlens-Value": f"{e.probability:.6g}",
+                   "X-Medlens-Value-Kind": kind, "X-Medlens-Target-Layer": e.target_layer or ""}
+        if kind == "probability":  # a probability header only where the value is one
+            headers["X-Medlens-Probability"] = f"{e.probability:.6f}"
+        return Response(e.overlay_png, media_type="image/png", headers=headers)
 
     @app.post("/v1/report")
-    async def report(file: UploadFile = File(...), method: str = Form("gradcam"), metadata: str | None = Form(None)):
+    async def report(file: UploadFile = File(...), method: str | None = Form(None), metadata: str | None = Form(None)):
         data = await _read_upload(file, settings)
         name = _safe_name(file.filename)
         img = await asyncio.to_thread(_decode, data, name, settings)
+        method = method or methods[0]
+        if method not in methods:
+            raise ApiError(422, "unknown_method", f"method {method!r} is not one of {methods}")
         meta_rows = _parse_metadata(metadata, 1)
 
         def run():
             from medlens.clinical_report import image_report_html
-            from medlens.explain import explain as _explain
+            from medlens.interpret import explain as _explain
 
             p = explain_predictor()
             pred = p.predict([img], metadata=meta_rows, names=[name])[0]
@@ -362,13 +384,9 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     return app
 
 
-def _methods() -> list[str]:
-    try:
-        from medlens.explain import list_methods
-
-        return list_methods()
-    except ImportError:  # pragma: no cover
-        return []
+def _header_safe(text: str) -> str:
+    """HTTP headers carry latin-1 only: other characters are escaped (``\\uXXXX``)."""
+    return text.encode("latin-1", "backslashreplace").decode("latin-1") if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _metadata_fields(manifest) -> dict[str, Any]:
@@ -383,9 +401,9 @@ def _metadata_fields(manifest) -> dict[str, Any]:
     return out
 
 
-def _pred_json(p) -> dict:
+def _pred_json(p, findings) -> dict:
     return {"source": p.source, "probabilities": p.probabilities, "thresholds": p.thresholds, "decisions": p.decisions,
-            "predicted": p.predicted, **({"score": p.score} if p.score is not None else {})}
+            "predicted": p.predicted, "findings": [f.to_dict() for f in findings], **({"score": p.score} if p.score is not None else {})}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

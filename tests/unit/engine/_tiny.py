@@ -12,8 +12,9 @@ from medlens.data.labels import LabelSpace
 from medlens.data.readers.synthetic import make_synthetic
 from medlens.data.samples import SampleTable
 from medlens.data.transforms import make_transform, resolve_preprocessing
-from medlens.engine.module import create_task, optim_settings
-from medlens.losses import create_loss
+from medlens.engine.module import optim_settings
+from medlens.tasks.classification.module import MODULES
+from medlens.tasks.classification.losses import create_loss
 from medlens.models import create_model
 
 SIZE = 16
@@ -53,7 +54,6 @@ def tiny_loaders(n: int = 96, batch_size: int = 16, seed: int = 0):
 
 def tiny_module(cfg, space=None, small_input: bool | int = False):
     space = space or LabelSpace(("negative", "positive"), "binary")
-    return create_task(
-        space.task, model=tiny_net(small_input), label_space=space, loss=create_loss("bce", space.task),
+    return MODULES[space.task](model=tiny_net(small_input), label_space=space, loss=create_loss("bce", space.task),
         optim=optim_settings(cfg), seed=cfg.seed, channels_last=cfg.trainer.channels_last,
     )

@@ -12,22 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medlens.bundle import Bundle, Manifest
-from medlens.data.anomaly import anomaly_label_space, normal_flags, to_anomaly_table
+from medlens.tasks.anomaly.data import anomaly_label_space, normal_flags, to_anomaly_table
 from medlens.data.dataset import Batch
 from medlens.data.labels import LabelError, LabelSpace
 from medlens.data.samples import SampleTable
 from medlens.data.transforms import resolve_preprocessing
-from medlens.engine.anomaly import (
-    ReconstructionTask,
-    anomaly_metrics,
-    create_reconstruction_loss,
-    fit_threshold,
-    normal_rows,
-)
-from medlens.engine.module import OptimSettings, create_task
-from medlens.metrics import average_precision, binary_auroc
+from medlens.engine.module import OptimSettings
+from medlens.tasks.anomaly import normal_rows
+from medlens.tasks.anomaly.loss import create_reconstruction_loss
+from medlens.tasks.anomaly.metrics import anomaly_metrics
+from medlens.tasks.anomaly.module import ReconstructionModule as ReconstructionTask
+from medlens.tasks.anomaly.threshold import fit_threshold
+from medlens.tasks.classification.metrics import average_precision, binary_auroc
 from medlens.models.autoencoder import ReversedAutoencoder, ScoreSpec, anomaly_scores
-from medlens.predict import Predictor, write_predictions_csv
+from medlens.inference import Predictor, write_predictions_csv
 
 
 # ------------------------------------------------------------------------------------------ relabelling
@@ -119,7 +117,7 @@ def test_losses_registry():
 def _task():
     model = ReversedAutoencoder(1, 16, depth=2, width=4, latent_dim=4)
     space = LabelSpace(("normal", "pneumonia"), "anomaly")
-    return create_task("anomaly", model=model, label_space=space, loss=create_reconstruction_loss("mse"), optim=OptimSettings(), monitor_metric="loss")
+    return ReconstructionTask(model=model, label_space=space, loss=create_reconstruction_loss("mse"), optim=OptimSettings(), monitor_metric="loss")
 
 
 def _batch(targets):
@@ -127,7 +125,10 @@ def _batch(targets):
     return Batch(torch.randn(len(t), 1, 16, 16), t, ~torch.isnan(t), torch.arange(len(t)))
 
 
-def test_create_task_anomaly_builds_the_reconstruction_module():
+def test_the_anomaly_task_builds_the_reconstruction_module(tmp_path):
+    from medlens.tasks import get_task
+
+    assert get_task("anomaly").name == "anomaly"
     assert isinstance(_task(), ReconstructionTask)
 
 
@@ -203,7 +204,7 @@ def test_predictor_outputs_the_anomaly_score_and_decides_at_the_threshold(kind, 
 
 
 def test_error_map_explanation_has_the_original_image_size():
-    from medlens.engine.anomaly import error_map_explanation
+    from medlens.tasks.anomaly.explain import error_map_explanation
 
     b = _bundle()
     b.manifest.anomaly["pixel_scale"] = 0.5
@@ -217,7 +218,7 @@ def test_error_map_explanation_has_the_original_image_size():
 
 
 def test_explain_routes_anomaly_bundles_to_the_error_map():
-    import medlens.explain as explain_mod  # an import error here is a bug, not a reason to skip
+    import medlens.interpret as explain_mod  # an import error here is a bug, not a reason to skip
 
     b = _bundle()
     img = np.random.default_rng(0).integers(0, 256, (30, 30), dtype=np.uint8)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medlens.engine.callbacks import AtomicCheckpointIO, FreezeBackbone
-from medlens.engine.trainer import build_trainer
+from medlens.engine.trainer import build_trainer, monitor_for
 from tests.unit.engine._tiny import tiny_cfg, tiny_loaders, tiny_module
 
 
@@ -42,7 +42,7 @@ def _fit(tmp_path, **optim):
     space, train_dl, val_dl = tiny_loaders(64)
     module = tiny_module(cfg, space)
     snap = _Snapshot()
-    trainer, _ = build_trainer(cfg, tmp_path, "binary", extra_callbacks=[snap])
+    trainer, _ = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")), extra_callbacks=[snap])
     assert any(isinstance(c, FreezeBackbone) for c in trainer.callbacks) == bool(optim.get("freeze_epochs") or optim.get("freeze_backbone"))
     trainer.fit(module, train_dl, val_dl)
     return snap.rows

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medlens.engine.module import mix_batch
-from medlens.engine.trainer import build_trainer
+from medlens.engine.trainer import build_trainer, monitor_for
 from tests.unit.engine._tiny import tiny_cfg, tiny_loaders, tiny_module
 
 NAN = float("nan")
@@ -87,15 +87,16 @@ def test_optimizer_choice(tmp_path, name, cls):
 @pytest.mark.parametrize("monitor,mode", [("val/auroc_macro", "max"), ("val/loss", "min")])
 def test_plateau_scheduler_follows_the_monitored_metric(tmp_path, monitor, mode):
     cfg = tiny_cfg(tmp_path, optim={"scheduler": "plateau", "plateau_patience": 1, "gamma": 0.5}, trainer={"monitor": monitor})
-    from medlens.engine.module import create_task, optim_settings
+    from medlens.engine.module import optim_settings
+    from medlens.tasks.classification.module import MODULES
     from medlens.engine.trainer import monitor_for
-    from medlens.losses import create_loss
+    from medlens.tasks.classification.losses import create_loss
     from tests.unit.engine._tiny import tiny_net
 
-    metric, m = monitor_for(cfg, "binary")
+    metric, m = monitor_for(cfg, ("auroc_macro", "max"))
     from medlens.data.labels import LabelSpace
 
-    module = create_task("binary", model=tiny_net(), label_space=LabelSpace(("a", "b"), "binary"), loss=create_loss("bce", "binary"),
+    module = MODULES["binary"](model=tiny_net(), label_space=LabelSpace(("a", "b"), "binary"), loss=create_loss("bce", "binary"),
                          optim=optim_settings(cfg), monitor_metric=metric, monitor_mode=m)
     conf = module.configure_optimizers()
     sched = conf["lr_scheduler"]
@@ -107,14 +108,15 @@ def test_plateau_scheduler_reduces_lr_in_a_real_fit(tmp_path):
     # frozen backbone (norm statistics fixed too) and a tiny lr: val/loss cannot improve by 1e-4, so the lr is cut
     cfg = tiny_cfg(tmp_path, optim={"lr": 1e-6, "scheduler": "plateau", "plateau_patience": 0, "gamma": 0.1, "freeze_backbone": True},
                    trainer={"max_epochs": 3, "monitor": "val/loss"})
-    from medlens.engine.module import create_task, optim_settings
-    from medlens.losses import create_loss
+    from medlens.engine.module import optim_settings
+    from medlens.tasks.classification.module import MODULES
+    from medlens.tasks.classification.losses import create_loss
     from tests.unit.engine._tiny import tiny_net
 
     space, train_dl, val_dl = tiny_loaders(48)
-    module = create_task("binary", model=tiny_net(), label_space=space, loss=create_loss("bce", "binary"), optim=optim_settings(cfg),
+    module = MODULES["binary"](model=tiny_net(), label_space=space, loss=create_loss("bce", "binary"), optim=optim_settings(cfg),
                          monitor_metric="loss", monitor_mode="min")
-    trainer, _ = build_trainer(cfg, tmp_path, "binary")
+    trainer, _ = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")))
     trainer.fit(module, train_dl, val_dl)
     lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
     assert max(lrs) == pytest.approx(1e-8)  # no improvement after epochs 1 and 2: cut twice by gamma
@@ -144,7 +146,7 @@ def test_warmup_cosine_schedule_in_a_real_fit(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer, _ = build_trainer(cfg, tmp_path, "binary", extra_callbacks=[Record()])
+    trainer, _ = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")), extra_callbacks=[Record()])
     trainer.fit(module, train_dl, val_dl)
     assert len(seen) == 18
     assert seen[:6] == pytest.approx([1e-2 * (i + 1) / 6 for i in range(6)])
@@ -160,7 +162,7 @@ def test_ema_updates_once_per_optimizer_step_with_accumulation(tmp_path):
     calls = []
     orig = module._update_ema
     module._update_ema = lambda: (calls.append(module.global_step), orig())[-1]
-    trainer, _ = build_trainer(cfg, tmp_path, "binary")
+    trainer, _ = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")))
     trainer.fit(module, train_dl, val_dl)
     assert trainer.global_step == 3  # 6 batches, 2 per optimiser step
     assert calls == [1, 2, 3]

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from medlens.tasks import get_task
 from medlens.engine.trainer import build_trainer, monitor_for, precision_arg
 from tests.unit.engine._tiny import tiny_cfg, tiny_loaders, tiny_module
 
@@ -31,7 +32,7 @@ def _fit(tmp_path, optim=None, trainer=None, n=64, small_input=False):
     torch.manual_seed(0)  # the network's initial weights do not depend on which tests ran before
     module = tiny_module(cfg, space, small_input)
     rec = _GradNorms()
-    tr, ckpt = build_trainer(cfg, tmp_path, "binary", extra_callbacks=[rec])
+    tr, ckpt = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")), extra_callbacks=[rec])
     tr.fit(module, train_dl, val_dl)
     return tr, module, rec
 
@@ -66,14 +67,14 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
 
 def test_monitor_defaults_and_overrides(tmp_path):
-    assert monitor_for(tiny_cfg(tmp_path), "binary") == ("auroc_macro", "max")
-    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/loss"}), "binary") == ("loss", "min")
-    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/f1_macro"}), "multilabel") == ("f1_macro", "max")
+    assert monitor_for(tiny_cfg(tmp_path), get_task("binary").default_monitor()) == ("auroc_macro", "max")
+    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/loss"}), get_task("binary").default_monitor()) == ("loss", "min")
+    assert monitor_for(tiny_cfg(tmp_path, trainer={"monitor": "val/f1_macro"}), get_task("multilabel").default_monitor()) == ("f1_macro", "max")
 
 
 def test_early_stopping_and_checkpoints_follow_the_monitor(tmp_path):
     cfg = tiny_cfg(tmp_path, trainer={"early_stopping_patience": 2, "monitor": "val/loss", "max_time_s": 60})
-    tr, ckpt = build_trainer(cfg, tmp_path, "binary")
+    tr, ckpt = build_trainer(cfg, tmp_path, monitor_for(cfg, ("auroc_macro", "max")))
     from lightning.pytorch.callbacks import EarlyStopping, Timer
 
     es = next(c for c in tr.callbacks if isinstance(c, EarlyStopping))

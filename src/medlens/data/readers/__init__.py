@@ -37,18 +37,16 @@ def list_readers() -> list[str]:
 
 
 def read_dataset(cfg) -> SampleTable:
-    """Read the dataset a ``data`` config section describes.
+    """Read the dataset a ``data`` config section describes, labelled as the source labels it.
+
+    A task that needs another view of the labels (anomaly: normal vs abnormal) reads through
+    :func:`medlens.tasks.read_table`.
 
     Example:
         >>> table = read_dataset(cfg.data)  # doctest: +SKIP
     """
     _ensure(cfg.kind)
-    if getattr(cfg, "task", None) == "anomaly":  # read the source's own labels, then relabel normal vs abnormal
-        from medlens.data.anomaly import to_anomaly_table
-
-        table = to_anomaly_table(READERS.create(cfg.kind, cfg.model_copy(update={"task": None})), cfg.normal_label)
-    else:
-        table = READERS.create(cfg.kind, cfg)
+    table = READERS.create(cfg.kind, cfg)
     if cfg.max_samples is not None and len(table) > cfg.max_samples:
         table = table.subset(_head_per_split(table, cfg.max_samples))
     return table

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.metrics import classification_metrics
+from medlens.tasks.classification.metrics import classification_metrics
 
 log = logging.getLogger("medlens.uncertainty")
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from medlens.tasks.classification.metrics import bin_ids, ece_from_pairs, label_view
+
 
 def _nll(logits: np.ndarray, targets: np.ndarray, task: str, t: float) -> float:
     z = logits / t
@@ -71,18 +73,11 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, task: str) -> float
     return t if _nll(logits, targets, task, t) < _nll(logits, targets, task, 1.0) - 1e-9 else 1.0
 
 
-def fit_temperature_from_predictor(predictor, table) -> float:
-    """Fit T on a validation table, using an uncalibrated predictor's logits."""
-    logits = predictor.predict_table(table, logits=True)
-    return fit_temperature(logits, table.targets, predictor.manifest.task)
-
-
 # ------------------------------------------------------------------------------------------ reliability
 def _confidence_and_outcome(
     probs: np.ndarray, targets: np.ndarray, task: str, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flattened (confidence, 0/1 outcome) pairs over the known entries (see the module docstring)."""
-    from medlens.metrics import label_view
 
     p = np.asarray(probs, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
@@ -94,27 +89,6 @@ def _confidence_and_outcome(
         s, y = s[rows], y[rows]
         return s.max(axis=1) if len(s) else np.zeros(0), (s.argmax(axis=1) == y.argmax(axis=1)).astype(np.float64)
     return s[known], y[known]
-
-
-def _bin_ids(conf: np.ndarray, n_bins: int) -> np.ndarray:
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.searchsorted(edges[1:-1], conf)  # bins (lo, hi], the first [0, hi]
-
-
-def ece_from_pairs(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> float:
-    """ECE of flattened (confidence, 0/1 outcome) pairs (NaN when empty); the fast core of the functions below.
-
-    Example:
-        >>> ece_from_pairs(np.array([.9, .8, .1]), np.array([1., 0., 0.]), 2)
-        0.2666666666666667
-    """
-    conf = np.asarray(confidence, dtype=np.float64)
-    hit = np.asarray(outcome, dtype=np.float64)
-    if len(conf) == 0:
-        return float("nan")
-    ids = _bin_ids(conf, n_bins)
-    gap = np.abs(np.bincount(ids, weights=hit, minlength=n_bins) - np.bincount(ids, weights=conf, minlength=n_bins))
-    return float(gap.sum() / len(conf))  # sum_b n_b |acc_b - conf_b| / N, with n_b * acc_b = sum of outcomes
 
 
 def reliability_bins(
@@ -130,7 +104,7 @@ def reliability_bins(
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, not {n_bins}")
     conf, hit = _confidence_and_outcome(probs, targets, task, mask)
-    ids = _bin_ids(conf, n_bins)
+    ids = bin_ids(conf, n_bins)
     counts = np.bincount(ids, minlength=n_bins)
     sum_conf = np.bincount(ids, weights=conf, minlength=n_bins)
     sum_hit = np.bincount(ids, weights=hit, minlength=n_bins)
@@ -166,7 +140,6 @@ def brier_score(probs: np.ndarray, targets: np.ndarray, task: str, mask: np.ndar
         >>> brier_score(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary")
         0.025
     """
-    from medlens.metrics import label_view
 
     t = np.asarray(targets, dtype=np.float64)
     names = ["neg", "pos"] if task in ("binary", "anomaly") else [str(i) for i in range(t.shape[1])]

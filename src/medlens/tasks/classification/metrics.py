@@ -365,8 +365,6 @@ def classification_metrics(
         out["accuracy"] = d["accuracy"]
         out["confusion_matrix"] = [[d["tn"], d["fp"]], [d["fn"], d["tp"]]]
     if calibration:  # the same definitions as medlens.calibration, on the arrays already at hand
-        from medlens.calibration import ece_from_pairs
-
         if task == "multiclass":
             rows = known[:, 0]
             sr, yr = s[rows], y[rows]
@@ -503,3 +501,24 @@ def metric_value(metrics: dict[str, Any], name: str) -> float | None:
     else:
         v = metrics.get(name)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+def bin_ids(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], conf)  # bins (lo, hi], the first [0, hi]
+
+
+def ece_from_pairs(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of flattened (confidence, 0/1 outcome) pairs (NaN when empty); the fast core of the functions below.
+
+    Example:
+        >>> ece_from_pairs(np.array([.9, .8, .1]), np.array([1., 0., 0.]), 2)
+        0.2666666666666667
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(outcome, dtype=np.float64)
+    if len(conf) == 0:
+        return float("nan")
+    ids = bin_ids(conf, n_bins)
+    gap = np.abs(np.bincount(ids, weights=hit, minlength=n_bins) - np.bincount(ids, weights=conf, minlength=n_bins))
+    return float(gap.sum() / len(conf))  # sum_b n_b |acc_b - conf_b| / N, with n_b * acc_b = sum of outcomes

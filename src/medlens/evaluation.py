@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from medlens.bundle import Bundle, load_bundle, write_json_atomic
+from medlens._atomic import write_json_atomic
+from medlens.bundle import Bundle, load_bundle
 from medlens.config import RunConfig, config_from_dict, load_config
-from medlens.data.readers import read_dataset
 from medlens.data.samples import SampleTable
-from medlens.data.splits import Splits, split_indices
-from medlens.metrics import classification_metrics
-from medlens.predict import Predictor
+from medlens.data.splits import Splits, fold_splits, split_indices
+from medlens.inference import Predictor
+from medlens.tasks import read_table
 
 log = logging.getLogger("medlens.evaluate")
 
@@ -38,11 +38,9 @@ class EvalResult:
 
 def dataset_splits(cfg: RunConfig, allow_group_leakage: bool | None = None) -> tuple[SampleTable, Splits]:
     """Read the dataset of a config and split it exactly as training did (deterministic by seed)."""
-    table = read_dataset(cfg.data)
+    table = read_table(cfg.data)
     s = cfg.data.split
     if s.method == "kfold":  # a cross-validation fold's bundle (medlens cv) re-creates its fold
-        from medlens.cv import fold_splits
-
         return table, fold_splits(table, s.folds, s.fold, s.seed, s.val_fraction)
     splits = split_indices(
         table, method=s.method, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed,
@@ -53,14 +51,8 @@ def dataset_splits(cfg: RunConfig, allow_group_leakage: bool | None = None) -> t
 
 def score_table(predictor: Predictor, table: SampleTable, split: str = "", progress: bool = False) -> EvalResult:
     """Predict every row of ``table`` and compute metrics at the manifest's thresholds."""
-    m = predictor.manifest
     probs = predictor.predict_table(table, progress=progress)
-    if m.task == "anomaly":
-        from medlens.engine.anomaly import anomaly_metrics
-
-        metrics = anomaly_metrics(probs, table.targets, m)
-    else:
-        metrics = classification_metrics(probs, table.targets, m.task, m.label_names, m.thresholds or None)
+    metrics = predictor.task.metrics(probs, table.targets, predictor.manifest, groups=table.groups)
     return EvalResult(
         split, metrics, probs, table.targets, [str(i) for i in table.ids],
         None if table.groups is None else list(table.groups),
@@ -141,9 +133,3 @@ def record_evaluation(bundle_dir: str | Path, key: str, entry: dict[str, Any]) -
     evaluations[key] = {"evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **entry}
     metrics["evaluations"] = evaluations
     update_manifest(bundle_dir, metrics=metrics)
-
-
-# `medlens.evaluate` is both this module and the public function; calling the module calls the function.
-from medlens._callable_module import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, "evaluate")

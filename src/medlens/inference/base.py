@@ -1,0 +1,245 @@
+"""The runtime-independent part of prediction: decoding inputs, batching, the task's scores and decisions.
+
+Inputs may be file paths (PNG, JPEG, DICOM, ...), raw bytes, PIL images or numpy arrays. Preprocessing,
+temperature and thresholds come from the manifest, through the same functions training used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.data.io import ImageReadError, load_image, load_image_bytes, to_uint8
+from medlens.data.transforms import make_transform
+from medlens.progress import progress_iter
+from medlens.tasks import Prediction, Task, task_of
+
+log = logging.getLogger("medlens.predict")
+
+ImageInput = Any  # str | Path | bytes | np.ndarray | PIL.Image.Image
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    import cv2
+
+    return (ImageReadError, TypeError, ValueError, cv2.error)
+
+
+_INPUT_ERRORS = _input_errors()  # what makes ONE input fail (reported in its Prediction), not the batch
+
+
+def _as_input_list(inputs: Any) -> list:
+    """A single input (path, bytes, image array, PIL image) or an iterable of them -> list."""
+    if isinstance(inputs, (str, Path, bytes, bytearray)):
+        return [inputs]
+    if isinstance(inputs, np.ndarray):
+        return list(inputs) if inputs.ndim == 4 else [inputs]
+    try:
+        from PIL import Image
+
+        if isinstance(inputs, Image.Image):
+            return [inputs]
+    except ImportError:  # pragma: no cover
+        pass
+    return list(inputs)
+
+
+def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """Any supported input -> (uint8 image, source name).
+
+    Paths and bytes are decoded by format (PNG, JPEG, TIFF, BMP, DICOM, ...). Numpy arrays may be (H, W),
+    (H, W, C) or (C, H, W); uint8 is used as is, booleans and floats within [0, 1] are scaled by 255, other
+    dtypes (16-bit, Hounsfield units, ...) are min-max scaled to uint8.
+
+    Example:
+        >>> decode_input(np.zeros((2, 3), np.float32))[0].dtype
+        dtype('uint8')
+    """
+    from medlens.data.io import MAX_PIXELS
+
+    limit = max_pixels or MAX_PIXELS
+    if isinstance(x, (str, Path)):
+        return load_image(x, limit), name or str(x)
+    if isinstance(x, (bytes, bytearray)):
+        return load_image_bytes(bytes(x), name or "<bytes>", limit), name or "<bytes>"
+    if isinstance(x, np.ndarray):
+        arr = x
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise TypeError(f"{name or '<array>'}: an image array must be (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}")
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        elif arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = np.round(arr * 255.0).astype(np.uint8)
+        elif arr.dtype != np.uint8:
+            arr = to_uint8(arr)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        return arr, name or "<array>"
+    try:
+        from PIL import Image
+
+        if isinstance(x, Image.Image):
+            from medlens.data.io import from_pil
+
+            return from_pil(x, limit), name or "<PIL image>"
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"unsupported input type {type(x).__name__}; pass a path, bytes, numpy array or PIL image")
+
+
+class BasePredictor:
+    """Runtime-independent inference from a manifest: decoding, preprocessing, batching, the task's scores and decisions.
+
+    Subclasses set the runtime (:meth:`run`): :class:`~medlens.inference.Predictor` (PyTorch),
+    :class:`~medlens.inference.onnx.OnnxPredictor` (ONNX Runtime).
+    """
+
+    backend = "base"
+    tta = False
+
+    def init_common(self) -> None:
+        """Task, transform and metadata encoder from the manifest (shared with the ONNX predictor)."""
+        self.task: Task = task_of(self.manifest)
+        if self.tta and not self.task.supports_tta:
+            raise ValueError(f"test-time augmentation does not apply to task {self.task.name!r}")
+        self.transform = make_transform(self.manifest.preprocessing)
+        self.meta_encoder = None
+        if self.manifest.metadata_encoder:
+            from medlens.data.metadata import MetadataEncoder
+
+            self.meta_encoder = MetadataEncoder.from_dict(self.manifest.metadata_encoder)
+
+    # ------------------------------------------------------------------ core
+    @property
+    def label_names(self) -> list[str]:
+        return self.manifest.label_names
+
+    def encode_metadata(self, metadata: Sequence[dict | None] | None, n: int) -> np.ndarray | None:
+        if self.meta_encoder is None:
+            return None
+        rows = list(metadata) if metadata is not None else [None] * n
+        if len(rows) != n:
+            raise ValueError(f"{len(rows)} metadata rows for {n} images")
+        return self.meta_encoder.transform_rows([r or {} for r in rows])
+
+    def run(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """The runtime: preprocessed batch (N, C, H, W) -> the task head's raw outputs (N, K)."""
+        raise NotImplementedError
+
+    def _forward(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Raw outputs, averaged with the horizontally flipped image under test-time augmentation."""
+        out = self.run(x, meta)
+        if self.tta:
+            out = 0.5 * (out + self.run(np.ascontiguousarray(x[..., ::-1]), meta))
+        return out
+
+    def activation(self, logits: np.ndarray) -> np.ndarray:
+        """Raw outputs -> the task's scores (probabilities with the manifest's temperature, or anomaly scores)."""
+        return self.task.activation(logits, self.manifest, self.calibrated)
+
+    def predict_arrays(self, images: Sequence[np.ndarray], metadata: np.ndarray | None = None, logits: bool = False) -> np.ndarray:
+        """Decoded uint8 images -> probabilities (N, K_out), batched (raw logits with ``logits=True``)."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            x = np.stack([self.transform(im) for im in chunk])
+            m = None if metadata is None else metadata[i : i + self.batch_size]
+            z = self._forward(x, m)
+            out.append(z if logits else self.activation(z))
+        return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs(self.manifest)), np.float32)
+
+    def predict_table(self, table, progress: bool = False, logits: bool = False) -> np.ndarray:
+        """Probabilities (or logits) for every row of a :class:`SampleTable` (used by evaluation)."""
+        meta = None
+        if self.meta_encoder is not None:
+            meta = self.meta_encoder.transform_table(table)
+        out = []
+        rng = range(0, len(table), self.batch_size)
+        for i in progress_iter(rng, progress, "predicting"):
+            idx = range(i, min(i + self.batch_size, len(table)))
+            imgs = [table.images[j] if table.in_memory else load_image(table.images[j]) for j in idx]
+            out.append(self.predict_arrays(imgs, None if meta is None else meta[idx.start : idx.stop], logits))
+        return np.concatenate(out) if out else self.predict_arrays([])
+
+    # ------------------------------------------------------------------ results
+    def to_predictions(self, probs: np.ndarray, sources: Sequence[str]) -> list[Prediction]:
+        """Scores -> one :class:`Prediction` per input, by the task's decision rule."""
+        return self.task.to_predictions(probs, sources, self.manifest)
+
+    def predict(self, inputs: Iterable[ImageInput] | ImageInput, metadata: Sequence[dict | None] | None = None, names: Sequence[str] | None = None, progress: bool = False) -> list[Prediction]:
+        """Predict a batch of inputs; unreadable inputs get a :class:`Prediction` with ``error`` set.
+
+        Every input gets exactly one result, in order: a corrupt file or an unsupported array fails that input
+        only. Invalid metadata (e.g. a non-numeric age) is a caller error and raises ``ValueError``.
+
+        Args:
+            inputs: paths, bytes, numpy arrays or PIL images (a single one is also accepted; a 4-D array
+                (N, H, W, C) is N images).
+            metadata: one dict per input for fusion models (missing fields allowed).
+            names: display names of the inputs (default: the path or a description).
+            progress: show a progress bar (on stderr).
+
+        Example:
+            >>> p.predict(["a.png", "b.dcm", np.zeros((28, 28), np.uint8)])  # doctest: +SKIP
+        """
+        inputs = _as_input_list(inputs)
+        names = list(names) if names is not None else [None] * len(inputs)
+        if len(names) != len(inputs):
+            raise ValueError(f"{len(names)} names for {len(inputs)} inputs")
+        results: list[Prediction | None] = [None] * len(inputs)
+        meta_rows = list(metadata) if metadata is not None else [None] * len(inputs)
+        if len(meta_rows) != len(inputs):
+            raise ValueError(f"{len(meta_rows)} metadata rows for {len(inputs)} inputs")
+        for start in progress_iter(range(0, len(inputs), self.batch_size), progress, "predicting", total=len(inputs), step=self.batch_size):
+            xs, srcs, where, metas = [], [], [], []
+            for j in range(start, min(start + self.batch_size, len(inputs))):
+                try:
+                    img, src = decode_input(inputs[j], names[j])
+                    xs.append(self.transform(img))  # preprocessing errors (odd channel counts, ...) fail this input only
+                except _INPUT_ERRORS as e:
+                    results[j] = Prediction(str(names[j] or inputs[j] if isinstance(inputs[j], (str, Path)) else names[j] or f"<input {j}>"), error=str(e))
+                    continue
+                srcs.append(src)
+                where.append(j)
+                metas.append(meta_rows[j])
+            if xs:
+                m = self._encode_rows(metas, srcs)
+                x = np.stack(xs)
+                probs = self._predict_preprocessed(x, m)
+                for j, pr in zip(where, self.to_predictions(probs, srcs), strict=True):
+                    results[j] = pr
+        return [r for r in results if r is not None]
+
+    def predict_one(self, image: ImageInput, metadata: dict | None = None, name: str | None = None) -> Prediction:
+        """Predict one input (see :meth:`predict`); the result may carry ``error``."""
+        return self.predict([image], None if metadata is None else [metadata], None if name is None else [name])[0]
+
+    def _predict_preprocessed(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """Preprocessed (N, C, H, W) -> probabilities, in chunks of ``batch_size``."""
+        out = [
+            self.activation(self._forward(x[i : i + self.batch_size], None if meta is None else meta[i : i + self.batch_size]))
+            for i in range(0, len(x), self.batch_size)
+        ]
+        return np.concatenate(out)
+
+    def _encode_rows(self, rows: list[dict | None], srcs: list[str]) -> np.ndarray | None:
+        """Encode the metadata rows of a batch (None for image-only models).
+
+        Invalid metadata (e.g. a non-numeric age) is the caller's error, not a bad image: it raises a
+        ``ValueError`` naming the input and the field instead of being reported per input.
+        """
+        if self.meta_encoder is None:
+            return None
+        try:
+            return self.encode_metadata(rows, len(rows))
+        except ValueError:
+            for r, src in zip(rows, srcs, strict=True):
+                try:
+                    self.encode_metadata([r], 1)
+                except ValueError as e:
+                    raise ValueError(f"{src}: metadata: {e}") from None
+            raise

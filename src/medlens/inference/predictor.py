@@ -1,0 +1,118 @@
+"""Prediction from a trained bundle on PyTorch: :class:`Predictor`, ``medlens.predict`` and its CSV.
+
+Inputs may be file paths (PNG, JPEG, DICOM, ...), raw bytes, PIL images or numpy arrays. Preprocessing,
+temperature and thresholds come from the manifest, through the same functions training used; outputs, scores
+and decisions come from the bundle's task.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens._atomic import atomic_open
+from medlens.bundle import WEIGHTS, Bundle, Manifest, load_bundle
+from medlens.inference.base import BasePredictor, ImageInput
+from medlens.tasks import Prediction
+
+log = logging.getLogger("medlens.predict")
+
+
+class Predictor(BasePredictor):
+    """Batch inference from a bundle on PyTorch.
+
+    Args:
+        bundle: a loaded :class:`Bundle`.
+        batch_size: images per forward pass.
+        tta: average over the image and its horizontal flip (tasks that support it).
+        calibrated: apply the manifest's temperature.
+        device: torch device.
+
+    Example:
+        >>> p = Predictor.from_bundle("runs/pneumoniamnist/bundle")  # doctest: +SKIP
+        >>> p.predict(["chest.png"])[0].probabilities  # doctest: +SKIP
+        {'normal': 0.08, 'pneumonia': 0.92}
+    """
+
+    backend = "torch"
+
+    def __init__(self, bundle: Bundle, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu") -> None:
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self.batch_size = batch_size
+        self.tta = tta
+        self.calibrated = calibrated
+        self.device = torch.device(device)
+        self.model = bundle.model.to(self.device).eval()
+        self.path: Path | None = bundle.path
+        self.init_common()
+        self.head = self.task.inference_head(self.model, self.manifest).eval()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "torch", **kw: Any) -> BasePredictor:
+        """Load a bundle and build a predictor for the ``torch`` or ``onnx`` backend.
+
+        An ONNX request on a bundle never exported gets an in-memory export (slower start; run
+        ``medlens export`` once instead).
+        """
+        if backend == "onnx":
+            from medlens.inference.onnx import ONNX_FILE, OnnxPredictor
+
+            folder = Path(path).parent if Path(path).suffix == ".onnx" else Path(path)
+            if folder.is_dir() and not (folder / ONNX_FILE).is_file() and (folder / WEIGHTS).is_file():
+                from medlens.export import DEFAULT_OPSET, export_to_bytes
+
+                log.warning("%s has no %s: exporting in memory (run `medlens export %s` once to skip this)", folder, ONNX_FILE, folder)
+                bundle = load_bundle(folder)
+                data, _ = export_to_bytes(bundle.model, bundle.manifest, DEFAULT_OPSET, None)
+                return OnnxPredictor.from_bytes(data, bundle.manifest, folder, **kw)
+            return OnnxPredictor.from_bundle(path, **kw)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
+        return cls(load_bundle(path), **kw)
+
+    def run(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        """PyTorch: preprocessed batch (N, C, H, W) -> the task head's raw outputs (N, K)."""
+        with torch.inference_mode():
+            xt = torch.from_numpy(x).to(self.device)
+            mt = None if meta is None else torch.from_numpy(meta.astype(np.float32)).to(self.device)
+            return self.head(xt, mt).float().cpu().numpy()
+
+
+def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path) -> Path:
+    """One row per input: source, one probability column per label, predicted labels, error. Atomic write."""
+    path = Path(path)
+    with atomic_open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            scored = any(p.score is not None for p in preds)  # anomaly bundles: a score column
+            w.writerow(["source", *[f"prob_{n}" for n in label_names], *(["anomaly_score"] if scored else []), "predicted", "error"])
+            for p in preds:
+                probs = [("" if not p.ok or n not in p.probabilities else f"{p.probabilities[n]:.6f}") for n in label_names]
+                score = ["" if p.score is None else f"{p.score:.6g}"] if scored else []
+                w.writerow([p.source, *probs, *score, "|".join(p.predicted), p.error or ""])
+    return path
+
+
+def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
+    """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
+
+    Per-image clinical reports: :func:`medlens.clinical_report.predict_with_reports`.
+
+    Example:
+        >>> preds = predict("runs/demo/bundle", ["a.png", "b.dcm"], out="preds.csv")  # doctest: +SKIP
+    """
+    cal = {} if calibrated else {"calibrated": False}
+    if isinstance(bundle, Bundle):
+        predictor: BasePredictor = Predictor(bundle, batch_size=batch_size, tta=tta, **cal)
+    else:
+        predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=batch_size, tta=tta, **cal)
+    preds = predictor.predict(images, metadata=metadata, progress=progress)
+    if out is not None:
+        write_predictions_csv(preds, predictor.label_names, out)
+    return preds

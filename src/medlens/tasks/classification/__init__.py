@@ -1,0 +1,201 @@
+"""Classification: binary, multiclass and multi-label, with masked unknown labels.
+
+Outputs are logits; scores are probabilities (sigmoid, or softmax for multiclass) after the bundle's
+temperature. The operating point is a temperature fitted on validation plus one threshold per label (binary and
+multi-label; multiclass decides by arg-max). Explanations are class-activation maps per label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from medlens.data.readers import read_dataset
+from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task
+from medlens.tasks.classification.calibration import fit_temperature
+from medlens.tasks.classification.losses import create_loss, loss_kwargs
+from medlens.tasks.classification.metrics import classification_metrics, tune_thresholds
+
+
+class ClassifierHead(nn.Module):
+    """``(image, metadata) -> logits``: the graph the predictors run and ONNX exports."""
+
+    def __init__(self, model: nn.Module, with_metadata: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_metadata = with_metadata
+
+    def forward(self, image, metadata=None):
+        return self.model(image, metadata if self.with_metadata else None)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class ClassificationTask(Task):
+    """Binary, multiclass and multi-label classification (one instance per label kind)."""
+
+    name = "classification"
+    kinds = ("binary", "multiclass", "multilabel")
+    output_name = "logits"
+    headline_metric = "auroc_macro"
+
+    @property
+    def exclusive(self) -> bool:
+        """One class per image (softmax and arg-max)."""
+        return self.kind == "multiclass"
+
+    @property
+    def top_label(self) -> bool:
+        return self.exclusive
+
+    @property
+    def thresholded(self) -> bool:
+        """Decisions at per-label thresholds (binary, multi-label)."""
+        return self.kind != "multiclass"
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def read(cls, data_cfg: Any):
+        """Read a classification dataset as its source labels it."""
+        return read_dataset(data_cfg)
+
+    # ------------------------------------------------------------------ network and training
+    def architecture(self, cfg: Any, space: Any, meta_encoder: Any = None) -> dict[str, Any]:
+        m = cfg.model
+        arch: dict[str, Any] = {
+            "type": "classifier", "backbone": m.backbone, "num_outputs": space.num_outputs, "in_chans": cfg.data.channels,
+            "image_size": cfg.data.image_size, "small_input": m.small_input, "drop_rate": m.drop_rate,
+            "drop_path_rate": m.drop_path_rate,
+        }
+        if meta_encoder is not None and meta_encoder.dim > 0 and cfg.data.metadata is not None:
+            md = cfg.data.metadata
+            arch.update(type="fusion", meta_dim=meta_encoder.dim, meta_hidden=list(md.hidden), meta_dropout=md.dropout)
+            arch.update(meta_encoder.architecture())
+        return arch
+
+    def create_loss(self, cfg: Any, train_table: Any, preprocessing: Any) -> nn.Module:
+        known = (~np.isnan(train_table.targets)).sum(axis=0)
+        kw = loss_kwargs(cfg.optim, self.kind, train_table.positives(), known)
+        return create_loss(cfg.optim.loss, self.kind, **kw)
+
+    def create_module(self, cfg: Any, model: nn.Module, space: Any, loss: nn.Module, preprocessing: Any, monitor: tuple[str, str]) -> Any:
+        from medlens.engine.module import optim_settings
+        from medlens.tasks.classification.module import MODULES
+
+        return MODULES[self.kind](
+            model=model, label_space=space, loss=loss, optim=optim_settings(cfg), monitor_metric=monitor[0], seed=cfg.seed,
+            monitor_mode=monitor[1], channels_last=cfg.trainer.channels_last,
+        )
+
+    # ------------------------------------------------------------------ outputs
+    def inference_head(self, model: nn.Module, manifest: Any) -> nn.Module:
+        return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")))
+
+    def num_outputs(self, manifest: Any) -> int:
+        return manifest.label_space.num_outputs
+
+    def activation(self, raw: np.ndarray, manifest: Any, calibrated: bool = True) -> np.ndarray:
+        t = np.asarray(manifest.temperature if calibrated else 1.0, dtype=np.float64)
+        z = np.asarray(raw, dtype=np.float64) / t
+        return (softmax(z) if self.exclusive else sigmoid(z)).astype(np.float32)
+
+    # ------------------------------------------------------------------ operating point and metrics
+    def fit_operating_point(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any, predictor: PredictorLike) -> dict[str, Any]:
+        """Temperature (``trainer.calibrate``) and thresholds (``trainer.threshold_method``) on validation."""
+        t = cfg.trainer
+        if t.calibrate:
+            manifest.temperature = fit_temperature(raw_val, val_table.targets, self.kind)
+        if self.thresholded:
+            probs = self.activation(raw_val, manifest)
+            n = manifest.label_space.num_outputs
+            if t.threshold_method == "fixed":
+                manifest.thresholds = [float(t.fixed_threshold)] * n
+            else:
+                manifest.thresholds = tune_thresholds(probs, val_table.targets, self.kind, t.threshold_method)
+        return {"threshold_method": t.threshold_method if self.thresholded else "argmax"}
+
+    def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Any, groups: Sequence | None = None) -> dict[str, Any]:
+        return classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None)
+
+    def epoch_metrics(self, scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+        return classification_metrics(scores, targets, self.kind, names, warn=False)
+
+    # ------------------------------------------------------------------ decisions and presentation
+    def to_predictions(self, scores: np.ndarray, sources: Sequence[str], manifest: Any) -> list[Prediction]:
+        names = manifest.label_names
+        th = manifest.thresholds
+        preds = []
+        for p, src in zip(scores, sources, strict=True):
+            if self.kind == "binary":
+                thr = th[0] if th else 0.5
+                pos = float(p[0])
+                dec = pos >= thr
+                preds.append(Prediction(
+                    src, {names[0]: 1.0 - pos, names[1]: pos}, {names[1]: bool(dec)}, {names[1]: float(thr)},
+                    [names[1] if dec else names[0]],
+                ))
+            elif self.kind == "multiclass":
+                k = int(np.argmax(p))
+                preds.append(Prediction(src, {n: float(v) for n, v in zip(names, p, strict=True)}, {n: j == k for j, n in enumerate(names)}, {}, [names[k]]))
+            else:
+                thr = th if th else [0.5] * len(names)
+                dec = {n: bool(v >= t) for n, v, t in zip(names, p, thr, strict=True)}
+                preds.append(Prediction(
+                    src, {n: float(v) for n, v in zip(names, p, strict=True)}, dec,
+                    {n: float(t) for n, t in zip(names, thr, strict=True)}, [n for n in names if dec[n]],
+                ))
+        return preds
+
+    def findings(self, prediction: Prediction, manifest: Any) -> list[Finding]:
+        names = manifest.label_names
+        shown = names[1:] if self.kind == "binary" else names  # binary: the negative class is 1 - p(positive)
+        rule = "threshold" if self.thresholded else "argmax"
+        return [
+            Finding(n, prediction.probabilities.get(n), "probability", prediction.thresholds.get(n), rule, n in prediction.predicted)
+            for n in shown
+        ]
+
+    def presentation(self, manifest: Any) -> Presentation:
+        from medlens.tasks.classification.cam import list_methods
+
+        names = manifest.label_names
+        what = {"binary": f"the probability of {names[-1]}", "multiclass": "one probability per class (the largest decides)",
+                "multilabel": "one probability per finding, each with its own threshold"}[self.kind]
+        return Presentation(
+            value_name="Probability", value_kind="probability",
+            explain_labels=list(names[1:] if self.kind == "binary" else names), explain_methods=list_methods(),
+            summary=f"The model outputs {what}.",
+        )
+
+    # ------------------------------------------------------------------ explanations
+    def explain_methods(self) -> list[str]:
+        from medlens.tasks.classification.cam import list_methods
+
+        return list_methods()
+
+    def explain(self, predictor: PredictorLike, image: np.ndarray, source: str, labels: Sequence[str] | None, method: str,
+                metadata: dict | None = None, target_layer: str | None = None) -> list[Any]:
+        from medlens.tasks.classification.cam import explain_cam
+
+        return explain_cam(predictor, image, source, self.kind, labels, self.check_method(method), metadata, target_layer)
+
+    def caption(self, method: str) -> str:
+        from medlens.tasks.classification.cam import CAPTIONS
+
+        return CAPTIONS.get(method, "")
+
+    def target_layers(self, model: nn.Module) -> list[str]:
+        from medlens.tasks.classification.cam import layer_names
+
+        return layer_names(model)

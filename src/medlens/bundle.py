@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
 import shutil
 import tempfile
@@ -23,9 +22,10 @@ from typing import Any
 
 from torch import nn
 
-from medlens._atomic import jsonable, write_json_atomic
+from medlens._atomic import atomic_open, chmod_as_created, jsonable, write_json_atomic
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import Preprocessing
+from medlens.runfolder import replace_dir_atomically, restore_interrupted_replace
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -151,7 +151,7 @@ class Bundle:
 
 
 def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True) -> Path:
-    """Write a bundle folder atomically (temp folder, then rename).
+    """Write a bundle folder atomically (temp folder, then :func:`~medlens.runfolder.replace_dir_atomically`).
 
     Example:
         >>> save_bundle(model, manifest, "runs/demo/bundle")  # doctest: +SKIP
@@ -160,24 +160,19 @@ def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrit
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_replace(dest)  # a save killed between its renames: the previous bundle first
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists")
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
     try:
+        chmod_as_created(tmp, directory=True)  # mkdtemp makes 0700: the bundle folder follows the user's umask
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        chmod_as_created(tmp / WEIGHTS)  # safetensors writes 0600
         manifest.weights_sha256 = sha256_file(tmp / WEIGHTS)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest.to_dict(), f, indent=2)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_dir_atomically(tmp, dest)  # the old bundle or the new one exists at every instant
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -275,6 +276,14 @@ class TrainerConfig(StrictModel):
     resume: str | None = None
     val_check_interval: float | int | None = None
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, v: Any) -> Any:
+        # YAML reads `precision: 16` as an int (and `--set trainer.precision=32` too): the same choice as "16"
+        if isinstance(v, int | float) and not isinstance(v, bool) and v in (16, 32):
+            return str(int(v))
+        return v
+
 
 class OutputConfig(StrictModel):
     """Where runs go."""
@@ -318,6 +327,20 @@ class RunConfig(StrictModel):
                 raise ValueError(f"target {k!r} is NaN")
         return v
 
+    def redacted_dump(self) -> dict[str, Any]:
+        """The config as JSON-ready data (``model_dump(mode="json")``) with passwords replaced by ``***``.
+
+        What is written anywhere (``config.yaml``, the bundle manifest, tracker parameters) is this, never
+        the raw dump: a password in ``data.url`` must not reach disk. See :func:`redact_secrets`.
+
+        Example:
+            >>> cfg = config_from_dict({"data": {"kind": "sql", "url": "postgresql://u:pw@db/x", "dataset": "d",
+            ...                                  "label_set": "l"}})
+            >>> cfg.redacted_dump()["data"]["url"]
+            'postgresql://u:***@db/x'
+        """
+        return redact_secrets(self.model_dump(mode="json"))
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         d = self.data
@@ -325,6 +348,75 @@ class RunConfig(StrictModel):
             if vals is not None and len(vals) != d.channels:
                 raise ValueError(f"data.{name} has {len(vals)} values but data.channels is {d.channels}")
         return self
+
+
+# ---------------------------------------------------------------------------------------- redaction
+#: What replaces a secret in everything medlens writes.
+REDACTED = "***"
+
+# scheme://user:password@host: the password runs to the last "@" before the query ("?") or fragment ("#"), so an
+# unencoded "@" or "/" in it is hidden too (at worst an "@" in the path hides the host as well); a port or a
+# Windows drive is no password ("http://host:5000/a@b", "file://C:/a@b").
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.\-]*://[^:/@?#\s]*:)(?P<pw>(?!\d*/)[^?#\s]*@)")
+# ?password=... / &sslpassword=... in a URL query, or password=... in a libpq "key=value" connection string
+_SECRET_PARAM = re.compile(
+    r"(?P<head>(?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|secret|token|access_token|api_key|apikey)=)"
+    r"(?P<pw>[^&#;\s]*)",
+    re.IGNORECASE,
+)
+# keys whose value is itself a secret (``password_env``/``password_file`` name where it is, and are kept)
+_SECRET_KEY = re.compile(r"^(password|passwd|pwd|secret|token|api_key|apikey|access_token|secret_key)$", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Replace the password of every URL in ``url`` (user info and password query parameters) with ``***``.
+
+    Handles SQLAlchemy URLs (``postgresql+psycopg://user:pass@host/db``), ``?password=`` query parameters and
+    libpq ``key=value`` strings; text without a password is returned unchanged.
+
+    Args:
+        url: a URL or any text that may contain one.
+
+    Returns:
+        The text with each password replaced by ``***``.
+
+    Example:
+        >>> redact_url("postgresql+psycopg://ana:s3cret@db.example.org:5432/imgs?sslmode=require&password=x")
+        'postgresql+psycopg://ana:***@db.example.org:5432/imgs?sslmode=require&password=***'
+    """
+    if not isinstance(url, str) or not url:
+        return url
+
+    def mask_userinfo(m: re.Match[str]) -> str:
+        return m["head"] + (REDACTED + "@" if len(m["pw"]) > 1 else m["pw"])  # "user:@host" has no password
+
+    out = _URL_PASSWORD.sub(mask_userinfo, url)
+    return _SECRET_PARAM.sub(lambda m: m["head"] + (REDACTED if m["pw"] else ""), out)
+
+
+def redact_secrets(obj: Any) -> Any:
+    """A copy of ``obj`` (dicts, lists, strings) with every secret replaced by ``***``.
+
+    Strings have their URL passwords masked (:func:`redact_url`); the values of keys named like a secret
+    (``password``, ``token``, ``api_key``, ...) are replaced whole. Keys that only say where a secret is
+    (``password_env``, ``password_file``) are kept. A Pydantic model is dumped to JSON-ready data first.
+
+    Example:
+        >>> redact_secrets({"data": {"url": "postgresql://u:pw@h/db", "password_env": "DB_PW"}, "token": "abc"})
+        {'data': {'url': 'postgresql://u:***@h/db', 'password_env': 'DB_PW'}, 'token': '***'}
+    """
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.match(k) and v not in (None, "") else redact_secrets(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact_secrets(v) for v in obj)
+    if isinstance(obj, str):
+        return redact_url(obj)
+    return obj
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -458,5 +550,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML text (saved with every run)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML text (saved with every run), passwords replaced by ``***``.
+
+    Example:
+        >>> print(dump_config(cfg))  # doctest: +SKIP
+    """
+    return yaml.safe_dump(cfg.redacted_dump(), sort_keys=False)

@@ -211,3 +211,75 @@ def test_dump_round_trip_with_overrides(tmp_path: Path) -> None:
     assert again == cfg
     assert again.optim.lr == pytest.approx(3e-4)
     assert again.trainer.limit_train_batches == 2 and isinstance(again.trainer.limit_train_batches, int)
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+SECRET_URL = "postgresql+psycopg://ana:S3cret-pw@db.example.org:5432/imgs?sslmode=require&password=S3cret-q"
+
+
+def _sql(url: str = SECRET_URL, **extra) -> dict:
+    return {"data": {"kind": "sql", "url": url, "dataset": "d", "label_set": "l"}, **extra}
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql+psycopg://user:pass@host/db", "postgresql+psycopg://user:***@host/db"),
+    ("postgresql://user:p@ss:w/rd@host:5432/db", "postgresql://user:***@host:5432/db"),  # unencoded @ and /
+    ("mysql://user:p%40ss@host/db?charset=utf8", "mysql://user:***@host/db?charset=utf8"),
+    ("postgresql://user@host/db?password=pw&sslmode=require", "postgresql://user@host/db?password=***&sslmode=require"),
+    ("postgresql://host/db?sslmode=require&PASSWORD=pw", "postgresql://host/db?sslmode=require&PASSWORD=***"),
+    ("host=db user=ana password=pw dbname=x", "host=db user=ana password=*** dbname=x"),  # libpq key=value
+    ("see https://u:tok@mlflow.example.org/x", "see https://u:***@mlflow.example.org/x"),
+    # nothing to hide: unchanged
+    ("sqlite:////data/a@b.db", "sqlite:////data/a@b.db"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+    ("postgresql://user:@host/db", "postgresql://user:@host/db"),
+    ("http://host:5000/path@x", "http://host:5000/path@x"),
+    ("file://C:/runs@1", "file://C:/runs@1"),
+    ("plain text", "plain text"),
+])
+def test_redact_url(url: str, expected: str) -> None:
+    from medlens.config import redact_url
+
+    assert redact_url(url) == expected
+
+
+def test_redact_secrets_walks_nested_data_and_keeps_where_secrets_live() -> None:
+    from medlens.config import redact_secrets
+
+    raw = {"a": [{"url": "postgresql://u:pw1@h/db"}, ("x", "mysql://u:pw2@h/db")], "token": "pw3", "api_key": None,
+           "password_env": "MY_PW", "password_file": "/run/secrets/pw", "n": 3}
+    out = redact_secrets(raw)
+    assert out == {"a": [{"url": "postgresql://u:***@h/db"}, ("x", "mysql://u:***@h/db")], "token": "***",
+                   "api_key": None, "password_env": "MY_PW", "password_file": "/run/secrets/pw", "n": 3}
+    assert raw["token"] == "pw3"  # a copy: the input is untouched
+
+
+def test_dump_config_and_redacted_dump_hold_no_password(tmp_path: Path) -> None:
+    cfg = config_from_dict(_sql(tracking={"mlflow_uri": "https://bob:Tr4ck-pw@mlflow.example.org"}))
+    assert cfg.data.url == SECRET_URL  # the live config keeps what connecting needs
+    dumped = cfg.redacted_dump()
+    assert dumped["data"]["url"] == "postgresql+psycopg://ana:***@db.example.org:5432/imgs?sslmode=require&password=***"
+    assert dumped["tracking"]["mlflow_uri"] == "https://bob:***@mlflow.example.org"
+    text = dump_config(cfg)
+    for secret in ("S3cret", "Tr4ck-pw"):
+        assert secret not in text and secret not in str(dumped)
+    assert {k: v for k, v in dumped.items() if k not in ("data", "tracking")} == {
+        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("data", "tracking")}
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    assert load_config(p).data.url.startswith("postgresql+psycopg://ana:***@")  # still a valid config
+
+
+# ------------------------------------------------------------------------------------------- precision
+@pytest.mark.parametrize(("value", "expected"), [(16, "16"), (32, "32"), ("16", "16"), ("bf16", "bf16"), (32.0, "32")])
+def test_precision_written_as_a_number_is_accepted(tmp_path: Path, value, expected: str) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_text(f"data: {{kind: synthetic}}\ntrainer: {{precision: {value}}}\n")  # unquoted: YAML gives an int
+    assert load_config(p).trainer.precision == expected
+    assert load_config(_write(tmp_path, _minimal()), [f"trainer.precision={value}"]).trainer.precision == expected
+
+
+@pytest.mark.parametrize("value", [8, 64, True, "fp16"])
+def test_other_precisions_are_refused(tmp_path: Path, value) -> None:
+    with pytest.raises(ConfigError, match="trainer.precision"):
+        config_from_dict({**_minimal(), "trainer": {"precision": value}})

@@ -240,3 +240,62 @@ def test_training_logs_to_mlflow_tensorboard_and_csv_at_once(tmp_path, pneumonia
     assert env["hardware"]["cpu_count"] >= 1 and env["launch"]["world_size"] == 1
     assert env["launch"]["global_batch_size"] == 32
     assert read_manifest(result.bundle_dir).extra["environment"]["seed"]["seed"] == 0
+
+
+# ------------------------------------------------------------------------------------- secrets at rest
+DB_PW, TRACK_PW = "S3cret-db-pw", "Tr4ck-pw"
+
+
+def _files_containing(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_no_password_reaches_tracking_files(tmp_path, no_mlflow_env, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({
+        "data": {"kind": "sql", "url": f"postgresql+psycopg://ana:{DB_PW}@db.example.org/imgs?password={DB_PW}",
+                 "dataset": "d", "label_set": "l"},
+        "output": {"dir": str(tmp_path / "out"), "name": "r"},
+        "tracking": {"backends": ["csv", "tensorboard", "mlflow"], "experiment": "secrets"},
+    })
+    run_dir = tmp_path / "out" / "r"
+    loggers = build_loggers(cfg, run_dir)
+    trainer = SimpleNamespace(
+        world_size=1, is_global_zero=True, loggers=loggers, num_nodes=1, num_devices=1,
+        strategy=SimpleNamespace(root_device="cpu"), accelerator=None,
+    )
+    tracking.RunRecorder(cfg, run_dir).on_fit_start(trainer, None)
+    finish_tracking(cfg, loggers, run_dir, {"val": {"auroc_macro": 0.5}})
+
+    assert (run_dir / "logs" / "hparams.yaml").is_file() and (run_dir / "logs" / "tensorboard").is_dir()
+    assert "***" in (run_dir / "logs" / "hparams.yaml").read_text()
+    assert _files_containing(tmp_path, DB_PW) == []  # csv, tensorboard, tracking.json, environment.json, mlflow.db
+    client = MlflowClient(json.loads((run_dir / "tracking.json").read_text())["mlflow"]["tracking_uri"])
+    run = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])[0]
+    assert run.data.params["data.url"] == "postgresql+psycopg://ana:***@db.example.org/imgs?password=***"
+    assert tracking.config_params(cfg)["data.url"] == run.data.params["data.url"]
+
+
+def test_tracking_json_keeps_the_mlflow_uri_without_its_password(tmp_path, no_mlflow_env, monkeypatch):
+    uri = f"http://bob:{TRACK_PW}@127.0.0.1:9"
+    cfg = _cfg(tmp_path, backends=["mlflow"], mlflow_uri=uri)
+    run_dir = tmp_path / "out" / "r"
+    tracking._write_tracking(run_dir, {"mlflow": {"tracking_uri": uri, "run_id": "abc123"}})
+    assert _files_containing(tmp_path, TRACK_PW) == []
+    assert read_tracking_uri(run_dir) == "http://bob:***@127.0.0.1:9"
+    # a resumed run still finds its MLflow run: the redacted URIs agree
+    assert build_loggers(cfg, run_dir, resume="last.ckpt")[0]._run_id == "abc123"
+    assert build_loggers(cfg, run_dir, resume="last.ckpt")[0]._tracking_uri == uri
+    # a later step (report artifacts) needs the full URI from the environment, and says so
+    with pytest.raises(ValueError, match="password not saved.*MLFLOW_TRACKING_URI"):
+        log_run_artifacts(run_dir, [run_dir])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking._live_mlflow_uri(read_tracking_uri(run_dir)) == uri
+
+
+def read_tracking_uri(run_dir: Path) -> str:
+    return json.loads((run_dir / "tracking.json").read_text())["mlflow"]["tracking_uri"]

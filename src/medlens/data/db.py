@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medlens.config import REDACTED
+
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.engine import URL, Engine
 
@@ -183,6 +185,10 @@ def resolve_url(
         raise DatabaseError(f"invalid database URL {safe_url_text(text)!r}") from None
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver medlens installs
+    if u.password == REDACTED:  # a URL from a saved config, its password redacted: filled in as if it had none
+        u = u._replace(password=None)  # URL.set(password=None) would keep it
+    if u.query.get("password") == REDACTED:
+        u = u.difference_update_query(["password"])
     if u.password is None and not u.drivername.startswith("sqlite"):
         pw = os.environ.get(password_env) if password_env else None
         if pw is None and password_file:

@@ -4,6 +4,12 @@ Every path goes through :func:`load_image`, so training, evaluation, prediction 
 same way: PNG/JPEG/TIFF/BMP (8/16-bit grey, RGB, RGBA, palette, EXIF orientation) via Pillow, and DICOM
 (``.dcm`` or the ``DICM`` magic) via pydicom with rescale, VOI LUT/windowing and MONOCHROME1 inversion.
 The result is ``uint8`` of shape (H, W) for grey or (H, W, 3) for colour.
+
+Decoders are bounded: the size an image declares in its header (Pillow's ``size``; DICOM Rows, Columns,
+Samples per Pixel and Number of Frames, read without the pixel data) is checked against :data:`MIN_SIDE`,
+:data:`MAX_PIXELS` and :data:`MAX_ASPECT` *before* any pixel is decoded, so a small compressed file that
+declares a huge image (a decompression bomb) costs no memory. Of a multi-frame DICOM only the middle frame
+is decoded. Float images must be finite. Every failure is an :class:`ImageReadError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,8 +22,17 @@ import numpy as np
 
 log = logging.getLogger("medlens.data")
 
-# Decompression-bomb guard for files: 2**28 pixels (~16k x 16k). The server sets a much lower limit.
-MAX_PIXELS = 1 << 28
+# Limits checked from the header, before decoding; each is overridable by the reading functions' parameters.
+#: Largest image decoded, in pixels (width x height): 2**26, 8192 x 8192 (a mammogram is ~4k x 5k).
+#: Decoding one such 16-bit image takes ~0.5 GB of working memory; the server sets a lower limit.
+MAX_PIXELS = 1 << 26
+#: Smallest side, in pixels: a 1x1 or 3x500 "image" is a broken export, not a scan (data.image_size >= 8 too).
+MIN_SIDE = 8
+#: Largest ratio of the long side to the short one: a 1 x 200000 strip is refused.
+MAX_ASPECT = 50.0
+#: DICOM with both a VOI LUT Sequence and a Window Center/Width: use the LUT, as pydicom's
+#: ``apply_voi_lut(prefer_lut=True)`` does; ``False`` prefers the window.
+PREFER_VOI_LUT = True
 
 
 class ImageReadError(ValueError):
@@ -27,6 +42,53 @@ class ImageReadError(ValueError):
 def is_dicom_bytes(head: bytes) -> bool:
     """DICOM Part 10 files carry ``DICM`` at byte 128."""
     return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def check_dimensions(
+    width: int,
+    height: int,
+    name: str,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+) -> None:
+    """Refuse an image by the size its header declares, before its pixels are decoded.
+
+    Args:
+        width: declared width in pixels.
+        height: declared height in pixels.
+        name: the file, for the message.
+        max_pixels: largest ``width * height``.
+        min_side: smallest side in pixels.
+        max_aspect: largest ratio of the long side to the short one.
+
+    Raises:
+        ImageReadError: one line naming the file, the size and the limit it breaks.
+
+    Example:
+        >>> check_dimensions(1, 200000, "strip.png")
+        Traceback (most recent call last):
+        ...
+        medlens.data.io.ImageReadError: strip.png: image is 1x200000 pixels, smaller than the minimum side of 8 px
+    """
+    w, h = int(width), int(height)
+    if min(w, h) < min_side:
+        raise ImageReadError(f"{name}: image is {w}x{h} pixels, smaller than the minimum side of {min_side} px")
+    if w * h > max_pixels:
+        raise ImageReadError(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels}")
+    if max(w, h) > max_aspect * min(w, h):
+        raise ImageReadError(
+            f"{name}: image is {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):.0f}:1, over the limit of "
+            f"{max_aspect:g}:1"
+        )
+
+
+def _require_finite(arr: np.ndarray, name: str) -> None:
+    """Float pixels must all be finite: a NaN would silently become black (or poison a min-max scale)."""
+    if arr.dtype.kind in "fc":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ImageReadError(f"{name}: {bad} of {arr.size} pixel values are NaN or infinite")
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -40,23 +102,28 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def from_pil(img, max_pixels: int) -> np.ndarray:
+def from_pil(
+    img,
+    max_pixels: int = MAX_PIXELS,
+    name: str = "<PIL image>",
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+) -> np.ndarray:
+    """A Pillow image (opened, loaded or not) -> uint8 (H, W) or (H, W, 3); its size is checked before loading."""
     from PIL import ImageOps
 
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ImageReadError(f"image is {w}x{h} pixels, over the limit of {max_pixels}")
+    check_dimensions(*img.size, name, max_pixels, min_side, max_aspect)
     img = ImageOps.exif_transpose(img)  # respect camera orientation
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return to_uint8(np.asarray(img))
+        arr = np.asarray(img)
+        _require_finite(arr, name)
+        return to_uint8(arr)
     if mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if mode in ("LA", "1"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
-    if mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "RGB"):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, ...
 
 
 def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, slope: float = 1.0, intercept: float = 0.0) -> bytes:
@@ -93,8 +160,58 @@ def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, slope: float = 1.0, i
     return buf.getvalue()
 
 
-def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
-    """Decode DICOM pixel data to uint8 with rescale slope/intercept, VOI LUT/windowing and MONOCHROME1 inversion."""
+def _dicom_int(ds, keyword: str, default: int | None, name: str) -> int:
+    """An integer attribute of the DICOM header; a missing or non-numeric required one is an error."""
+    v = ds.get(keyword, default)
+    try:
+        return int(v if v not in (None, "") else default)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ImageReadError(f"{name}: DICOM {keyword} is {'missing' if v in (None, '') else repr(v)}") from None
+
+
+def _check_dicom_header(ds, name: str, max_pixels: int, min_side: int, max_aspect: float) -> tuple[int, int, int]:
+    """(Rows, Columns, Number of Frames) of a DICOM header, checked against the limits; nothing is decoded."""
+    rows, cols = _dicom_int(ds, "Rows", None, name), _dicom_int(ds, "Columns", None, name)
+    samples, frames = _dicom_int(ds, "SamplesPerPixel", 1, name), _dicom_int(ds, "NumberOfFrames", 1, name)
+    check_dimensions(cols, rows, name, max_pixels, min_side, max_aspect)
+    if not 1 <= samples <= 4:
+        raise ImageReadError(f"{name}: DICOM SamplesPerPixel is {samples}, expected 1 (grey) or 3 (colour)")
+    if frames < 1:
+        raise ImageReadError(f"{name}: DICOM NumberOfFrames is {frames}, expected 1 or more")
+    return rows, cols, frames
+
+
+def read_dicom(
+    source: str | Path | bytes,
+    name: str = "",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+    prefer_voi_lut: bool = PREFER_VOI_LUT,
+) -> np.ndarray:
+    """Decode DICOM pixel data to uint8 with rescale slope/intercept, VOI LUT/windowing and MONOCHROME1 inversion.
+
+    The header is read first, without the pixel data: Rows x Columns is checked against the limits before any
+    pixel is decoded, whatever the transfer syntax (an RLE or JPEG file declaring 60000 x 60000 is refused
+    from its header). Of a multi-frame image only the middle frame is decoded.
+
+    Args:
+        source: a file path or the file's bytes.
+        name: the file, for messages.
+        max_pixels: largest Rows x Columns (x Number of Frames when every frame has to be decoded).
+        min_side: smallest side in pixels.
+        max_aspect: largest ratio of the long side to the short one.
+        prefer_voi_lut: with both a VOI LUT Sequence and a Window Center/Width, apply the LUT (pydicom's
+            ``apply_voi_lut(prefer_lut=True)`` order); ``False`` applies the window.
+
+    Raises:
+        ImageReadError: unreadable file, a size over the limits, or non-finite pixel values.
+
+    Example:
+        >>> read_dicom(dicom_bytes(np.full((8, 8), 1000, np.uint16)), "a.dcm").shape  # doctest: +SKIP
+        (8, 8)
+    """
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut  # pydicom >= 3
@@ -104,44 +221,100 @@ def read_dicom(source: str | Path | bytes, name: str = "") -> np.ndarray:
             from pydicom.pixel_data_handlers.util import apply_modality_lut
         except ImportError as e:
             raise ImageReadError(f"{name}: reading DICOM needs pydicom: pip install 'medlens[dicom]'") from e
+
+    def read(**kw):
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source), force=True, **kw)
+
     try:
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source), force=True)
-        arr = ds.pixel_array
+        head = read(stop_before_pixels=True)  # the header only: nothing decoded, pixel data not even read
     except Exception as e:  # pydicom raises many types for corrupt data
         raise ImageReadError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
+    rows, cols, frames = _check_dicom_header(head, name, max_pixels, min_side, max_aspect)
+    try:
+        ds = read()
+        if _check_dicom_header(ds, name, max_pixels, min_side, max_aspect) != (rows, cols, frames):
+            raise ImageReadError(f"{name}: the DICOM header changed while it was read")
+        one_frame = hasattr(ds, "pixel_array_options")  # pydicom >= 3 decodes one frame of many
+        if one_frame:
+            ds.pixel_array_options(index=frames // 2)  # the middle frame only
+        elif rows * cols * frames > max_pixels:  # pragma: no cover - pydicom 2.x decodes every frame
+            raise ImageReadError(
+                f"{name}: {frames} frames of {cols}x{rows} pixels are over the limit of {max_pixels} pixels"
+            )
+        arr = ds.pixel_array
+    except ImageReadError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt data
+        raise ImageReadError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
+    if arr.shape[:2] != (rows, cols) and arr.shape[1:3] != (rows, cols):  # a decoder that ignored the header
+        raise ImageReadError(f"{name}: decoded pixel data of shape {arr.shape} does not match {cols}x{rows}")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and not photometric.startswith("MONOCHROME"):
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    if not photometric.startswith("MONOCHROME") and arr.shape[-1] in (3, 4) and arr.ndim >= 3:
+        if arr.ndim == 4:  # pragma: no cover - pydicom 2.x: every frame decoded
+            arr = arr[arr.shape[0] // 2]
+        if photometric.startswith("YBR") and not one_frame:  # pragma: no cover - pydicom >= 3 returns RGB
+            from pydicom.pixel_data_handlers.util import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
+        _require_finite(arr, name)
         return to_uint8(arr[..., :3])
-    if arr.ndim == 3:  # multi-frame: take the middle frame
+    if arr.ndim == 3:  # pragma: no cover - pydicom 2.x multi-frame: take the middle frame
         arr = arr[arr.shape[0] // 2]
     out = apply_modality_lut(arr, ds).astype(np.float32)  # rescale slope/intercept (or modality LUT) -> e.g. HU
+    _require_finite(out, name)
     window = _window_of(ds)
-    if window is not None:
-        img = apply_window(out, *window)
-    elif "VOILUTSequence" in ds:
+    img = None
+    if prefer_voi_lut or window is None:  # pydicom's order: the VOI LUT Sequence first, then the window
         try:
-            item = ds.VOILUTSequence[0]
-            data = item.LUTData
-            if isinstance(data, bytes):  # stored as OW: 16-bit words (8-bit entries when the descriptor says so)
-                lut = np.frombuffer(data, dtype="<u2" if int(item.LUTDescriptor[2]) > 8 else np.uint8).astype(np.float32)
-            else:
-                lut = np.asarray(data, dtype=np.float32)
-            first = float(item.LUTDescriptor[1])  # the stored value mapped to the LUT's first entry
-            voi = lut[np.clip(np.rint(out - first), 0, len(lut) - 1).astype(np.int64)]
-            lo, hi = float(lut.min()), float(lut.max())  # the LUT's own output range, not the image's
-            img = np.clip((voi - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
-        except Exception as e:  # malformed LUT: fall back to the full range
-            log.warning("%s: VOI LUT not applied (%s); using the full intensity range", name, e)
-            img = to_uint8(out)
-    else:
-        img = to_uint8(out)  # no window in the file: the image's own min..max
+            lut = _voi_lut_of(ds)
+            if lut is not None:
+                img = apply_voi_lut_uint8(out, *lut)
+        except Exception as e:  # malformed LUT: the window if there is one, else the full range
+            log.warning("%s: VOI LUT not applied (%s); using %s", name, e,
+                        "the window" if window is not None else "the full intensity range")
+    if img is None:
+        img = apply_window(out, *window) if window is not None else to_uint8(out)  # no VOI: the image's own range
     if photometric == "MONOCHROME1":  # 0 is white: invert so that high = bright, as in MONOCHROME2
         img = 255 - img
     return img
+
+
+def _voi_lut_of(ds) -> tuple[np.ndarray, float] | None:
+    """(LUT entries, first mapped value) of the first VOI LUT Sequence item, or None (pydicom's validity rule)."""
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    item = seq[0]
+    if item.get("LUTDescriptor") is None or item.get("LUTData") is None:
+        return None
+    desc = item.LUTDescriptor
+    n = int(desc[0]) or 65536  # 0 means 2**16 entries (PS3.3 C.11.2.1.1)
+    data = item.LUTData
+    if isinstance(data, bytes):  # stored as OW: 16-bit words, as pydicom reads them (8-bit entries if packed)
+        lut = np.frombuffer(data, dtype="<u2" if len(data) >= 2 * n else np.uint8).astype(np.float32)
+    else:
+        lut = np.atleast_1d(np.asarray(data, dtype=np.float32))
+    if len(lut) < n:
+        raise ValueError(f"the VOI LUT has {len(lut)} entries, its descriptor says {n}")
+    return lut[:n], float(desc[1])
+
+
+def apply_voi_lut_uint8(x: np.ndarray, lut: np.ndarray, first: float) -> np.ndarray:
+    """Map values through a VOI LUT and scale the LUT's own output range to uint8 0..255.
+
+    Values below ``first`` take the first entry, above the last mapped value the last entry, and the integer
+    part of a value indexes the LUT, as pydicom's ``apply_voi`` does.
+
+    Example:
+        >>> apply_voi_lut_uint8(np.array([0.0, 1.0, 2.0, 9.0]), np.array([0.0, 10.0, 40.0]), first=0).tolist()
+        [0, 64, 255, 255]
+    """
+    if lut.size == 0:
+        raise ValueError("the VOI LUT has no entries")
+    idx = np.clip(np.floor(x.astype(np.float64) - first), 0, len(lut) - 1).astype(np.int64)
+    voi = lut[idx]
+    lo, hi = float(lut.min()), float(lut.max())  # the LUT's own output range, not the image's
+    return np.clip((voi - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _first(v) -> float | None:
@@ -184,24 +357,44 @@ def apply_window(x: np.ndarray, center: float, width: float, function: str = "LI
     return np.clip(np.floor(y * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
-def load_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode an image held in memory; the format is taken from its bytes, not its name."""
+def load_image_bytes(
+    data: bytes,
+    name: str = "<bytes>",
+    max_pixels: int = MAX_PIXELS,
+    *,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+    prefer_voi_lut: bool = PREFER_VOI_LUT,
+) -> np.ndarray:
+    """Decode an image held in memory; the format is taken from its bytes, not its name.
+
+    Args:
+        data: the file's bytes.
+        name: the file, for messages.
+        max_pixels: largest width x height decoded (checked from the header, before decoding).
+        min_side: smallest side in pixels.
+        max_aspect: largest ratio of the long side to the short one.
+        prefer_voi_lut: DICOM with both a VOI LUT and a window: apply the LUT (see :func:`read_dicom`).
+
+    Raises:
+        ImageReadError: one line naming the file.
+
+    Example:
+        >>> load_image_bytes(Path("scan.png").read_bytes(), "scan.png").dtype  # doctest: +SKIP
+        dtype('uint8')
+    """
     if not data:
         raise ImageReadError(f"{name}: empty file")
     if is_dicom_bytes(data[:132]):
-        img = read_dicom(data, name)
-        if img.shape[0] * img.shape[1] > max_pixels:
-            raise ImageReadError(f"{name}: image is {img.shape[1]}x{img.shape[0]} pixels, over the limit of {max_pixels}")
-        return img
+        return read_dicom(data, name, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect,
+                          prefer_voi_lut=prefer_voi_lut)
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageReadError(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels}")
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            check_dimensions(*img.size, name, max_pixels, min_side, max_aspect)
             img.load()
-            return from_pil(img, max_pixels)
+            return from_pil(img, max_pixels, name, min_side, max_aspect)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:  # Pillow refuses huge images from their header alone
@@ -210,8 +403,28 @@ def load_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_P
         raise ImageReadError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(
+    path: str | Path,
+    max_pixels: int = MAX_PIXELS,
+    *,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+    prefer_voi_lut: bool = PREFER_VOI_LUT,
+) -> np.ndarray:
     """Read an image file into uint8 (H, W) or (H, W, 3).
+
+    A DICOM file (``DICM`` magic, or a ``.dcm`` name) has its header read and checked before its pixel data is
+    read at all; other formats are checked from the header Pillow reads before decoding.
+
+    Args:
+        path: the image file.
+        max_pixels: largest width x height decoded.
+        min_side: smallest side in pixels.
+        max_aspect: largest ratio of the long side to the short one.
+        prefer_voi_lut: DICOM with both a VOI LUT and a window: apply the LUT (see :func:`read_dicom`).
+
+    Raises:
+        ImageReadError: one line naming the file.
 
     Example:
         >>> img = load_image("scan.png")  # doctest: +SKIP
@@ -220,15 +433,20 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            head = f.read(132)
     except FileNotFoundError:
         raise ImageReadError(f"{p}: image file not found") from None
     except OSError as e:
         raise ImageReadError(f"{p}: cannot read ({e})") from None
-    if p.suffix.lower() == ".dcm" and data and not is_dicom_bytes(data[:132]):
-        # a .dcm without the 128-byte preamble and DICM magic (older or raw exports): still DICOM
-        img = read_dicom(data, str(p))
-        if img.shape[0] * img.shape[1] > max_pixels:
-            raise ImageReadError(f"{p}: image is {img.shape[1]}x{img.shape[0]} pixels, over the limit of {max_pixels}")
-        return img
-    return load_image_bytes(data, str(p), max_pixels)
+    if head and (is_dicom_bytes(head) or p.suffix.lower() == ".dcm"):
+        # by path, so that pydicom reads the header alone first; a .dcm without the 128-byte preamble and DICM
+        # magic (older or raw exports) is still DICOM
+        return read_dicom(p, str(p), max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect,
+                          prefer_voi_lut=prefer_voi_lut)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageReadError(f"{p}: cannot read ({e})") from None
+    return load_image_bytes(data, str(p), max_pixels, min_side=min_side, max_aspect=max_aspect,
+                            prefer_voi_lut=prefer_voi_lut)

@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from medlens._atomic import chmod_as_created
+
 log = logging.getLogger("medlens.train")
 
 
@@ -72,6 +74,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            chmod_as_created(tmp)  # mkstemp makes 0600: the user's umask decides, as for any file
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()

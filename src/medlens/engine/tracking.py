@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import lightning as L
 
 from medlens._atomic import atomic_open
+from medlens.config import REDACTED, redact_secrets, redact_url
 from medlens.engine.distributed import env_is_global_zero
 from medlens.registry import Registry
 from medlens.runs import TRACKING, collect_environment, flatten, write_environment
@@ -117,7 +118,8 @@ def _mlflow_logger(cfg, run_dir: Path, previous: dict[str, Any]):
     _quiet_mlflow()
     uri = mlflow_uri_for(cfg)
     prev = previous.get("mlflow") or {}
-    run_id = prev.get("run_id") if prev.get("tracking_uri") == uri else None
+    # tracking.json keeps the URI with its password redacted: the same store when the redacted forms agree
+    run_id = prev.get("run_id") if redact_url(prev.get("tracking_uri") or "") == redact_url(uri) else None
     return MLFlowLogger(
         experiment_name=cfg.tracking.experiment, run_name=run_dir.name, tracking_uri=uri,
         tags={"medlens.run_dir": str(run_dir.resolve())}, artifact_location=_mlflow_artifact_location(uri),
@@ -246,6 +248,33 @@ def _logger_info(logger) -> dict[str, Any]:
     return {}
 
 
+def config_params(cfg) -> dict[str, Any]:
+    """The run config as tracker parameters: ``section.key`` names, lists and dicts as JSON, secrets as ``***``.
+
+    Every backend (MLflow params, TensorBoard/CSV ``hparams.yaml``, W&B config) receives this, never the raw
+    config: a password in ``data.url`` or ``tracking.mlflow_uri`` must not be written to a tracking store.
+
+    Example:
+        >>> config_params(cfg)["data.url"]  # doctest: +SKIP
+        'postgresql+psycopg://ana:***@db/images'
+    """
+    data = redact_secrets(cfg.model_dump(mode="json"))
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(data).items()}
+
+
+def _live_mlflow_uri(stored: str) -> str:
+    """The usable URI for one that ``tracking.json`` recorded with its password redacted: ``$MLFLOW_TRACKING_URI``."""
+    if REDACTED not in stored:
+        return stored
+    env = os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if env and redact_url(env) == stored:
+        return env
+    raise ValueError(
+        f"tracking.json records the MLflow store as {stored!r} (password not saved); set MLFLOW_TRACKING_URI to the "
+        "full URI to add to that run"
+    )
+
+
 class RunRecorder(L.Callback):
     """At the start of fit, on global rank 0 only: write ``environment.json`` (the reproducibility record),
     send the flattened config to every logger as parameters, and write ``tracking.json``.
@@ -271,7 +300,7 @@ class RunRecorder(L.Callback):
         if not trainer.is_global_zero:
             return
         write_environment(self.run_dir, collect_environment(self.cfg, trainer), self.resume)
-        params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(self.cfg.model_dump(mode="json")).items()}
+        params = config_params(self.cfg)
         info: dict[str, Any] = {}
         for lg in trainer.loggers:
             kind = _backend_of(lg)
@@ -306,7 +335,7 @@ def _log_resumed_mlflow_params(logger, params: dict[str, Any]) -> None:
 def _write_tracking(run_dir: Path, info: dict[str, Any]) -> None:
     from medlens.bundle import write_json_atomic
 
-    write_json_atomic(Path(run_dir) / TRACKING, info)
+    write_json_atomic(Path(run_dir) / TRACKING, redact_secrets(info))  # no tracking-store password at rest
 
 
 def _tag_mlflow(info: dict[str, Any], run_dir: Path) -> None:
@@ -402,15 +431,18 @@ def log_run_artifacts(run_dir: str | Path, paths: list[str | Path], artifact_pat
     from mlflow.tracking import MlflowClient
 
     _quiet_mlflow()
-    client = MlflowClient(info["tracking_uri"])
+    _log_artifacts_to(MlflowClient(_live_mlflow_uri(info["tracking_uri"])), info["run_id"], paths, artifact_path)
+    return ["mlflow"]
+
+
+def _log_artifacts_to(client, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
     for p in map(Path, paths):
         if p.is_dir():
-            client.log_artifacts(info["run_id"], str(p), artifact_path or p.name)
+            client.log_artifacts(run_id, str(p), artifact_path or p.name)
         elif p.is_file():
-            client.log_artifact(info["run_id"], str(p), artifact_path)
+            client.log_artifact(run_id, str(p), artifact_path)
         else:
             raise FileNotFoundError(f"artifact not found: {p}")
-    return ["mlflow"]
 
 
 def _finish_mlflow(info: dict[str, Any], run_dir: Path, final: dict[str, float], step: int) -> None:
@@ -425,7 +457,7 @@ def _finish_mlflow(info: dict[str, Any], run_dir: Path, final: dict[str, float],
     items = [Metric(key=k, value=v, timestamp=ts, step=step) for k, v in final.items()]
     for i in range(0, len(items), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=items[i : i + 1000])
-    log_run_artifacts(run_dir, _artifacts(run_dir))
+    _log_artifacts_to(client, run_id, _artifacts(run_dir))
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -465,9 +497,10 @@ def finish_tracking(cfg, loggers: list, run_dir: Path, metrics: dict[str, Any]) 
         kind = _backend_of(lg)
         try:
             if kind == "mlflow":
-                mi = info.get("mlflow") or _logger_info(lg)
+                mi = dict(info.get("mlflow") or _logger_info(lg))
                 info["mlflow"] = mi
-                _finish_mlflow(mi, run_dir, final, step)
+                live = getattr(lg, "_tracking_uri", None)  # the file's copy has its password redacted
+                _finish_mlflow({**mi, "tracking_uri": live or _live_mlflow_uri(mi["tracking_uri"])}, run_dir, final, step)
             elif kind == "wandb":
                 _finish_wandb(lg, run_dir, final)
             elif kind == "csv":  # appended by hand: a CSVLogger made in another process would drop the file

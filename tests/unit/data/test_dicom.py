@@ -131,3 +131,47 @@ def test_apply_window_functions() -> None:
     assert apply_window(x, 0, 200, "LINEAR_EXACT").tolist() == [0, 128, 255]
     s = apply_window(x, 0, 200, "SIGMOID")
     assert s[0] < 128 < s[2] and s[1] == 128
+
+
+def _lut_item(curve: np.ndarray, first: int) -> Dataset:
+    lut = Dataset()
+    lut.add_new((0x0028, 0x3002), "US", [len(curve), first, 16])  # LUT Descriptor: entries, first value, bits
+    lut.add_new((0x0028, 0x3006), "US", [int(v) for v in curve])  # LUT Data
+    return lut
+
+
+def test_voi_lut_is_preferred_over_the_window_as_pydicom_does(tmp_path: Path) -> None:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    stored = ramp(0, 300, np.uint16)  # values below the LUT's first entry (10) and past its last (265)
+    curve = (np.arange(256) ** 2 // 16).astype(np.uint16)
+    p = make_dicom(tmp_path / "both.dcm", stored, VOILUTSequence=[_lut_item(curve, 10)], WindowCenter=100, WindowWidth=50)
+    ds = pydicom.dcmread(p)
+    voi = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=True).astype(np.float64)
+    lo, hi = float(curve.min()), float(curve.max())  # scaled over the LUT's own output range, as medlens does
+    expected = np.clip(np.floor((voi - lo) * 255.0 / (hi - lo) + 0.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(load_image(p), expected)
+    assert load_image(p).min() == 0 and load_image(p).max() == 255
+    # the switch: the window instead, as apply_voi_lut(prefer_lut=False) chooses
+    np.testing.assert_array_equal(load_image(p, prefer_voi_lut=False), apply_window(stored.astype(float), 100, 50))
+    np.testing.assert_array_equal(load_image_bytes(p.read_bytes(), "b.dcm", prefer_voi_lut=False),
+                                  apply_window(stored.astype(float), 100, 50))
+
+
+def test_malformed_voi_lut_falls_back_to_the_window(tmp_path: Path, caplog) -> None:
+    stored = ramp(0, 300, np.uint16)
+    lut = Dataset()
+    lut.add_new((0x0028, 0x3002), "US", [256, 0, 16])
+    lut.add_new((0x0028, 0x3006), "OW", b"\x00\x01")  # 2 bytes: far fewer entries than the 256 promised
+    p = make_dicom(tmp_path / "bad_lut.dcm", stored, VOILUTSequence=[lut], WindowCenter=100, WindowWidth=50)
+    np.testing.assert_array_equal(load_image(p), apply_window(stored.astype(float), 100, 50))
+    assert "bad_lut.dcm: VOI LUT not applied (the VOI LUT has 2 entries, its descriptor says 256); using the window" in caplog.text
+
+
+def test_ybr_full_dicom_is_converted_to_rgb_once(tmp_path: Path) -> None:
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 200, 50
+    p = make_dicom(tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL"), photometric="YBR_FULL")
+    assert np.abs(load_image(p).astype(int) - rgb).max() <= 2

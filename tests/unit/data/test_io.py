@@ -17,7 +17,7 @@ from medlens.data.samples import SampleTable
 from medlens.data.transforms import make_transform, resolve_preprocessing
 
 
-def grad(h: int = 6, w: int = 10) -> np.ndarray:
+def grad(h: int = 8, w: int = 10) -> np.ndarray:
     return (np.arange(h * w).reshape(h, w) * 4).astype(np.uint8)
 
 
@@ -28,32 +28,32 @@ def test_8bit_grey_is_unchanged(tmp_path: Path) -> None:
 
 
 def test_16bit_grey_is_scaled_to_its_range(tmp_path: Path) -> None:
-    a = np.linspace(1000, 5000, 60).reshape(6, 10).astype(np.uint16)
+    a = np.linspace(1000, 5000, 80).reshape(8, 10).astype(np.uint16)
     Image.fromarray(a).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")
     img = load_image(tmp_path / "g16.png")
-    assert img.dtype == np.uint8 and img.shape == (6, 10)
+    assert img.dtype == np.uint8 and img.shape == (8, 10)
     assert img.min() == 0 and img.max() == 255
     assert np.all(np.diff(img.ravel().astype(int)) >= 0)  # order preserved
 
 
 def test_rgb_rgba_la_palette_and_1bit(tmp_path: Path) -> None:
-    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb = np.zeros((8, 10, 3), np.uint8)
     rgb[..., 1] = 200
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(load_image(tmp_path / "rgb.png"), rgb)
-    rgba = np.dstack([rgb, np.full((4, 5), 255, np.uint8)])
+    rgba = np.dstack([rgb, np.full((8, 10), 255, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     np.testing.assert_array_equal(load_image(tmp_path / "rgba.png"), rgb)  # alpha dropped, shape (H, W, 3)
-    Image.fromarray(grad(4, 5)).convert("LA").save(tmp_path / "la.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "la.png"), grad(4, 5))
+    Image.fromarray(grad(8, 10)).convert("LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "la.png"), grad(8, 10))
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     pal.save(tmp_path / "p.png")
     out = load_image(tmp_path / "p.png")
-    assert out.shape == (4, 5, 3) and abs(int(out[0, 0, 1]) - 200) <= 2
-    Image.fromarray((grad(4, 5) > 40).astype(np.uint8) * 255).convert("1").save(tmp_path / "b.png")
+    assert out.shape == (8, 10, 3) and abs(int(out[0, 0, 1]) - 200) <= 2
+    Image.fromarray((grad(8, 10) > 40).astype(np.uint8) * 255).convert("1").save(tmp_path / "b.png")
     b = load_image(tmp_path / "b.png")
-    assert b.shape == (4, 5) and set(np.unique(b).tolist()) <= {0, 255}
+    assert b.shape == (8, 10) and set(np.unique(b).tolist()) <= {0, 255}
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

@@ -194,6 +194,15 @@ def test_password_from_env_or_file_never_in_safe_url(tmp_path: Path, monkeypatch
     assert "hunter2" not in db.safe_url_text("postgresql://bob:hunter2@h/db")
 
 
+def test_a_redacted_url_from_a_saved_config_takes_the_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # config.yaml and the manifest keep data.url as user:***@host: "***" is no password, the variable fills it in
+    monkeypatch.setenv("PGPW_TEST", "s3cr3t!")
+    u = db.resolve_url("postgresql://alice:***@db/pacs", password_env="PGPW_TEST")
+    assert u.password == "s3cr3t!"
+    u = db.resolve_url("postgresql://alice@db/pacs?password=***&sslmode=require", password_env="PGPW_TEST")
+    assert u.password == "s3cr3t!" and dict(u.query) == {"sslmode": "require"}
+
+
 class FakePostgres:
     """A socket that speaks just enough of the PostgreSQL protocol to refuse a password (SQLSTATE 28P01)."""
 

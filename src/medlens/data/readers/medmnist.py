@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens._atomic import chmod_as_created
 from medlens.data.labels import LabelSpace
 from medlens.data.readers import READERS
 from medlens.data.samples import SampleTable
@@ -94,6 +95,7 @@ def download_medmnist(flag: str, size: int, root: Path, timeout: float = 30.0) -
     expected = MEDMNIST_INFO[flag][2].get(size)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
     try:
+        chmod_as_created(tmp)  # a shared data cache: the user's umask decides, not mkstemp's 0600
         log.info("downloading %s", url)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - fixed https URL
             while block := resp.read(1 << 20):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from medlens._atomic import atomic_open, chmod_as_created, jsonable, write_json_atomic
+from medlens._atomic import chmod_as_created, jsonable, write_json_atomic
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import Preprocessing
 from medlens.runfolder import replace_dir_atomically, restore_interrupted_replace

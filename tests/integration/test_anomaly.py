@@ -34,9 +34,9 @@ def _pneumonia(tmp_path, npz, **sections):
 
 @pytest.mark.parametrize("path", ANOMALY_CONFIGS, ids=lambda p: p.name)
 def test_shipped_anomaly_configs_load(path):
-    from medlens.tasks.anomaly import architecture_for_anomaly
     from medlens.engine.trainer import monitor_for
     from medlens.tasks import get_task
+    from medlens.tasks.anomaly import architecture_for_anomaly
 
     cfg = load_config(path)
     assert cfg.data.task == "anomaly" and cfg.data.normal_label
@@ -46,8 +46,8 @@ def test_shipped_anomaly_configs_load(path):
 
 
 def test_unet_skip_levels_come_from_the_config(tmp_path):
-    from medlens.tasks.anomaly import architecture_for_anomaly
     from medlens.models import create_model
+    from medlens.tasks.anomaly import architecture_for_anomaly
 
     src = {"kind": "synthetic", "num_samples": 20}
     assert architecture_for_anomaly(_cfg(tmp_path, src, model={"autoencoder": "unet", "ae_depth": 3}))["skip_levels"] == [2]
@@ -60,8 +60,8 @@ def test_unet_skip_levels_come_from_the_config(tmp_path):
 @pytest.mark.slow
 def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumonia_npz, monkeypatch):
     import medlens
-    from medlens.tasks.anomaly.module import ReconstructionModule as ReconstructionTask
     from medlens.inference import Predictor
+    from medlens.tasks.anomaly.module import ReconstructionModule as ReconstructionTask
 
     seen: list[np.ndarray] = []
     check = ReconstructionTask.check_normal

@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 from medlens.cli import app
 from medlens.config import config_from_dict, load_config
-from medlens.data.splits import FoldLeakError, check_disjoint_folds, fold_plan, fold_splits
 from medlens.data.readers import read_dataset
-from medlens.data.splits import find_group_leaks
+from medlens.data.splits import FoldLeakError, check_disjoint_folds, find_group_leaks, fold_plan, fold_splits
 from tests.conftest import ROOT, tiny_config
 from tests.integration.test_report import nih_data
 

@@ -20,8 +20,8 @@ from medlens.config import config_from_dict
 from medlens.data.metadata import MetadataEncoder
 from medlens.data.readers import read_dataset
 from medlens.data.transforms import make_transform
-from medlens.models import create_model
 from medlens.inference import Predictor
+from medlens.models import create_model
 from medlens.training import train
 from tests.conftest import tiny_config
 

@@ -11,8 +11,8 @@ import pytest
 
 from medlens.bundle import read_manifest
 from medlens.clinical_report import DISCLAIMER, image_report_html, image_report_pdf, write_reports
-from medlens.interpret import explain
 from medlens.inference import Prediction, Predictor
+from medlens.interpret import explain
 from tests.unit._bundles import random_bundle
 
 

@@ -15,10 +15,10 @@ from torch import nn
 from medlens.bundle import Manifest, save_bundle
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import make_transform, resolve_preprocessing
-from medlens.interpret import Explanation, explain, list_methods, overlay_png, write_explanations
-from medlens.tasks.classification.cam import default_labels, find_target_layer
-from medlens.models import create_model
 from medlens.inference import Prediction, Predictor
+from medlens.interpret import Explanation, explain, list_methods, overlay_png, write_explanations
+from medlens.models import create_model
+from medlens.tasks.classification.cam import default_labels, find_target_layer
 from tests.unit._bundles import random_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from medlens.bundle import MANIFEST, WEIGHTS, BundleError, read_manifest
-from medlens.inference.onnx import OnnxPredictor
 from medlens.export import ONNX_FILE, export_onnx
 from medlens.inference import Predictor
+from medlens.inference.onnx import OnnxPredictor
 from tests.unit._bundles import random_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,9 +23,9 @@ LARGE = 96  # above this input size, compare on a subset of the test images (a 2
 
 def _config_architectures() -> list[tuple[str, dict, str]]:
     """(id, architecture dict, task) for each distinct network in configs/*.yaml, as training would build it."""
-    from medlens.config import load_config
     from types import SimpleNamespace
 
+    from medlens.config import load_config
     from medlens.data.labels import LabelSpace
     from medlens.tasks import get_task
     from medlens.tasks.anomaly import architecture_for_anomaly

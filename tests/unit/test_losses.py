@@ -163,3 +163,114 @@ def test_registry_names_and_errors():
         create_loss("ce", "binary")
     assert isinstance(create_loss("auto", "multiclass"), SoftCrossEntropy)
     assert isinstance(create_loss("auto", "multilabel"), MaskedBCE)
+
+
+# ------------------------------------------------------------------ focal loss composes with every option
+_LOGITS = np.array([[2.0, -1.0, 0.3], [0.5, 3.0, -0.7]])
+_TARGETS = np.array([[1.0, 0.0, NAN], [0.0, 1.0, 1.0]])  # one unknown entry
+
+
+def _np_focal(z: np.ndarray, y: np.ndarray, gamma: float = 2.0, alpha: float | None = None, pos_weight=None, weight=None, eps: float = 0.0) -> float:
+    """Sigmoid focal loss by hand: each known entry's term, averaged over the known entries."""
+    known = ~np.isnan(y)
+    total = 0.0
+    for i, k in zip(*np.nonzero(known), strict=True):
+        p = 1.0 / (1.0 + np.exp(-z[i, k]))
+        t = y[i, k] * (1 - eps) + eps / 2  # label smoothing for a sigmoid output
+        pw = 1.0 if pos_weight is None else pos_weight[k]
+        ce = -(pw * t * np.log(p) + (1 - t) * np.log(1 - p))
+        p_t = p * t + (1 - p) * (1 - t)
+        a_t = 1.0 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
+        if weight is None:
+            w = 1.0
+        elif np.ndim(weight) == 1:
+            w = weight[k]
+        else:  # (2, K): negatives, positives
+            w = weight[0][k] * (1 - t) + weight[1][k] * t
+        total += w * a_t * (1 - p_t) ** gamma * ce
+    return total / known.sum()
+
+
+def _focal(**kw) -> float:
+    t = torch.tensor(_TARGETS, dtype=torch.float32)
+    return float(create_loss("focal", "multilabel", **kw)(torch.tensor(_LOGITS, dtype=torch.float32), t, ~torch.isnan(t)))
+
+
+def test_focal_pos_weight_weighs_the_positive_term():
+    pw = np.array([3.0, 0.5, 2.0])
+    base, got = _focal(gamma=2.0), _focal(gamma=2.0, pos_weight=torch.tensor(pw))
+    assert got == pytest.approx(_np_focal(_LOGITS, _TARGETS, 2.0, pos_weight=pw), rel=1e-5)
+    assert got != pytest.approx(base, rel=1e-3)
+    # a hard positive: -pos_weight * (1 - p) ** gamma * log(p); a negative is untouched
+    p = _sig(2.0)
+    one = FocalLoss(gamma=2.0, pos_weight=torch.tensor([3.0]))(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[True]]))
+    assert float(one) == pytest.approx(-3.0 * (1 - p) ** 2 * math.log(p), rel=1e-5)
+    neg = FocalLoss(gamma=2.0, pos_weight=torch.tensor([3.0]))(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[True]]))
+    assert float(neg) == pytest.approx(-(p**2) * math.log(1 - p), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [np.array([1.0, 4.0, 0.5]), np.array([[0.5, 1.0, 2.0], [2.0, 1.0, 0.25]])], ids=["per-label", "neg-pos"])
+def test_focal_class_weights(weight):
+    got = _focal(gamma=2.0, weight=torch.tensor(weight, dtype=torch.float32))
+    assert got == pytest.approx(_np_focal(_LOGITS, _TARGETS, 2.0, weight=weight), rel=1e-5)
+    assert got != pytest.approx(_focal(gamma=2.0), rel=1e-3)
+
+
+def test_focal_label_smoothing_smooths_the_targets():
+    got = _focal(gamma=2.0, label_smoothing=0.2)
+    assert got == pytest.approx(_np_focal(_LOGITS, _TARGETS, 2.0, eps=0.2), rel=1e-5)
+    assert got != pytest.approx(_focal(gamma=2.0), rel=1e-3)
+
+
+def test_focal_all_options_together_and_the_unknown_mask():
+    pw, w = np.array([3.0, 0.5, 2.0]), np.array([[0.5, 1.0, 2.0], [2.0, 1.0, 0.25]])
+    kw = dict(gamma=1.5, alpha=0.25, pos_weight=torch.tensor(pw, dtype=torch.float32), weight=torch.tensor(w, dtype=torch.float32), label_smoothing=0.1)
+    got = _focal(**kw)
+    assert got == pytest.approx(_np_focal(_LOGITS, _TARGETS, 1.5, 0.25, pw, w, 0.1), rel=1e-5)
+    # the unknown entry contributes nothing: any logit there gives the same loss, and no gradient
+    z = torch.tensor(_LOGITS, dtype=torch.float32)
+    z[0, 2] = 40.0
+    z.requires_grad_(True)
+    t = torch.tensor(_TARGETS, dtype=torch.float32)
+    value = create_loss("focal", "multilabel", **kw)(z, t, ~torch.isnan(t))
+    value.backward()
+    assert float(value) == pytest.approx(got, rel=1e-6) and float(z.grad[0, 2]) == 0.0
+
+
+def test_bce_label_smoothing_smooths_the_targets():
+    t = torch.tensor(_TARGETS, dtype=torch.float32)
+    z = torch.tensor(_LOGITS, dtype=torch.float32)
+    got = float(create_loss("bce", "multilabel", label_smoothing=0.2)(z, t, ~torch.isnan(t)))
+    assert got == pytest.approx(_np_focal(_LOGITS, _TARGETS, 0.0, eps=0.2), rel=1e-5)  # gamma 0: BCE
+    assert got != pytest.approx(float(create_loss("bce", "multilabel")(z, t, ~torch.isnan(t))), rel=1e-3)
+
+
+def test_multiclass_focal_label_smoothing_and_class_weights():
+    z = np.array([[1.0, -0.5, 0.2], [0.1, 0.4, 2.0], [0.0, 0.0, 0.0]])
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [NAN, NAN, NAN]])  # the last row is unknown
+    w, eps, gamma = np.array([2.0, 1.0, 0.5]), 0.3, 2.0
+    total = 0.0
+    for i in range(2):
+        logp = z[i] - np.log(np.exp(z[i]).sum())
+        t = y[i] * (1 - eps) + eps / 3  # eps / K for softmax
+        total += -(t * (1 - np.exp(logp)) ** gamma * logp * w).sum()
+    expected = total / 2
+    zt, yt = torch.tensor(z, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    rows = ~torch.isnan(yt).all(dim=1)
+    loss = create_loss("focal", "multiclass", gamma=gamma, weight=torch.tensor(w, dtype=torch.float32), label_smoothing=eps)
+    assert float(loss(zt, yt, rows)) == pytest.approx(expected, rel=1e-5)
+    plain = float(create_loss("focal", "multiclass", gamma=gamma)(zt, yt, rows))
+    assert plain != pytest.approx(expected, rel=1e-3)
+
+
+def test_options_that_cannot_act_are_refused():
+    with pytest.raises(ValueError, match="optim.pos_weight .* use optim.class_weights"):
+        create_loss("focal", "multiclass", pos_weight=torch.tensor([2.0, 1.0]))
+    with pytest.raises(ValueError, match="optim.pos_weight"):
+        create_loss("ce", "multiclass", pos_weight=torch.tensor([2.0, 1.0]))
+    with pytest.raises(ValueError, match="optim.focal_alpha acts only with optim.loss: focal"):
+        create_loss("bce", "multilabel", alpha=0.25)
+    with pytest.raises(ValueError, match="optim.focal_alpha"):
+        create_loss("auto", "multiclass", alpha=0.25)
+    with pytest.raises(ValueError, match="optim.focal_alpha"):
+        create_loss("focal", "multiclass", alpha=0.25)

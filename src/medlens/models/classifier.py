@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,11 @@ class ImageClassifier(nn.Module):
         backbone: a timm model name (``resnet18``, ``efficientnet_b0``, ``convnext_nano``, ...).
         num_outputs: logits (1 for binary, one per class or label otherwise).
         in_chans: 1 for grey, 3 for colour.
-        pretrained: load timm's hub weights (network needed on first use).
+        pretrained: ``False``; ``True`` for timm's default pretrained tag of the backbone; a Hugging Face hub id
+            (``timm/resnet18.tv_in1k``); or a local ``.safetensors``/``.pth``/``.bin`` file (see
+            :mod:`medlens.models.pretrained`). Hub weights come from the Hugging Face cache (``HF_HOME``),
+            downloaded on first use unless ``HF_HUB_OFFLINE=1``. A 3-channel first convolution is summed over
+            RGB for ``in_chans=1``. What was loaded is in :attr:`pretrained_info` (source, revision, sha256).
         image_size: input size, used to adapt the stem for small images.
         small_input: ``auto``, True, False, or a stride reduction 1/2/4 (see :func:`stem_reduction`).
 
@@ -86,7 +91,7 @@ class ImageClassifier(nn.Module):
         backbone: str = "resnet18",
         num_outputs: int = 1,
         in_chans: int = 3,
-        pretrained: bool = False,
+        pretrained: bool | str = False,
         image_size: int = 224,
         small_input: bool | str | int = "auto",
         drop_rate: float = 0.0,
@@ -95,11 +100,45 @@ class ImageClassifier(nn.Module):
         super().__init__()
         import timm
 
-        kw = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
-        self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kw)
+        from medlens.models.pretrained import (
+            PretrainedWeightsError,
+            missing_backbone_weights,
+            pretrained_record,
+            resolve_pretrained,
+        )
+
+        kw: dict[str, Any] = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+        info = resolve_pretrained(backbone, pretrained)
+        #: ``{"source", "revision", "sha256"}`` of the pretrained weights loaded, or None (random initialisation)
+        self.pretrained_info: dict[str, Any] | None = pretrained_record(info)
+        if info is None:
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
+        else:
+            if not timm.is_model(backbone):
+                raise ValueError(f"model.backbone: unknown timm model {backbone!r}")
+            try:  # timm's own loader: drops the classifier, adapts the first convolution to in_chans
+                self.backbone = timm.create_model(
+                    backbone, pretrained=True, pretrained_cfg_overlay={"file": info["file"]}, num_classes=0, in_chans=in_chans, **kw,
+                )
+            except (RuntimeError, ValueError, OSError, KeyError) as e:
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise PretrainedWeightsError(f"model.pretrained: {info['file']} ({info['source']}) does not load into backbone {backbone!r}: {first}") from None
+            # timm loads non-strictly once the classifier is dropped: every backbone tensor must be in the file
+            missing = missing_backbone_weights(list(self.backbone.state_dict()), info["file"])
+            if missing:
+                raise PretrainedWeightsError(
+                    f"model.pretrained: {info['file']} ({info['source']}) lacks {len(missing)} tensors of backbone {backbone!r}, e.g. {missing[:3]}; "
+                    "for checkpoints with other tensor names (module./encoder. prefixes) use model.checkpoint"
+                )
+            log.info("backbone %s: pretrained weights %s (sha256 %s)", backbone, info["source"], info["sha256"][:12])
         red = stem_reduction(image_size, small_input)
+        before = dict(self.backbone.named_parameters())
         if red > 1 and not adapt_stem(self.backbone, red):
             log.warning("small-input stem adaptation is not supported for %s; using the stock stem", backbone)
+        if info is not None:
+            fresh = [n for n, p in self.backbone.named_parameters() if before.get(n) is not p]
+            if fresh:  # e.g. ResNet's 7x7 stem conv replaced by a 3x3 stride-1 conv for 28-32 px inputs
+                log.info("backbone %s: the small-input stem replaced %s (newly initialised); every other layer is pretrained", backbone, fresh)
         # the width of the pooled vector the head sees: MobileNetV3 pools 576 channels and then widens them to
         # 1024 in its own conv head (timm's head_hidden_size); most families have the two equal
         self.num_features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)

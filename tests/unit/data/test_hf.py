@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,6 @@ datasets = pytest.importorskip("datasets")
 
 from medlens.config import config_from_dict  # noqa: E402
 from medlens.data.io import load_image  # noqa: E402
-from medlens.data.labels import LabelError  # noqa: E402
 from medlens.data.readers import read_dataset  # noqa: E402
 from medlens.data.readers.hf import resolve_format  # noqa: E402
 
@@ -96,8 +96,18 @@ def test_missing_column_and_unknown_label_are_clear(tmp_path: Path) -> None:
     ds.to_parquet(str(tmp_path / "d.parquet"))
     with pytest.raises(KeyError, match="column 'label' \\(data.label_column\\) not found"):
         read_dataset(hf_cfg(path=str(tmp_path / "d.parquet"), cache_dir=str(tmp_path / "c")))
-    with pytest.raises(LabelError, match="'a'"):
-        read_dataset(hf_cfg(path=str(tmp_path / "d.parquet"), label_column="y", label_names=["b", "c"], cache_dir=str(tmp_path / "c")))
+
+
+def test_a_class_outside_label_names_is_filtered_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": png_bytes(i), "path": None} for i in range(4)], "y": ["a", "b", "c", "b"]},
+                                    features=datasets.Features({"image": datasets.Image(), "y": datasets.Value("string")}))
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    with caplog.at_level(logging.WARNING, logger="medlens.data"):
+        t = read_dataset(hf_cfg(path=str(tmp_path / "d.parquet"), label_column="y", label_names=["c", "b"], cache_dir=str(tmp_path / "c")))
+    assert t.label_space.names == ("c", "b") and t.label_space.task == "binary"
+    assert t.class_index().tolist() == [1, 0, 1] and t.ids.tolist() == ["1", "2", "3"]  # row 0 ('a') is left out
+    msgs = [r.getMessage() for r in caplog.records if "outside data.label_names" in r.getMessage()]
+    assert len(msgs) == 1 and "1 rows" in msgs[0] and "{'a': 1}" in msgs[0] and "rows are dropped" in msgs[0]
 
 
 def test_format_resolution_for_hub_names_and_missing_paths(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def test_hand_built_rle_dicom_decodes(tmp_path: Path) -> None:
     assert pydicom.dcmread(p).file_meta.TransferSyntaxUID == RLELossless
     expected = np.repeat(np.array(rows, np.uint8)[:, None], 24, axis=1)
     np.testing.assert_array_equal(pydicom.dcmread(p).pixel_array, expected)
-    np.testing.assert_array_equal(load_image(p), mio._to_uint8(expected.astype(np.float32)))  # min..max scaled
+    np.testing.assert_array_equal(load_image(p), mio.to_uint8(expected.astype(np.float32)))  # min..max scaled
 
 
 @pytest.mark.parametrize(("rows", "cols", "message"), [

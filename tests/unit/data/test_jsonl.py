@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from medlens.config import config_from_dict
-from medlens.data.labels import LabelError
 from medlens.data.readers import read_dataset
 
 
@@ -106,9 +105,13 @@ def test_a_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
         read_dataset(data_cfg(path=str(p)))
 
 
-def test_unknown_label_in_a_row_names_line_and_label(kvasir: Path) -> None:
-    with pytest.raises(LabelError, match=r"line 4: unknown label 'ulcer'"):
-        read_dataset(data_cfg(path=str(kvasir), image_root=str(kvasir.parent / "images"), label_names=["blood", "polyp"]))
+def test_a_label_outside_label_names_is_filtered_with_one_warning(kvasir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="medlens.data"):
+        t = read_dataset(data_cfg(path=str(kvasir), image_root=str(kvasir.parent / "images"), label_names=["blood", "polyp"]))
+    assert t.label_space.names == ("blood", "polyp") and len(t) == 4  # multi-label: the row stays, without 'ulcer'
+    assert t.targets.tolist() == [[1, 1], [0, 1], [0, 0], [0, 0]]
+    msgs = [r.getMessage() for r in caplog.records if "outside data.label_names" in r.getMessage()]
+    assert len(msgs) == 1 and "1 rows" in msgs[0] and "{'ulcer': 1}" in msgs[0] and "line 4" in msgs[0]
 
 
 def test_missing_image_is_an_error_or_a_listed_skip(kvasir: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import urllib.request
 from pathlib import Path
 
@@ -195,19 +196,25 @@ def test_csv_bad_value_in_label_column_names_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("multi", [False, True])
-def test_csv_unknown_label_value_names_file_row_and_value(tmp_path: Path, multi: bool) -> None:
+def test_csv_label_outside_label_names_is_filtered_with_one_warning_naming_file_row_and_value(
+    tmp_path: Path, multi: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     names = _images(tmp_path, 4)
     rows = ["normal", "pneumonia", "pnuemonia", "normal"] if not multi else ["Mass", "Effusion|Mass", "No Finding", "Mass|Efusion"]
     (tmp_path / "l.csv").write_text("path,label\n" + "\n".join(f"{n},{r}" for n, r in zip(names, rows, strict=True)) + "\n")
     label_names = ["normal", "pneumonia"] if not multi else ["Effusion", "Mass"]
     extra = {"no_finding": "No Finding"} if multi else {}
-    with pytest.raises(LabelError) as ei:
-        read_dataset(data_cfg(kind="csv", path=str(tmp_path / "l.csv"), label_column="label", label_names=label_names, **extra))
-    msg = one_line(ei)
+    with caplog.at_level(logging.WARNING, logger="medlens.data"):
+        t = read_dataset(data_cfg(kind="csv", path=str(tmp_path / "l.csv"), label_column="label", label_names=label_names, **extra))
+    msgs = [r.getMessage() for r in caplog.records if "outside data.label_names" in r.getMessage()]
+    assert len(msgs) == 1, msgs
     bad_row = 4 if not multi else 5  # spreadsheet numbering: the header is row 1
-    assert str(tmp_path / "l.csv") in msg
-    assert f"row {bad_row}" in msg
-    assert ("'pnuemonia'" if not multi else "'Efusion'") in msg
+    assert str(tmp_path / "l.csv") in msgs[0] and f"row {bad_row}" in msgs[0]
+    assert ("{'pnuemonia': 1}" if not multi else "{'Efusion': 1}") in msgs[0]
+    if not multi:  # the row of an unrequested class is left out
+        assert len(t) == 3 and t.class_index().tolist() == [0, 1, 0] and "rows are dropped" in msgs[0]
+    else:  # the row keeps its requested labels
+        assert len(t) == 4 and t.targets.tolist() == [[0, 1], [1, 1], [0, 0], [0, 1]] and "rows, which are kept" in msgs[0]
 
 
 def test_csv_missing_image_names_row_and_path_or_is_skipped(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from medlens.data.readers.synthetic import make_synthetic
 from medlens.data.samples import SampleTable
 from medlens.data.transforms import make_transform, resolve_preprocessing
 from medlens.engine.module import optim_settings
-from medlens.tasks.classification.module import MODULES
-from medlens.tasks.classification.losses import create_loss
 from medlens.models import create_model
+from medlens.tasks.classification.losses import create_loss
+from medlens.tasks.classification.module import MODULES
 
 SIZE = 16
 

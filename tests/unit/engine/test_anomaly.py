@@ -12,20 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medlens.bundle import Bundle, Manifest
-from medlens.tasks.anomaly.data import anomaly_label_space, normal_flags, to_anomaly_table
 from medlens.data.dataset import Batch
 from medlens.data.labels import LabelError, LabelSpace
 from medlens.data.samples import SampleTable
 from medlens.data.transforms import resolve_preprocessing
 from medlens.engine.module import OptimSettings
+from medlens.inference import Predictor, write_predictions_csv
+from medlens.models.autoencoder import ReversedAutoencoder, ScoreSpec, anomaly_scores
 from medlens.tasks.anomaly import normal_rows
+from medlens.tasks.anomaly.data import anomaly_label_space, normal_flags, to_anomaly_table
 from medlens.tasks.anomaly.loss import create_reconstruction_loss
 from medlens.tasks.anomaly.metrics import anomaly_metrics
 from medlens.tasks.anomaly.module import ReconstructionModule as ReconstructionTask
 from medlens.tasks.anomaly.threshold import fit_threshold
 from medlens.tasks.classification.metrics import average_precision, binary_auroc
-from medlens.models.autoencoder import ReversedAutoencoder, ScoreSpec, anomaly_scores
-from medlens.inference import Predictor, write_predictions_csv
 
 
 # ------------------------------------------------------------------------------------------ relabelling

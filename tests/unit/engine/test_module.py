@@ -88,9 +88,9 @@ def test_optimizer_choice(tmp_path, name, cls):
 def test_plateau_scheduler_follows_the_monitored_metric(tmp_path, monitor, mode):
     cfg = tiny_cfg(tmp_path, optim={"scheduler": "plateau", "plateau_patience": 1, "gamma": 0.5}, trainer={"monitor": monitor})
     from medlens.engine.module import optim_settings
-    from medlens.tasks.classification.module import MODULES
     from medlens.engine.trainer import monitor_for
     from medlens.tasks.classification.losses import create_loss
+    from medlens.tasks.classification.module import MODULES
     from tests.unit.engine._tiny import tiny_net
 
     metric, m = monitor_for(cfg, ("auroc_macro", "max"))
@@ -109,8 +109,8 @@ def test_plateau_scheduler_reduces_lr_in_a_real_fit(tmp_path):
     cfg = tiny_cfg(tmp_path, optim={"lr": 1e-6, "scheduler": "plateau", "plateau_patience": 0, "gamma": 0.1, "freeze_backbone": True},
                    trainer={"max_epochs": 3, "monitor": "val/loss"})
     from medlens.engine.module import optim_settings
-    from medlens.tasks.classification.module import MODULES
     from medlens.tasks.classification.losses import create_loss
+    from medlens.tasks.classification.module import MODULES
     from tests.unit.engine._tiny import tiny_net
 
     space, train_dl, val_dl = tiny_loaders(48)

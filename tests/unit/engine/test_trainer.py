@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import pytest
 import torch
 
-from medlens.tasks import get_task
+import medlens.engine.trainer as trainer_mod
 from medlens.engine.trainer import build_trainer, monitor_for, precision_arg
+from medlens.tasks import get_task
 from tests.unit.engine._tiny import tiny_cfg, tiny_loaders, tiny_module
 
 
@@ -37,12 +40,51 @@ def _fit(tmp_path, optim=None, trainer=None, n=64, small_input=False):
     return tr, module, rec
 
 
-def test_precision_mapping():
+def test_precision_mapping(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: False)
     assert precision_arg("32", "cpu") == "32-true"
-    assert precision_arg("bf16", "cpu") == "bf16-mixed"
     assert precision_arg("auto", "cpu") == "32-true"
     with pytest.raises(ValueError, match="precision: 16 .* needs a CUDA GPU; use precision: bf16 on CPU"):
         precision_arg("16", "cpu")
+
+
+def test_auto_picks_bf16_only_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="medlens"):
+        assert precision_arg("auto", "cpu") == "bf16-mixed"
+        assert precision_arg("bf16", "cpu") == "bf16-mixed"
+    assert caplog.records == []  # bf16 on a CPU that has the units: no warning
+    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="medlens"):
+        assert precision_arg("auto", "cpu") == "32-true"  # never bf16 where it is emulated
+        assert caplog.records == []
+        assert precision_arg("bf16", "cpu") == "bf16-mixed"  # forced: honoured, with one warning line
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "\n" not in msgs[0]
+    assert msgs[0].startswith("trainer.precision: bf16 on a CPU without bf16 units (no avx512_bf16/amx_bf16) runs several times slower than 32")
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    for flags, expected in (("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, _i=info, **k: real_open(_i if f == "/proc/cpuinfo" else f, *a, **k))
+        trainer_mod.cpu_has_bf16.cache_clear()
+        assert trainer_mod.cpu_has_bf16() is expected
+
+    def no_proc(f, *a, **k):
+        if f == "/proc/cpuinfo":
+            raise FileNotFoundError(f)
+        return real_open(f, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    trainer_mod.cpu_has_bf16.cache_clear()
+    assert trainer_mod.cpu_has_bf16() is False  # unknown CPU: treated as without bf16 units
+    monkeypatch.undo()
+    trainer_mod.cpu_has_bf16.cache_clear()
 
 
 @pytest.mark.slow

@@ -2,12 +2,17 @@
 
 Each reader is a function ``read(cfg) -> SampleTable``. ``read_dataset(cfg)`` dispatches on ``cfg.kind``;
 ``list_readers()`` names them.
+
+Every reader applies the same label rules: labels outside ``data.label_names`` are filtered with one warning
+per source (:func:`medlens.data.readers._common.restrict_labels`), and ``read_dataset`` drops multi-label labels
+that no image is positive for (:func:`~medlens.data.readers._common.drop_labels_without_positives`).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from medlens.data.readers._common import drop_labels_without_positives
 from medlens.data.samples import SampleTable
 from medlens.registry import Registry
 
@@ -44,6 +49,19 @@ def read_dataset(cfg) -> SampleTable:
 
     Example:
         >>> table = read_dataset(cfg.data)  # doctest: +SKIP
+    """
+    _ensure(cfg.kind)
+    table = READERS.create(cfg.kind, cfg)
+    if cfg.max_samples is not None and len(table) > cfg.max_samples:
+        table = table.subset(_head_per_split(table, cfg.max_samples))
+    return drop_labels_without_positives(table)  # one rule for every source: labels no image is positive for go
+
+
+def read_source(cfg) -> SampleTable:
+    """One source as its reader returns it (and ``max_samples``), without the dataset-level label clean-up.
+
+    What a reader that merges sources (``kind: nih`` with ``extra_sources``) reads each part with: a label one
+    part has no positive for is still a known negative there, so it is dropped, if at all, after the merge.
     """
     _ensure(cfg.kind)
     table = READERS.create(cfg.kind, cfg)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medlens.data.labels import LabelError, encode_multi, encode_single
+from medlens.data.labels import LabelError, LabelSpace, encode_multi, encode_single
 from medlens.data.readers import READERS
-from medlens.data.readers._common import check_images_exist, make_label_space, resolve_image
+from medlens.data.readers._common import check_images_exist, resolve_image, restrict_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import normalize_split_name
 
@@ -28,15 +28,10 @@ def read_table_file(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot parse CSV ({e})") from None
 
 
-def _check_known(values: list[list[str] | None], rows: np.ndarray, allowed: list[str] | None, path: Path, col: str) -> None:
-    """With explicit ``label_names``, name the first row holding a label outside them (file, row, value)."""
-    if not allowed:
-        return
-    ok = set(allowed)
-    for lst, r in zip(values, rows, strict=True):
-        for v in lst or []:
-            if v not in ok:
-                raise LabelError(f"{path}: row {r}, column {col!r}: unknown label {v!r}; data.label_names is {list(allowed)}")
+def _names_seen(found: set[str], label_names: list[str] | None) -> list[str]:
+    """Every label the rows name (sorted) plus requested ones they do not: the columns before filtering."""
+    names = sorted(found)
+    return names + [x for x in (label_names or []) if x not in found]
 
 
 def _require(df: pd.DataFrame, col: str, field: str, path: Path) -> None:
@@ -59,15 +54,17 @@ def read_csv(cfg) -> SampleTable:
     rows = np.arange(len(df)) + 2  # spreadsheet row numbers
     if len(df) == 0:
         raise ValueError(f"{path}: the CSV has no rows")
+    where = [f"row {r}" for r in rows]
     if cfg.label_columns:
         for c in cfg.label_columns:
             _require(df, c, "label_columns", path)
-        names = list(cfg.label_names or cfg.label_columns)
-        if set(names) != set(cfg.label_columns):
-            raise LabelError(f"{path}: data.label_names {names} differ from data.label_columns {cfg.label_columns}")
-        space = make_label_space(names, cfg, multi=True, source=str(path))
-        targets = np.full((len(df), space.num_labels), np.nan, dtype=np.float32)
-        for j, name in enumerate(space.names):
+        absent = [x for x in cfg.label_names or [] if x not in cfg.label_columns]
+        if absent:
+            raise LabelError(f"{path}: data.label_names {absent} are not among data.label_columns {cfg.label_columns}")
+        cols = list(cfg.label_columns)
+        task = cfg.task or "multilabel"
+        targets = np.full((len(df), len(cols)), np.nan, dtype=np.float32)
+        for j, name in enumerate(cols):
             col = df[name].str.strip().str.lower()
             for i, v in enumerate(col):
                 if v in _TRUE:
@@ -78,16 +75,17 @@ def read_csv(cfg) -> SampleTable:
                     raise LabelError(f"{path}: row {rows[i]}, column {name!r}: value {df[name].iloc[i]!r} is not 0, 1 or blank")
         if cfg.unknown_labels == "negative":
             targets = np.nan_to_num(targets, nan=0.0)
-        if space.task in ("binary", "multiclass"):
+        if task in ("binary", "multiclass"):
             bad = np.where(np.nansum(targets, axis=1) > 1)[0]
             if len(bad):
-                raise LabelError(f"{path}: row {rows[bad[0]]} has more than one class set for a {space.task} task")
+                raise LabelError(f"{path}: row {rows[bad[0]]} has more than one class set for a {task} task")
             # one class set: the others are 0 even when blank; none set while some are 0: no class -> error
             ones = np.nansum(targets, axis=1) == 1
             targets[ones] = np.nan_to_num(targets[ones], nan=0.0)
             none = np.where(~ones & (np.nansum(targets == 0, axis=1) > 0))[0]
             if len(none):
-                raise LabelError(f"{path}: row {rows[none[0]]} has no class set (one of {list(space.names)} must be 1 for a {space.task} task)")
+                raise LabelError(f"{path}: row {rows[none[0]]} has no class set (one of {cols} must be 1 for a {task} task)")
+        space, targets, label_keep = restrict_labels(targets, cols, cfg.label_names, task=cfg.task, multi=True, source=str(path), where=where)
     else:
         _require(df, cfg.label_column, "label_column", path)
         raw = df[cfg.label_column].astype(str).str.strip()
@@ -99,17 +97,16 @@ def read_csv(cfg) -> SampleTable:
                 None if v == "" else [] if (cfg.no_finding and v == cfg.no_finding) else [x.strip() for x in v.split(delim) if x.strip()]
                 for v in raw
             ]
-            _check_known(lists, rows, cfg.label_names, path, cfg.label_column)
-            found = sorted({x for lst in lists if lst for x in lst})
-            space = make_label_space(found, cfg, multi=True, source=str(path))
-            targets = np.stack(
-                [encode_multi(lst, space, unknown_labels=cfg.unknown_labels, where=f"{path}: row {r}: ") for lst, r in zip(lists, rows, strict=True)]
-            )
+            names = _names_seen({x for lst in lists if lst for x in lst}, cfg.label_names)
+            seen = LabelSpace(tuple(names), "multilabel")
+            targets = np.stack([encode_multi(lst, seen, where=f"{path}: row {r}: ") for lst, r in zip(lists, rows, strict=True)])
         else:
-            _check_known([[v] if v else None for v in raw], rows, cfg.label_names, path, cfg.label_column)
-            found = sorted({v for v in raw if v != ""})
-            space = make_label_space(found, cfg, multi=False, source=str(path))
-            targets = np.stack([encode_single(v, space, f"{path}: row {r}: ") for v, r in zip(raw, rows, strict=True)])
+            names = _names_seen({v for v in raw if v != ""}, cfg.label_names)
+            seen = LabelSpace(tuple(names), "multiclass")
+            targets = np.stack([encode_single(v, seen, f"{path}: row {r}: ") for v, r in zip(raw, rows, strict=True)])
+        space, targets, label_keep = restrict_labels(targets, names, cfg.label_names, task=cfg.task, multi=multi, source=str(path), where=where)
+        if multi and cfg.unknown_labels == "negative":
+            targets = np.nan_to_num(targets, nan=0.0)
     paths = [resolve_image(root, p.strip()) for p in df[cfg.image_column]]
     empty = [i for i, p in enumerate(df[cfg.image_column]) if not p.strip()]
     if empty:
@@ -126,10 +123,13 @@ def read_csv(cfg) -> SampleTable:
     for c in meta_cols:
         _require(df, c, "metadata_columns", path)
     metadata = df[meta_cols].replace({"": None}) if meta_cols else None
-    keep = check_images_exist(paths, rows, cfg.on_bad_image, str(path))
     names_only = [Path(p.strip()).name for p in df[cfg.image_column]]
     ids = names_only if len(set(names_only)) == len(names_only) else [p.strip() for p in df[cfg.image_column]]
     table = SampleTable(space, ids, paths, targets, groups, splits, metadata, source=str(path))
+    if not label_keep.all():  # single-label rows whose class is outside data.label_names
+        table = table.subset(np.where(label_keep)[0])
+        rows = rows[label_keep]
+    keep = check_images_exist(table.images.tolist(), rows, cfg.on_bad_image, str(path))
     if not keep.all():
         table = table.subset(np.where(keep)[0])
     table.check_nonempty_classes()

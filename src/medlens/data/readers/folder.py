@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.labels import encode_single
+from medlens.data.labels import LabelSpace, encode_single
 from medlens.data.readers import READERS
-from medlens.data.readers._common import make_label_space
+from medlens.data.readers._common import restrict_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import _SPLIT_ALIASES
 
@@ -29,7 +29,8 @@ def read_folder(cfg) -> SampleTable:
     """Read ``root/<class>/*`` or ``root/<split>/<class>/*``.
 
     Class names are the folder names (sorted unless ``label_names`` gives the order). An empty class folder
-    is an error naming it.
+    is an error naming it. With ``label_names``, images of other class folders are left out, with one warning
+    (see :func:`~medlens.data.readers._common.restrict_labels`).
     """
     root = Path(cfg.root)
     if not root.is_dir():
@@ -46,22 +47,25 @@ def read_folder(cfg) -> SampleTable:
     else:
         layout = [(None, d) for d in subdirs]
     class_names = sorted({cd.name for _, cd in layout})
-    space = make_label_space(class_names, cfg, multi=False, source=str(root))
+    names = class_names + [x for x in cfg.label_names or [] if x not in class_names]
     paths, labels, splits, ids = [], [], [], []
     for split, cd in layout:
         files = _images_in(cd)
-        if not files:
+        if not files and (not cfg.label_names or cd.name in cfg.label_names):
             raise ValueError(f"{cd}: class folder {cd.name!r} has no images")
         for f in files:
             paths.append(str(f))
             labels.append(cd.name)
             splits.append(split)
             ids.append(str(f.relative_to(root)))
-    for name in space.names:
+    for name in cfg.label_names or class_names:
         if name not in labels:
             raise ValueError(f"{root}: class {name!r} has no images")
-    targets = np.stack([encode_single(lab, space, f"{p}: ") for lab, p in zip(labels, paths, strict=True)])
-    return SampleTable(
+    seen = LabelSpace(tuple(names), "multiclass")
+    targets = np.stack([encode_single(lab, seen, f"{p}: ") for lab, p in zip(labels, paths, strict=True)])
+    space, targets, keep = restrict_labels(targets, names, cfg.label_names, task=cfg.task, multi=False, source=str(root), where=paths)
+    table = SampleTable(
         space, ids, paths, targets, groups=None,
         splits=splits if any(s is not None for s in splits) else None, source=str(root),
     )
+    return table if keep.all() else table.subset(np.where(keep)[0])

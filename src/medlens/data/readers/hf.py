@@ -24,7 +24,7 @@ import pandas as pd
 
 from medlens.data.labels import LabelError
 from medlens.data.readers import READERS
-from medlens.data.readers._common import check_images_exist, make_label_space
+from medlens.data.readers._common import check_images_exist, restrict_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import normalize_split_name
 
@@ -234,29 +234,30 @@ def read_hf(cfg) -> SampleTable:
         return out
 
     lists = [names_of(v) for v in raw_labels]
-    found = sorted({x for lst in lists if lst for x in lst})
-    if class_names is not None and not cfg.label_names:
-        order = list(class_names)
-        space = make_label_space(order, cfg.model_copy(update={"label_names": order}), multi=multi, source=src)
-    else:
-        space = make_label_space(found, cfg, multi=multi, source=src)
-    col = {n: j for j, n in enumerate(space.names)}
-    targets = np.full((len(ids), space.num_labels), np.nan, dtype=np.float32)
+    found = {x for lst in lists if lst for x in lst}
+    names = list(class_names) if class_names is not None else sorted(found)  # a ClassLabel's order is the label order
+    names += [x for x in sorted(found) + list(cfg.label_names or []) if x not in names]
+    names = list(dict.fromkeys(names))
+    col = {n: j for j, n in enumerate(names)}
+    targets = np.full((len(ids), len(names)), np.nan, dtype=np.float32)
     for i, lst in enumerate(lists):
         if lst is None or (not multi and not lst):
             continue
         targets[i] = 0.0
         for x in lst:
             targets[i, col[x]] = 1.0
+    space, targets, label_keep = restrict_labels(targets, names, cfg.label_names, task=cfg.task, multi=multi, source=src, where=[f"row {i}" for i in ids])
     if cfg.unknown_labels == "negative":
         targets = np.nan_to_num(targets, nan=0.0)
-    keep = check_images_exist(images, ids, cfg.on_bad_image, src)
     table = SampleTable(
         space, ids, images, targets,
         groups if cfg.group_column else None,
         splits if any(s is not None for s in splits) else None,
         pd.DataFrame(meta) if meta_cols else None, source=src,
     )
+    if not label_keep.all():  # single-label rows whose class is outside data.label_names
+        table = table.subset(np.where(label_keep)[0])
+    keep = check_images_exist(table.images.tolist(), table.ids.tolist(), cfg.on_bad_image, src)
     if not keep.all():
         table = table.subset(np.where(keep)[0])
     table.check_nonempty_classes()

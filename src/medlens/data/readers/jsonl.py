@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medlens.data.labels import LabelError
+from medlens.data.labels import LabelError, infer_task
 from medlens.data.readers import READERS
-from medlens.data.readers._common import make_label_space, resolve_image
+from medlens.data.readers._common import resolve_image, restrict_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import normalize_split_name
 
@@ -99,8 +99,9 @@ def _labels_of(value: Any, lineno: int, path: Path, field: str) -> tuple[list[st
 def read_jsonl(cfg) -> SampleTable:
     """Read a JSONL label file into a :class:`SampleTable`.
 
-    Lines are reported 1-based. Unknown labels (not in ``label_names`` when it is given) are errors naming the
-    line; missing images are errors, or skipped and listed with ``on_bad_image: skip``.
+    Lines are reported 1-based. Labels outside ``label_names`` (when it is given) are filtered, with one warning
+    (see :func:`~medlens.data.readers._common.restrict_labels`); missing images are errors, or skipped and listed
+    with ``on_bad_image: skip``.
     """
     path = Path(cfg.path)
     root = Path(cfg.image_root) if cfg.image_root else path.parent
@@ -141,39 +142,37 @@ def read_jsonl(cfg) -> SampleTable:
     if cfg.group_field and group_explicit and not has_group:
         raise KeyError(f"{path}: no line has the field {cfg.group_field!r} (data.group_field)")
     multi = any_list or cfg.task == "multilabel"
-    found = sorted({x for lab in labels if lab is not None for x in ([lab] if isinstance(lab, str) else lab)})
-    if cfg.label_names:  # name the first line holding a label outside the explicit list
-        allowed = set(cfg.label_names)
-        for lab, ln in zip(labels, lines, strict=True):
-            for x in [] if lab is None else ([lab] if isinstance(lab, str) else lab):
-                if x not in allowed:
-                    raise LabelError(f"{path}: line {ln}: unknown label {x!r}; data.label_names is {list(cfg.label_names)}")
-    space = make_label_space(found, cfg, multi=multi, source=str(path))
-    k = space.num_labels
-    col = {n: j for j, n in enumerate(space.names)}
-    targets = np.full((len(lines), k), np.nan, dtype=np.float32)
+    found = {x for lab in labels if lab is not None for x in ([lab] if isinstance(lab, str) else lab)}
+    names = sorted(found) + [x for x in cfg.label_names or [] if x not in found]  # columns before filtering
+    col = {n: j for j, n in enumerate(names)}
+    task = cfg.task or infer_task(cfg.label_names or names, multi)
+    single = task in ("binary", "multiclass")
+    targets = np.full((len(lines), len(names)), np.nan, dtype=np.float32)
     for i, (lab, ln) in enumerate(zip(labels, lines, strict=True)):
         if lab is None:
             continue  # not annotated: unknown
         present = [lab] if isinstance(lab, str) else lab
         targets[i] = 0.0
         for x in present:
-            j = col.get(x)
-            if j is None:  # only reachable with explicit label_names
-                raise LabelError(f"{path}: line {ln}: unknown label {x!r}; expected one of {list(space.names)}")
-            targets[i, j] = 1.0
-        if space.task in ("binary", "multiclass") and len(present) > 1:
-            raise LabelError(f"{path}: line {ln}: {len(present)} labels for a {space.task} task")
+            targets[i, col[x]] = 1.0
+        if single and len(present) > 1:
+            raise LabelError(f"{path}: line {ln}: {len(present)} labels for a {task} task")
+    space, targets, label_keep = restrict_labels(
+        targets, names, cfg.label_names, task=cfg.task, multi=multi, source=str(path), where=[f"line {ln}" for ln in lines],
+    )
     if cfg.unknown_labels == "negative":
         targets = np.nan_to_num(targets, nan=0.0)
     metadata = pd.DataFrame(meta) if meta else None
-    keep = _check_images(images, lines, cfg.on_bad_image, path)
     table = SampleTable(
         space, ids, images, targets,
         groups if (cfg.group_field and has_group) else None,
         splits if (cfg.split_field and any(s is not None for s in splits)) else None,
         metadata, source=str(path),
     )
+    if not label_keep.all():  # single-label rows whose class is outside data.label_names
+        table = table.subset(np.where(label_keep)[0])
+        lines = [ln for ln, k in zip(lines, label_keep, strict=True) if k]
+    keep = _check_images(table.images.tolist(), lines, cfg.on_bad_image, path)
     if not keep.all():
         table = table.subset(np.where(keep)[0])
     table.check_nonempty_classes()

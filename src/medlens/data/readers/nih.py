@@ -1,6 +1,8 @@
 """``kind: nih`` -- NIH ChestX-ray14 ``Data_Entry_2017*.csv(.gz)`` tables, and label harmonisation across sources.
 
 * ``Finding Labels`` is pipe-separated; ``No Finding`` means every finding is negative; a blank cell is unknown.
+  A label outside the NIH 14 (and ``harmonize``) is an error naming the row, unless ``label_names`` is given:
+  then every label outside ``label_names`` is filtered from the rows, with one warning per source.
 * ``Patient ID`` is the group (no patient lands in two splits), ``Patient Age``/``Patient Gender``/
   ``View Position`` become metadata ``age``/``sex``/``view``.
 * Rows are restricted to the images present: the files found under ``image_root`` (searched recursively,
@@ -41,7 +43,7 @@ import pandas as pd
 
 from medlens.data.labels import LabelError, LabelSpace
 from medlens.data.readers import READERS
-from medlens.data.readers._common import check_images_exist
+from medlens.data.readers._common import check_images_exist, log_filtered_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import _SPLIT_ALIASES
 
@@ -155,6 +157,28 @@ def read_listing(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+def match_listing(listed: Sequence[str], index: Sequence[str], found: dict[str, str], listing: str | Path, table: str | Path) -> dict[str, str]:
+    """Image name -> path (relative to ``image_root`` or absolute) for every listed image, in O(n).
+
+    Args:
+        listed: the listing's entries: bare names (NIH's ``test_list.txt``) or paths.
+        index: the Data_Entry table's ``Image Index`` column.
+        found: name -> relative path of the images under ``image_root`` (for bare names; may be empty).
+        listing: the listing file (named in the warning).
+        table: the Data_Entry file (named in the warning).
+
+    Example:
+        >>> match_listing(["a.png", "x/b.png"], ["a.png", "b.png"], {"a.png": "imgs/a.png"}, "list.txt", "d.csv")
+        {'a.png': 'imgs/a.png', 'b.png': 'x/b.png'}
+    """
+    rel_of = {Path(x).name: (x if "/" in x else found.get(x, x)) for x in listed}
+    known = set(index)  # built once: a membership test per listed name, not a scan of the table
+    unknown = [x for x in rel_of if x not in known]
+    if unknown:
+        log.warning("%s: %d listed images are not in %s, e.g. %s", listing, len(unknown), Path(table).name, unknown[:3])
+    return rel_of
+
+
 def _split_of(rel: str) -> str | None:
     first = Path(rel).parts[0].lower() if len(Path(rel).parts) > 1 else ""
     return _SPLIT_ALIASES.get(first)
@@ -169,10 +193,7 @@ def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list
         listed = read_listing(Path(cfg.images))
         # bare names (NIH's own lists) are found wherever they sit below image_root
         found = scan_images(root) if any("/" not in x for x in listed) and root.is_dir() else {}
-        rel_of = {Path(x).name: (x if "/" in x else found.get(x, x)) for x in listed}
-        unknown = [x for x in rel_of if x not in set(df["Image Index"])]
-        if unknown:
-            log.warning("%s: %d listed images are not in %s, e.g. %s", cfg.images, len(unknown), path.name, unknown[:3])
+        rel_of = match_listing(listed, df["Image Index"].tolist(), found, cfg.images, path)
     else:
         rel_of = scan_images(root)
     sel = df[df["Image Index"].isin(rel_of.keys())]
@@ -185,6 +206,7 @@ def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list
         raise ValueError(f"{path}: image {dup!r} appears in more than one row")
     names = list(NIH_LABELS)
     allowed = set(names) | set(known_extra)
+    any_label = bool(cfg.label_names)  # with data.label_names, labels outside it are filtered (counted), not errors
     rows = sel["__row"].to_numpy()
     targets = np.zeros((len(sel), len(names)), dtype=np.float32)
     extra_found: set[str] = set()
@@ -196,13 +218,13 @@ def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list
         for lab in (x.strip() for x in v.split("|")):
             if not lab or lab == NO_FINDING:
                 continue
-            if lab not in allowed:
+            if lab not in allowed and not any_label:
                 raise LabelError(f"{path}: row {r}: unknown label {lab!r} in 'Finding Labels'; NIH labels are {names} and {NO_FINDING!r}")
             if lab in names:
                 targets[i, names.index(lab)] = 1.0
             else:
                 extra_found.add(lab)
-    if extra_found:  # labels outside the NIH 14 that the user mapped with harmonize: extend the source's columns
+    if extra_found:  # labels outside the NIH 14 (mapped with harmonize, or to be filtered): extend the source's columns
         extra = sorted(extra_found)
         ext = np.zeros((len(sel), len(extra)), dtype=np.float32)
         for i, v in enumerate(sel["Finding Labels"]):
@@ -234,7 +256,7 @@ def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list
 def _extra_source(spec: dict[str, Any], i: int, parent) -> tuple[str, SampleTable, dict[str, str]]:
     """Read one entry of ``extra_sources`` with its own reader."""
     from medlens.config import ConfigError, config_from_dict
-    from medlens.data.readers import read_dataset
+    from medlens.data.readers import read_source
 
     if not isinstance(spec, dict):
         raise ConfigError(f"data.extra_sources[{i}] must be a mapping with a data config")
@@ -244,7 +266,7 @@ def _extra_source(spec: dict[str, Any], i: int, parent) -> tuple[str, SampleTabl
     spec.setdefault("kind", "nih")
     spec.setdefault("on_bad_image", parent.on_bad_image)
     sub = config_from_dict({"data": spec}, source=f"data.extra_sources[{i}] ({name})").data
-    return name, read_dataset(sub), dict(mapping)
+    return name, read_source(sub), dict(mapping)
 
 
 def _prefixed(values: np.ndarray | None, prefix: str) -> list[str | None] | None:
@@ -266,12 +288,11 @@ def read_nih(cfg) -> SampleTable:
         offered.extend(mapped_names(t.label_space.names, m))
     if cfg.label_names:
         target = list(cfg.label_names)
-        ignored = sorted(set(offered) - set(target))
-        if ignored:
-            log.info("labels not in data.label_names are ignored: %s", ignored)
         never = [x for x in target if x not in offered]
         if never:
             raise LabelError(f"data.label_names {never} are not annotated by any source (sources offer {sorted(set(offered))})")
+        for _, t, m in sources:
+            _report_filtered(t, m, target)
     else:
         target = sorted(set(offered))
     parts = [harmonize_targets(t.targets, t.label_space.names, target, m) for _, t, m in sources]
@@ -300,6 +321,22 @@ def read_nih(cfg) -> SampleTable:
         )
     table.check_nonempty_classes()
     return table
+
+
+def _report_filtered(t: SampleTable, mapping: dict[str, str], target: Sequence[str]) -> None:
+    """One warning for a source whose rows name labels that map outside ``data.label_names`` (rows kept).
+
+    Labels mapped to ``""`` with ``harmonize`` were dropped on purpose and are not counted.
+    """
+    names = t.label_space.names
+    out = [j for j, s in enumerate(names) if mapping.get(s, s) and mapping.get(s, s) not in set(target)]
+    if not out or len(t) == 0:
+        return
+    pos = t.targets[:, out] == 1
+    hit = pos.any(axis=1)
+    if hit.any():
+        counts = {names[j]: int(c) for j, c in zip(out, pos.sum(axis=0), strict=True) if c}
+        log_filtered_labels(t.source, int(hit.sum()), counts, target, f"image {t.ids[int(np.argmax(hit))]}", rows_dropped=False)
 
 
 def _in_memory_error(name: str) -> list[str]:

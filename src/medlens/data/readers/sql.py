@@ -1,9 +1,10 @@
 """``kind: sql`` -- images and annotations in a SQL database (schema: :mod:`medlens.data.db`).
 
 The config picks a dataset, a label set and its version (the newest by default). An annotation row is a true
-or false value; a missing row is unknown (NaN), or negative with ``unknown_labels: negative``. Multi-label
-labels with no positive image are dropped with a warning naming them. Rows are streamed in chunks of
-``chunk_size``, straight into columns.
+or false value; a missing row is unknown (NaN), or negative with ``unknown_labels: negative``. ``label_names``
+picks and orders labels of the label set; the others are filtered like in every reader (one warning). Multi-label
+labels with no positive image are dropped by :func:`medlens.data.readers.read_dataset`, as for every source.
+Rows are streamed in chunks of ``chunk_size``, straight into columns.
 
 Example YAML::
 
@@ -24,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from medlens.data.db import connect, find_dataset, find_label_set, read_annotations, read_images, safe_url
-from medlens.data.labels import LabelError, LabelSpace, infer_task
+from medlens.data.labels import LabelError
 from medlens.data.readers import READERS
-from medlens.data.readers._common import check_images_exist
+from medlens.data.readers._common import check_images_exist, restrict_labels
 from medlens.data.samples import SampleTable
 from medlens.data.splits import normalize_split_name
 
@@ -66,21 +67,14 @@ def read_sql(cfg) -> SampleTable:
         missing = [x for x in cfg.label_names if x not in names]
         if missing:
             raise LabelError(f"{where}: label {missing[0]!r} of data.label_names is not in label set {info.name!r} v{info.version} {names}")
-        order = [names.index(x) for x in cfg.label_names]
-        targets, names = targets[:, order], list(cfg.label_names)
-    task = cfg.task or info.task or infer_task(names, multi=True)
+    # the label set's task says single- or multi-label; binary vs multiclass follows the labels kept
+    multi = info.task not in ("binary", "multiclass")
+    space, targets, label_keep = restrict_labels(
+        targets, names, cfg.label_names, task=cfg.task or (info.task if multi else None), multi=multi, source=where,
+        where=[f"image {i!r}" for i in cols.ids],
+    )
     if cfg.unknown_labels == "negative":
         targets = np.nan_to_num(targets, nan=0.0)
-    if task == "multilabel":
-        pos = np.nansum(targets, axis=0)
-        empty = [n for n, c in zip(names, pos, strict=True) if c == 0]
-        if empty:
-            log.warning("%s: dropping labels with no positive image: %s", where, empty)
-            keep = [j for j, c in enumerate(pos) if c > 0]
-            if not keep:
-                raise ValueError(f"{where}: no label of label set {info.name!r} v{info.version} has a positive image")
-            targets, names = targets[:, keep], [names[j] for j in keep]
-    space = LabelSpace(tuple(names), task)
     base = str(root)
     paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in cols.paths]  # os.path: 5x faster than Path
     splits = None
@@ -88,8 +82,10 @@ def read_sql(cfg) -> SampleTable:
         splits = [normalize_split_name(s, f"{where}, image {i!r}: ") for s, i in zip(cols.splits, cols.ids, strict=True)]
     groups = cols.groups if any(g is not None for g in cols.groups) else None
     metadata = pd.DataFrame({k: v for k, v in cols.meta.items()}) if cols.meta else None
-    keep = check_images_exist(paths, cols.ids, cfg.on_bad_image, where)
     table = SampleTable(space, cols.ids, paths, targets, groups, splits, metadata, source=where)
+    if not label_keep.all():  # single-label rows whose class is outside data.label_names
+        table = table.subset(np.where(label_keep)[0])
+    keep = check_images_exist(table.images.tolist(), table.ids.tolist(), cfg.on_bad_image, where)
     if not keep.all():
         table = table.subset(np.where(keep)[0])
     table.check_nonempty_classes()

@@ -12,6 +12,11 @@ Class weights for binary/multilabel losses come in two shapes:
 * ``(2, K)``: row 0 weighs negatives, row 1 positives (what :func:`class_weights_from_counts` returns), so
   each class of each label contributes as if the label were balanced.
 
+Every option acts or is refused: ``focal`` composes ``alpha``, ``pos_weight``, class weights, label smoothing and
+the unknown mask; ``bce`` takes ``pos_weight``, class weights and label smoothing; ``pos_weight`` and
+``alpha`` on a loss that cannot use them (multiclass, or ``alpha`` without focal) raise a ``ValueError``
+naming the ``optim`` key.
+
 ``create_loss(name, task, **kw)`` builds a loss by name (``list_losses()``); :func:`loss_kwargs` is the one
 adapter from the ``optim`` config section and the training split's label counts to those keyword arguments.
 """
@@ -52,6 +57,16 @@ def _apply_binary_weight(loss: torch.Tensor, t: torch.Tensor, weight: torch.Tens
     if weight.ndim == 2:  # (2, K): negatives, positives; soft targets interpolate linearly
         return loss * (weight[0] * (1.0 - t) + weight[1] * t)
     return loss * weight
+
+
+def smooth_binary_targets(t: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Label smoothing for sigmoid outputs: ``t * (1 - eps) + eps / 2`` (each label is a two-class problem).
+
+    Example:
+        >>> smooth_binary_targets(torch.tensor([1.0, 0.0]), 0.1).tolist()
+        [0.949999988079071, 0.05000000074505806]
+    """
+    return t * (1.0 - label_smoothing) + label_smoothing / 2.0 if label_smoothing > 0 else t
 
 
 def pos_weight_from_counts(positives: Sequence[float] | np.ndarray | torch.Tensor, known: Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -109,7 +124,9 @@ def class_weights_from_counts(
 
 
 class MaskedBCE(nn.Module):
-    """Binary cross-entropy on logits, masked, with optional ``pos_weight`` and class weights.
+    """Binary cross-entropy on logits, masked, with optional ``pos_weight``, class weights and label smoothing.
+
+    Label smoothing replaces known targets by ``t * (1 - eps) + eps / 2`` (:func:`smooth_binary_targets`).
 
     Example:
         >>> loss = MaskedBCE()
@@ -117,23 +134,29 @@ class MaskedBCE(nn.Module):
         0.6931
     """
 
-    def __init__(self, pos_weight: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
+    def __init__(self, pos_weight: torch.Tensor | None = None, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = float(label_smoothing)
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # bf16/fp16 autocast: the loss is computed in float32
-        t = _clean_targets(targets.to(logits.dtype), mask)
+        t = smooth_binary_targets(_clean_targets(targets.to(logits.dtype), mask), self.label_smoothing)
         loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none", pos_weight=self.pos_weight)
         return _masked_mean(_apply_binary_weight(loss, t, self.weight), mask)
 
 
 class FocalLoss(nn.Module):
-    """Sigmoid focal loss (Lin et al., 2017), masked, with optional alpha and class weights.
+    """Sigmoid focal loss (Lin et al., 2017), masked, with alpha, ``pos_weight``, class weights and label smoothing.
 
-    ``FL = -w * alpha_t * (1 - p_t) ** gamma * log(p_t)``, averaged over known entries, where
-    ``p_t = p * t + (1 - p) * (1 - t)`` and ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``.
+    ``FL = w * alpha_t * (1 - p_t) ** gamma * CE``, averaged over known entries, where
+    ``CE = -(pos_weight * t * log(p) + (1 - t) * log(1 - p))`` (BCE with ``pos_weight``: it weighs the positive
+    term of each label), ``p_t = p * t + (1 - p) * (1 - t)``, ``alpha_t = alpha * t + (1 - alpha) * (1 - t)`` and
+    ``w`` the class weight (``(K,)`` per label, or ``(2, K)`` negatives/positives as for :class:`MaskedBCE`).
+    With label smoothing ``eps``, ``t`` is the smoothed target ``t * (1 - eps) + eps / 2`` throughout. For a hard
+    target this is ``-w * alpha * pos_weight * (1 - p) ** gamma * log(p)`` (positive) or
+    ``-w * (1 - alpha) * p ** gamma * log(1 - p)`` (negative).
 
     Example:
         >>> loss = FocalLoss(gamma=2.0, alpha=0.25)
@@ -141,16 +164,25 @@ class FocalLoss(nn.Module):
         0.04332
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | None = None,
+        weight: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.gamma = float(gamma)
         self.alpha = alpha
+        self.label_smoothing = float(label_smoothing)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        t = _clean_targets(targets.to(logits.dtype), mask)
-        ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+        t = smooth_binary_targets(_clean_targets(targets.to(logits.dtype), mask), self.label_smoothing)
+        ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none", pos_weight=self.pos_weight)
         p = torch.sigmoid(logits)
         p_t = p * t + (1 - p) * (1 - t)
         loss = ce * (1 - p_t).clamp_min(_FOCAL_EPS).pow(self.gamma) if self.gamma > 0 else ce
@@ -221,24 +253,65 @@ class MulticlassFocal(nn.Module):
         return _masked_mean(per_row, rows)
 
 
+def _refuse_multiclass_pos_weight(name: str, pos_weight: torch.Tensor | None) -> None:
+    if pos_weight is not None:
+        raise ValueError(
+            f"optim.pos_weight weighs the positive term of a sigmoid loss and cannot act on multiclass loss {name!r}; "
+            "use optim.class_weights for multiclass tasks"
+        )
+
+
+def _refuse_alpha(name: str, alpha: float | None) -> None:
+    if alpha is not None:
+        raise ValueError(f"optim.focal_alpha acts only with optim.loss: focal (the loss is {name!r}); remove it or use the focal loss")
+
+
 @LOSSES.register("bce")
-def _bce(task: str, pos_weight: torch.Tensor | None = None, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, **_: Any) -> nn.Module:
+def _bce(
+    task: str,
+    pos_weight: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    alpha: float | None = None,
+    **_: Any,
+) -> nn.Module:
     if task == "multiclass":
         raise ValueError("loss 'bce' is for binary/multilabel tasks; use 'ce' or 'focal' for multiclass")
-    return MaskedBCE(pos_weight, weight)
+    _refuse_alpha("bce", alpha)
+    return MaskedBCE(pos_weight, weight, label_smoothing)
 
 
 @LOSSES.register("focal")
-def _focal(task: str, gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, **_: Any) -> nn.Module:
+def _focal(
+    task: str,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    pos_weight: torch.Tensor | None = None,
+    **_: Any,
+) -> nn.Module:
     if task == "multiclass":
+        _refuse_multiclass_pos_weight("focal", pos_weight)
+        if alpha is not None:
+            raise ValueError("optim.focal_alpha balances the two classes of a sigmoid focal loss; for multiclass use optim.class_weights")
         return MulticlassFocal(gamma, weight, label_smoothing)
-    return FocalLoss(gamma, alpha, weight)
+    return FocalLoss(gamma, alpha, weight, pos_weight, label_smoothing)
 
 
 @LOSSES.register("ce")
-def _ce(task: str, label_smoothing: float = 0.0, weight: torch.Tensor | None = None, **_: Any) -> nn.Module:
+def _ce(
+    task: str,
+    label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    alpha: float | None = None,
+    **_: Any,
+) -> nn.Module:
     if task != "multiclass":
         raise ValueError(f"loss 'ce' is for multiclass tasks; use 'bce' or 'focal' for {task}")
+    _refuse_alpha("ce", alpha)
+    _refuse_multiclass_pos_weight("ce", pos_weight)
     return SoftCrossEntropy(label_smoothing, weight)
 
 

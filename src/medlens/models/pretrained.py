@@ -1,0 +1,300 @@
+"""Pretrained backbone weights: where they come from, whether they are here, and what was loaded.
+
+``model.pretrained`` is ``false``, ``true`` (timm's default pretrained tag for the backbone, e.g.
+``timm/resnet18.a1_in1k`` for ``resnet18``), a Hugging Face hub id (``timm/resnet18.tv_in1k``, optionally
+``hf-hub:`` prefixed and ``@revision`` suffixed), or a local file (``.safetensors``; ``.pth``/``.pt``/``.bin``
+are read with ``torch.load(weights_only=True)``).
+
+Hub weights are looked up in the Hugging Face cache exactly where ``huggingface_hub`` keeps them
+(``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``; the environment is read at call
+time), and downloaded there when online. With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a file missing from
+the cache is a :class:`PretrainedWeightsError` that says where to put it. timm then loads the resolved file
+through its normal path (``timm.create_model(pretrained=True, pretrained_cfg_overlay={"file": ...})``), which
+drops the ImageNet classifier and sums a 3-channel first convolution over RGB for 1-channel inputs.
+
+:func:`resolve_pretrained` returns what the manifest records: the source and the SHA-256 of the exact file
+loaded. :func:`check_pretrained_available` answers "will this work?" without building a model or hashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("medlens.models")
+
+#: Files a timm hub repository holds weights in, in the order timm tries them (safetensors first).
+HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+_TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads boolean environment variables
+
+
+class PretrainedWeightsError(ValueError):
+    """Pretrained weights cannot be had (offline and not cached, a missing file, or a file that does not fit).
+
+    The message is one line naming the backbone, the hub id or file, and how to provide the weights.
+    """
+
+
+# ------------------------------------------------------------------------------------------ environment
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, from the environment as it is now (as ``huggingface_hub`` resolves it).
+
+    Example:
+        >>> hub_cache_dir().name
+        'hub'
+    """
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.path.expanduser(os.environ[var])))
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, now or when ``huggingface_hub`` was imported."""
+    if (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper() in _TRUE:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a timm dependency
+        return True
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _default_hub_id(backbone: str) -> str:
+    """timm's default pretrained tag of a backbone as a hub id (``resnet18`` -> ``timm/resnet18.a1_in1k``)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None:
+        raise PretrainedWeightsError(f"model.pretrained: timm has no pretrained weights for backbone {backbone!r}; set model.pretrained: false, a hub id or a local file")
+    hub_id = cfg.hf_hub_id
+    if not hub_id:
+        url = f" (download {cfg.url} and" if cfg.url else " ("
+        raise PretrainedWeightsError(f"model.pretrained: backbone {backbone!r} has no Hugging Face hub weights in timm{url} set model.pretrained: /path/to/the/file)")
+    if cfg.hf_hub_filename:
+        return f"{hub_id}::{cfg.hf_hub_filename}"
+    return hub_id
+
+
+def parse_pretrained(backbone: str, pretrained: bool | str | None) -> tuple[str, str] | None:
+    """What ``model.pretrained`` names: ``("hub", "org/name[@revision]")``, ``("file", "/abs/path")`` or None.
+
+    Example:
+        >>> parse_pretrained("resnet18", True)
+        ('hub', 'timm/resnet18.a1_in1k')
+        >>> parse_pretrained("resnet18", "hf-hub:timm/resnet18.tv_in1k")
+        ('hub', 'timm/resnet18.tv_in1k')
+    """
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        return "hub", _default_hub_id(backbone)
+    if not isinstance(pretrained, str) or not pretrained.strip():
+        raise PretrainedWeightsError(f"model.pretrained: expected true/false, a hub id or a file path, got {pretrained!r}")
+    s = pretrained.strip()
+    if s.lower() in ("true", "false"):
+        return parse_pretrained(backbone, s.lower() == "true")
+    if s.startswith("hf-hub:"):
+        return "hub", s.removeprefix("hf-hub:")
+    p = Path(os.path.expanduser(s))
+    if p.exists() or s.lower().endswith(_FILE_SUFFIXES) or s.startswith((".", "/", "~")):
+        return "file", str(p.resolve())
+    if _HUB_ID.fullmatch(s):
+        return "hub", s
+    raise PretrainedWeightsError(f"model.pretrained: {s!r} is neither an existing file nor a hub id such as 'timm/{backbone}.<tag>'")
+
+
+def _split_hub(ref: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """``org/name[@revision][::filename]`` -> (repo id, revision, candidate file names)."""
+    ref, _, filename = ref.partition("::")
+    repo, _, revision = ref.partition("@")
+    return repo, revision or None, ((filename,) if filename else HUB_WEIGHT_FILES)
+
+
+def _offline_help(backbone: str, repo: str, files: tuple[str, ...], cache: Path, why: str = "HF_HUB_OFFLINE is set") -> str:
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    return (
+        f"model.pretrained: no weights for backbone {backbone!r} (hub id {repo}): not in the Hugging Face cache {cache} and "
+        f"{why}; download them once online, or place the file at {folder}/snapshots/<commit>/{files[0]} "
+        f"with {folder}/refs/main holding <commit>, or set model.pretrained: /path/to/{files[0]}"
+    )
+
+
+def _cached(repo: str, revision: str | None, files: tuple[str, ...], cache: Path) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        hit = try_to_load_from_cache(repo, name, cache_dir=str(cache), revision=revision)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return hit
+    return None
+
+
+# ------------------------------------------------------------------------------------------ public API
+def check_pretrained_available(backbone: str, pretrained: bool | str | None) -> dict[str, Any] | None:
+    """Whether ``model.pretrained`` can be honoured, without building the model or touching the network.
+
+    Call it before reading data, so that an offline run with an empty cache fails in a second, not after the
+    dataset scan.
+
+    Args:
+        backbone: the timm model name (``model.backbone``).
+        pretrained: ``model.pretrained``.
+
+    Returns:
+        None when ``pretrained`` is false; else ``{"source": ..., "file": path or None}``, where ``file`` is
+        None when the weights are not cached yet and will be downloaded (online).
+
+    Raises:
+        PretrainedWeightsError: a missing local file, or hub weights not cached while ``HF_HUB_OFFLINE`` is set.
+
+    Example:
+        >>> check_pretrained_available("resnet18", False) is None
+        True
+    """
+    what = parse_pretrained(backbone, pretrained)
+    if what is None:
+        return None
+    kind, ref = what
+    if kind == "file":
+        if not os.path.isfile(ref):
+            raise PretrainedWeightsError(f"model.pretrained: weights file not found: {ref} (backbone {backbone!r})")
+        return {"source": ref, "file": ref}
+    repo, revision, files = _split_hub(ref)
+    cache = hub_cache_dir()
+    hit = _cached(repo, revision, files, cache)
+    if hit is None and hub_offline():
+        raise PretrainedWeightsError(_offline_help(backbone, repo, files, cache))
+    return {"source": f"hf-hub:{repo}" + (f"@{revision}" if revision else ""), "file": hit}
+
+
+def resolve_pretrained(backbone: str, pretrained: bool | str | None) -> dict[str, Any] | None:
+    """The weights file ``model.pretrained`` names, fetched into the Hugging Face cache if needed, and its SHA-256.
+
+    Args:
+        backbone: the timm model name.
+        pretrained: ``model.pretrained`` (false, true, a hub id or a file path).
+
+    Returns:
+        None when ``pretrained`` is false, else ``{"source", "revision", "file", "sha256"}``: ``source`` is
+        ``hf-hub:<repo id>`` or the file's absolute path, ``revision`` the hub snapshot (commit) the file came
+        from (None for a local file), ``file`` the path timm loads, ``sha256`` that file's hash. A manifest
+        records ``{"source", "revision", "sha256"}`` (``file`` is a path on this machine).
+
+    Raises:
+        PretrainedWeightsError: one line naming the backbone and hub id or file, and how to provide it offline.
+
+    Example:
+        >>> info = resolve_pretrained("resnet18", True)  # doctest: +SKIP
+        >>> info["source"], len(info["sha256"])  # doctest: +SKIP
+        ('hf-hub:timm/resnet18.a1_in1k', 64)
+    """
+    found = check_pretrained_available(backbone, pretrained)
+    if found is None:
+        return None
+    path = found["file"]
+    if path is None:  # online, not cached: download into the cache the way timm would
+        repo, revision, files = _split_hub(parse_pretrained(backbone, pretrained)[1])
+        path = _download(backbone, repo, revision, files)
+    revision = None
+    parts = Path(path).parts
+    if "snapshots" in parts:  # <cache>/models--org--name/snapshots/<commit>/<file>
+        revision = parts[parts.index("snapshots") + 1]
+    return {"source": found["source"], "revision": revision, "file": str(path), "sha256": file_sha256(path)}
+
+
+def _download(backbone: str, repo: str, revision: str | None, files: tuple[str, ...]) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cache = hub_cache_dir()
+    last: Exception | None = None
+    for name in files:
+        try:
+            return hf_hub_download(repo, name, revision=revision, cache_dir=str(cache))
+        except EntryNotFoundError as e:  # try the next file name (pytorch_model.bin after model.safetensors)
+            last = e
+        except Exception as e:  # no network, unknown repository, gated repository, ...
+            why = f"the download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            raise PretrainedWeightsError(_offline_help(backbone, repo, files, cache, why)) from None
+    raise PretrainedWeightsError(f"model.pretrained: hub repository {repo} holds none of {list(files)} (backbone {backbone!r}); {type(last).__name__}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks; cached per (path, size, mtime).
+
+    Example:
+        >>> file_sha256(__file__) == file_sha256(__file__)
+        True
+    """
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weight_names(path: str | Path) -> set[str]:
+    """Tensor names in a weights file, as timm's loader sees them (``module.`` stripped, EMA weights preferred).
+
+    A ``.safetensors`` file is read for its header only; a torch file is memory-mapped, weights only.
+    """
+    p = str(path)
+    if p.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(p, framework="pt") as f:
+            names = list(f.keys())
+    else:
+        import torch
+
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict):
+            for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # timm's load_state_dict order
+                if isinstance(sd.get(key), dict):
+                    sd = sd[key]
+                    break
+        names = list(sd) if isinstance(sd, dict) else []
+    return {n.removeprefix("module.") for n in names}
+
+
+def missing_backbone_weights(backbone_keys: list[str], path: str | Path) -> list[str]:
+    """Backbone tensors a weights file does not hold (timm loads non-strictly once the classifier is dropped,
+    so a file with other tensor names would otherwise leave the network silently random).
+
+    Example:
+        >>> missing_backbone_weights(["conv1.weight"], __file__)  # doctest: +SKIP
+    """
+    have = weight_names(path)
+    return [k for k in backbone_keys if k not in have]
+
+
+def pretrained_record(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a manifest stores of :func:`resolve_pretrained`'s answer: ``{"source", "revision", "sha256"}``.
+
+    Example:
+        >>> pretrained_record({"source": "hf-hub:timm/x", "revision": "abc", "file": "/tmp/x", "sha256": "00"})
+        {'source': 'hf-hub:timm/x', 'revision': 'abc', 'sha256': '00'}
+    """
+    if info is None:
+        return None
+    return {k: info[k] for k in ("source", "revision", "sha256")}

@@ -197,7 +197,7 @@ class ModelConfig(StrictModel):
     """Network: a timm backbone with a linear head, or an autoencoder for ``task: anomaly``."""
 
     backbone: str = "resnet18"
-    pretrained: bool = False  # timm hub weights (needs network on first use)
+    pretrained: bool | str = False  # true: timm's default weights via the HF cache; or a hub id / local weights file
     checkpoint: str | None = None  # local state dict (.pth/.pt/.safetensors), e.g. a self-supervised ResNet-50
     # adapt the stem for 28-64 px inputs: auto, true/false, or the stride reduction itself (1, 2 or 4)
     small_input: bool | Literal["auto", 1, 2, 4] = "auto"

@@ -54,8 +54,10 @@ class RunResult:
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
-    name = cfg.output.name or cfg.name or "run"
-    return Path(cfg.output.dir) / name
+    """The run folder ``output.dir / (output.name or name)``; a name that escapes ``output.dir`` is refused."""
+    from medlens.runfolder import contained_run_dir
+
+    return contained_run_dir(cfg.output.dir, cfg.output.name or cfg.name or "run")
 
 
 def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Splits | None = None):
@@ -121,9 +123,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     import lightning as L
 
     from medlens.engine.distributed import env_is_global_zero
-    from medlens.engine.fit import fit
-    from medlens.engine.trainer import monitor_for
-    from medlens.models import create_model
+    from medlens.runfolder import RunLock, check_writable
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)  # keep the console to medlens' own messages
@@ -138,10 +138,49 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
         log.info("auto_resume: continuing from %s", resume)
     if run_dir.exists() and resume is None and not cfg.output.overwrite and (bundle_dir.exists() or (ckpt_dir / "last.ckpt").exists()):
         raise FileExistsError(f"{run_dir} already holds a run; set output.overwrite: true, a new output.name, or resume")
-    if cfg.data.task:  # a task named in the config is checked before any data is read
+    # ---- checks that can fail fast do so before any data is read
+    if cfg.data.task:
         get_task(cfg.data.task).check_config(cfg)
+    if cfg.model.pretrained and (not cfg.data.task or get_task(cfg.data.task).uses_backbone):
+        from medlens.models.pretrained import check_pretrained_available
+
+        check_pretrained_available(cfg.model.backbone, cfg.model.pretrained)
+    check_backbone_exists(cfg)
+    check_writable(cfg.output.dir)
+    lock = None
+    if env_is_global_zero():  # under torchrun/SLURM every process runs this; one writes (and holds the lock)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        lock.acquire()
+    try:
+        return _train_locked(cfg, run_dir, bundle_dir, ckpt_dir, resume, splits, table, callbacks, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_backbone_exists(cfg: RunConfig) -> None:
+    """An unknown timm backbone is refused before data is read (classification configs)."""
+    if cfg.data.task and not get_task(cfg.data.task).uses_backbone:
+        return
+    import timm
+
+    if not timm.is_model(cfg.model.backbone):
+        close = timm.list_models(f"*{cfg.model.backbone.split('.')[0][:6]}*")[:5]
+        raise ValueError(f"model.backbone: {cfg.model.backbone!r} is not a timm model" + (f" (close: {', '.join(close)})" if close else ""))
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Path, resume: str | None, splits: Splits | None,
+                  table: SampleTable | None, callbacks: list | None, t0: float) -> RunResult:
+    from medlens.engine.distributed import env_is_global_zero
+    from medlens.engine.fit import fit
+    from medlens.engine.trainer import monitor_for
+    from medlens.models import create_model
+    from medlens.runfolder import restore_interrupted_replace
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    if env_is_global_zero():  # under torchrun/SLURM every process runs this; one writes
+    if env_is_global_zero():
+        restore_interrupted_replace(bundle_dir)  # a bundle replacement killed half-way: the old bundle goes back
         if resume is None and ckpt_dir.exists():
             for f in ckpt_dir.glob("*.ckpt"):  # stale checkpoints of an overwritten run must not be picked up
                 f.unlink()
@@ -168,7 +207,9 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
 
     # ---- fit (one engine for every task)
     arch = task.architecture(cfg, space, meta_encoder)
-    model = create_model(arch)
+    model = create_model({**arch, "pretrained": cfg.model.pretrained} if cfg.model.pretrained and task.uses_backbone else arch)
+    if getattr(model, "pretrained_info", None):  # provenance of the loaded weights: source and sha256
+        arch["pretrained_weights"] = model.pretrained_info
     if cfg.model.checkpoint:
         from medlens.models.classifier import load_backbone_checkpoint
 
@@ -184,7 +225,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
 
     # ---- operating point on validation, through the same Predictor that serves predictions
     manifest = Manifest(
-        architecture=arch, label_space=space, preprocessing=pp, config=cfg.model_dump(mode="json"),
+        architecture=arch, label_space=space, preprocessing=pp, config=cfg.redacted_dump(),
         weights_source=fitted.weights_source, intended_use=cfg.intended_use, history=fitted.history,
         metadata_encoder=None if meta_encoder is None else meta_encoder.to_dict(),
         anomaly=task.manifest_section(cfg, pp, space),

@@ -142,7 +142,8 @@ def test_predict_unreadable_and_missing_images(trained, tmp_path: Path) -> None:
     broken.write_bytes(b"\x89PNG not really")
     out = tmp_path / "p.csv"
     res = cli("predict", trained.bundle_dir, good, broken, tmp_path / "missing.png", "--out", out)
-    assert res.exit_code == 0
+    assert res.exit_code == 2  # some inputs failed: non-zero unless --keep-going (the CSV is still written)
+    assert cli("predict", trained.bundle_dir, good, broken, "--keep-going").exit_code == 0
     rows = {Path(r["source"]).name: r for r in csv.DictReader(out.open())}
     assert rows["ok.png"]["error"] == "" and rows["ok.png"]["predicted"] in ("normal", "pneumonia")
     assert "not a readable image" in rows["broken.png"]["error"]

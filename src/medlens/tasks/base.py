@@ -146,6 +146,8 @@ class Task:
     supports_cv: ClassVar[bool] = True
     #: the evaluation report (bootstrap CIs, threshold sweep, calibration) is supported
     supports_report: ClassVar[bool] = True
+    #: the network is a timm backbone (``model.backbone``, ``model.pretrained`` apply)
+    uses_backbone: ClassVar[bool] = True
     #: headline metric key of this task's metrics
     headline_metric: ClassVar[str] = "auroc_macro"
 

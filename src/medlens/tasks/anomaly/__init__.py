@@ -88,6 +88,7 @@ class AnomalyTask(Task):
     supports_tta = False
     supports_cv = False
     supports_report = False
+    uses_backbone = False
     headline_metric = "auroc"
 
     def default_monitor(self) -> tuple[str, str]:
@@ -103,6 +104,8 @@ class AnomalyTask(Task):
                                    ("optim.cutmix_alpha", cfg.optim.cutmix_alpha > 0), ("trainer.tta", cfg.trainer.tta)) if on]
         if refused:
             raise ValueError(f"{', '.join(refused)}: not applicable to task: anomaly (reconstruction training); remove {'them' if len(refused) > 1 else 'it'}")
+        if cfg.model.pretrained:
+            raise ValueError("model.pretrained: autoencoders are trained from scratch; remove it for task: anomaly")
         if cfg.model.ae_skip_levels and cfg.model.autoencoder != "unet":
             raise ValueError("model.ae_skip_levels: the reversed autoencoder has no skip connections; use autoencoder: unet")
 

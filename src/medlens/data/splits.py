@@ -21,7 +21,7 @@ import numpy as np
 from medlens.data.samples import SampleTable
 
 SPLIT_NAMES = ("train", "val", "test")
-_SPLIT_ALIASES = {
+SPLIT_ALIASES = {
     "train": "train", "training": "train", "tr": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "testing": "test", "holdout": "test",
@@ -37,9 +37,9 @@ def normalize_split_name(name: str | None, where: str = "") -> str | None:
     if name is None or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == "":
         return None
     key = str(name).strip().lower()
-    if key not in _SPLIT_ALIASES:
+    if key not in SPLIT_ALIASES:
         raise ValueError(f"{where}unknown split name {name!r}; expected one of train, val/valid, test")
-    return _SPLIT_ALIASES[key]
+    return SPLIT_ALIASES[key]
 
 
 @dataclass

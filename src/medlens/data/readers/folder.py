@@ -10,7 +10,7 @@ from medlens.data.labels import LabelSpace, encode_single
 from medlens.data.readers import READERS
 from medlens.data.readers._common import restrict_labels
 from medlens.data.samples import SampleTable
-from medlens.data.splits import _SPLIT_ALIASES
+from medlens.data.splits import SPLIT_ALIASES
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".webp"}
 
@@ -38,12 +38,12 @@ def read_folder(cfg) -> SampleTable:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         raise ValueError(f"{root}: no class folders found")
-    split_dirs = [d for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
     layout: list[tuple[str | None, Path]] = []
     if split_dirs and len(split_dirs) == len(subdirs):
         for sd in split_dirs:
             for cd in sorted(p for p in sd.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                layout.append((_SPLIT_ALIASES[sd.name.lower()], cd))
+                layout.append((SPLIT_ALIASES[sd.name.lower()], cd))
     else:
         layout = [(None, d) for d in subdirs]
     class_names = sorted({cd.name for _, cd in layout})

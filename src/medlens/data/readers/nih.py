@@ -45,7 +45,7 @@ from medlens.data.labels import LabelError, LabelSpace
 from medlens.data.readers import READERS
 from medlens.data.readers._common import check_images_exist, log_filtered_labels
 from medlens.data.samples import SampleTable
-from medlens.data.splits import _SPLIT_ALIASES
+from medlens.data.splits import SPLIT_ALIASES
 
 log = logging.getLogger("medlens.data")
 
@@ -181,7 +181,7 @@ def match_listing(listed: Sequence[str], index: Sequence[str], found: dict[str, 
 
 def _split_of(rel: str) -> str | None:
     first = Path(rel).parts[0].lower() if len(Path(rel).parts) > 1 else ""
-    return _SPLIT_ALIASES.get(first)
+    return SPLIT_ALIASES.get(first)
 
 
 def _nih_source(cfg, known_extra: Sequence[str] = ()) -> tuple[SampleTable, list[str]]:

@@ -25,6 +25,19 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from medlens import __version__
+
+        typer.echo(f"medlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Train, evaluate, explain and serve medical image classifiers."""
+
+
 def _setup_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
@@ -45,7 +58,9 @@ def _setup_logging(verbose: bool = False) -> None:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medlens.config import ConfigError
 
-    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError]
+    from medlens.runfolder import RunInUseError
+
+    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError, RunInUseError]
     return tuple(types)
 
 

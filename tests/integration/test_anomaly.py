@@ -78,7 +78,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
     seen_t = np.concatenate(seen)
     summary = result.data_summary
     assert summary["train_rows_left_out"] > 0
-    assert len(seen_t) >= summary["train_normals"] - cfg.data.batch_size  # the loader really ran (drop_last)
+    assert len(seen_t) >= summary["train_rows"] - cfg.data.batch_size  # the loader really ran (drop_last)
     assert np.all(seen_t[:, 0] == 1) and np.all(seen_t[:, 1] == 0)
 
     # ---- the bundle: same format as classifiers, plus the anomaly section
@@ -101,7 +101,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
     for k in ("auroc", "average_precision", "f1", "sensitivity", "specificity", "threshold"):
         assert k in test
     assert test["ci"]["headline"]["auroc_macro"]["n_valid"] > 0
-    again = medlens.evaluation(result.bundle_dir, split="test", record=False)
+    again = medlens.evaluate(result.bundle_dir, split="test", record=False)
     assert again.metrics["auroc"] == pytest.approx(test["auroc"])
 
     # ---- medlens predict on PNG files gives the evaluated scores
@@ -162,5 +162,5 @@ def test_folder_dataset_streamed_from_disk(tmp_path, pneumonia_npz):
     table = read_dataset(cfg.data)
     assert not table.in_memory and table.label_space.names == ("normal", "pneumonia")
     result = medlens.train(cfg)
-    assert result.data_summary["train_normals"] == 48 and result.data_summary["train_rows_left_out"] == 12
+    assert result.data_summary["train_rows"] == 48 and result.data_summary["train_rows_left_out"] == 12
     assert result.metrics["test"]["n"] == 20

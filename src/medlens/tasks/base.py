@@ -240,7 +240,8 @@ class Task:
 
     def summary_line(self, prediction: Prediction, manifest: Any) -> str:
         """One CLI line: ``label value (threshold t): decision`` per finding, then the predicted labels."""
-        parts = [f"{f.label}={f.value_text()} ({'argmax' if f.rule == 'argmax' else 'thr ' + f.threshold_text()}: {f.decision})"
+        parts = [f"{f.label}{'' if f.value_kind == 'probability' else ' score'}={f.value_text()} "
+                 f"({'argmax' if f.rule == 'argmax' else 'thr ' + f.threshold_text()}: {f.decision})"
                  for f in self.findings(prediction, manifest)]
         return "  ".join(parts) + f"  predicted={'|'.join(prediction.predicted) or 'none'}"
 

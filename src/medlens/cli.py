@@ -57,7 +57,6 @@ def _setup_logging(verbose: bool = False) -> None:
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medlens.config import ConfigError
-
     from medlens.runfolder import RunInUseError
 
     types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError, RunInUseError]

@@ -207,7 +207,23 @@ def test_cli_unknown_label(tmp_path: Path) -> None:
     p = _write_cfg(tmp_path, {
         "kind": "csv", "path": "l.csv", "label_column": "label", "label_names": ["normal", "pneumonia"], "image_size": 28,
     })
-    _assert_one_line_error(cli("train", p), "l.csv", "row 4", "'pneumonai'")
+    # a label outside data.label_names is filtered (counted and said once, naming the row), not silently kept
+    import logging
+
+    from medlens.config import load_config
+    from medlens.data.readers import read_dataset
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("medlens").addHandler(handler)
+    try:
+        table = read_dataset(load_config(p).data)
+    finally:
+        logging.getLogger("medlens").removeHandler(handler)
+    assert len(table) == 2
+    said = [r.getMessage() for r in records if "pneumonai" in r.getMessage()]
+    assert len(said) == 1 and "l.csv" in said[0] and "row 4" in said[0], said
 
 
 def test_cli_empty_class(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -399,8 +400,11 @@ def load_image_bytes(
         raise
     except Image.DecompressionBombError as e:  # Pillow refuses huge images from their header alone
         raise ImageReadError(f"{name}: image is over the limit of {max_pixels} pixels ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        detail = re.sub(r"\s*<_io\.\w+ object at 0x[0-9a-f]+>", "", str(e)).strip() or type(e).__name__
+        raise ImageReadError(f"{name}: not a readable image ({detail})") from None
 
 
 def load_image(

@@ -78,7 +78,7 @@ class Finding:
     def value_text(self) -> str:
         if self.value is None or self.value != self.value:
             return "-"
-        return f"{self.value:.3f}" if self.value_kind == "probability" else f"{self.value:.4g}"
+        return f"{self.value:.4f}" if self.value_kind == "probability" else f"{self.value:.4g}"
 
     def threshold_text(self) -> str:
         if self.rule == "argmax":

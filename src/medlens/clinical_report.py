@@ -234,7 +234,7 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
     for k, v in model_card(manifest).items():
         parts.append(f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>")
     parts.append("</table>")
-    parts.append(f"<p class='meta'>Source: {esc(str(src))}</p>")
+    parts.append(f"<p class='meta'>Source: {esc(report_title(src) if str(src) not in _UNNAMED else 'in-memory image')}</p>")
     parts.append(f"<p class='warn'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p></body></html>")
     return "\n".join(parts)
 

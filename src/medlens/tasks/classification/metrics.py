@@ -214,7 +214,9 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> dict[str, Any]:
     denom = 1.0 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"estimate": p, "low": max(0.0, center - half), "high": min(1.0, center + half), "k": k, "n": n, "confidence": float(confidence)}
+    low = 0.0 if k == 0 else max(0.0, center - half)  # exact ends (rounding leaves ~1e-17 otherwise)
+    high = 1.0 if k == n else min(1.0, center + half)
+    return {"estimate": p, "low": low, "high": high, "k": k, "n": n, "confidence": float(confidence)}
 
 
 def wilson_rates(c: dict[str, int], confidence: float = 0.95) -> dict[str, dict[str, Any]]:

@@ -56,6 +56,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_temperature(value: Any) -> float | list[float]:
+    """The manifest's ``temperature``: a positive number (old bundles, binary/multiclass) or a list of them
+    (one per output, multi-label); missing means 1. Raises ValueError naming the field otherwise.
+
+    Example:
+        >>> read_temperature([1.5, "2"]), read_temperature(None)
+        ([1.5, 2.0], 1.0)
+    """
+    if value is None or (not isinstance(value, list) and not value):  # old bundles: missing or 0 read as 1
+        return 1.0
+    vals = value if isinstance(value, list) else [value]
+    try:
+        out = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise ValueError(f"field 'temperature' must be a positive number or a list of them, not {value!r}") from None
+    if not out or not all(v > 0 and v == v and v != float("inf") for v in out):
+        raise ValueError(f"field 'temperature' must be a positive number or a list of them, not {value!r}")
+    return out if isinstance(value, list) else out[0]
+
+
 @dataclass
 class Manifest:
     """Everything needed to rebuild and use a trained model."""
@@ -64,7 +84,7 @@ class Manifest:
     label_space: LabelSpace
     preprocessing: Preprocessing
     thresholds: list[float] = field(default_factory=list)
-    temperature: float = 1.0
+    temperature: float | list[float] = 1.0  # one scalar, or one per output (multi-label)
     metadata_encoder: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -121,7 +141,7 @@ class Manifest:
                 label_space=LabelSpace(tuple(d["label_names"]), d["task"]),
                 preprocessing=Preprocessing.from_dict(d["preprocessing"]),
                 thresholds=list(d.get("thresholds") or []),
-                temperature=float(d.get("temperature") or 1.0),
+                temperature=read_temperature(d.get("temperature")),
                 metadata_encoder=d.get("metadata_encoder"),
                 metrics=d.get("metrics") or {},
                 history=d.get("history") or [],

@@ -1,13 +1,16 @@
 """Per-image reports for clinicians: one self-contained HTML file (and optionally a PDF) per image.
 
-A report shows the image, the explanation overlay(s), every finding's probability against its threshold and
-the decision, the model's name, version and intended use, and a plain statement that it is not a diagnosis.
+A report shows what went in and when (the input's file name; for DICOM only its Study/Series/SOP Instance
+UIDs, never patient attributes; the metadata a fusion model was given; the model's name and weights SHA-256;
+the date and time in UTC), the image, the explanation overlay(s) with a caption true to each method, every
+finding's probability against its threshold and the decision, the model's version and intended use, and a
+plain statement that it is not a diagnosis.
 HTML reports embed their images (base64 PNG) and styles, so they open offline and can be archived as one
 file. PDFs are drawn with matplotlib (already a dependency), one page per image.
 
 Example:
     >>> from medlens import Predictor
-    >>> from medlens.explain import explain
+    >>> from medlens.interpret import explain
     >>> from medlens.clinical_report import image_report_html
     >>> p = Predictor.from_bundle("runs/nih/bundle")  # doctest: +SKIP
     >>> img = load_image("chest.png")  # doctest: +SKIP
@@ -17,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import io
 import logging
@@ -86,12 +90,79 @@ def model_card(manifest: Manifest) -> dict[str, str]:
     return card
 
 
+#: the only DICOM attributes a report copies: identifiers of the study, series and image, never the patient's
+DICOM_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_UNNAMED = ("<array>", "<bytes>", "<PIL image>")
+
+
+def report_title(source: str | None) -> str:
+    """The file name of the input, or "image" for an in-memory array/bytes/PIL image.
+
+    Example:
+        >>> report_title("/data/scans/chest 1.dcm"), report_title("<array>")
+        ('chest 1.dcm', 'image')
+    """
+    src = str(source or "")
+    if not src or src in _UNNAMED:
+        return "image"
+    return Path(src).name or "image"
+
+
+def input_identifiers(x: ImageInput, source: str | None = None) -> dict[str, str]:
+    """What identifies the input in a report: its file name, and for DICOM its Study/Series/SOP Instance UIDs.
+
+    Only the three UIDs are read (``specific_tags``); patient name, ID, birth date and every other attribute are
+    never copied into a report. In-memory arrays are described as such.
+
+    Example:
+        >>> input_identifiers(np.zeros((4, 4), np.uint8))
+        {'Input': 'in-memory image (no file name)'}
+    """
+    src = str(source or "")
+    out: dict[str, str] = {}
+    if isinstance(x, (str, Path)):
+        out["File"] = Path(str(x)).name
+    elif src and src not in _UNNAMED:
+        out["File"] = Path(src).name
+    else:
+        out["Input"] = "in-memory image (no file name)"
+    head: bytes = b""
+    data: Any = None
+    try:
+        if isinstance(x, (str, Path)):
+            with open(x, "rb") as f:
+                head = f.read(132)
+            data = str(x)
+        elif isinstance(x, (bytes, bytearray)):
+            head, data = bytes(x[:132]), io.BytesIO(bytes(x))
+    except OSError:
+        return out
+    if data is None or not (len(head) >= 132 and head[128:132] == b"DICM"):
+        return out
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(data, stop_before_pixels=True, specific_tags=list(DICOM_UIDS))
+        for key in DICOM_UIDS:
+            v = ds.get(key)
+            if v:
+                out[key] = str(v)
+    except Exception as e:  # noqa: BLE001 -- a damaged header: the report still names the file
+        log.warning("%s: DICOM identifiers not read (%s)", out.get("File", "input"), e)
+    return out
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _finding_rows(prediction: Prediction, manifest: Manifest) -> list[dict[str, Any]]:
     """The task's findings as report rows (one vocabulary with the page and the CLI)."""
     return [{"finding": f, "label": f.label, "positive": f.positive} for f in task_of(manifest).findings(prediction, manifest)]
 
 
-def image_report_html(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest, title: str | None = None) -> str:
+def image_report_html(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest, title: str | None = None,
+                      metadata: dict[str, Any] | None = None, identifiers: dict[str, str] | None = None, generated: str | None = None) -> str:
     """A self-contained HTML report for one image.
 
     Args:
@@ -99,7 +170,10 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         prediction: its :class:`~medlens.predict.Prediction`.
         explanations: overlays to show (may be empty).
         manifest: the bundle manifest (model name, version, intended use).
-        title: page title (default: the prediction's source).
+        title: page title (default: "medlens report: " and the input's file name, or "image").
+        metadata: the metadata a fusion model was given for this image (shown as a table, escaped).
+        identifiers: the input's identifiers (:func:`input_identifiers`; default: its file name).
+        generated: when the report was made (default: now, UTC).
 
     Returns:
         HTML text with images embedded as base64 PNGs; no external resources.
@@ -112,14 +186,26 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
     esc = html.escape
     task = task_of(manifest)
     src = prediction.source or "image"
-    title = title or f"medlens report: {Path(str(src)).name}"
+    title = title or f"medlens report: {report_title(src)}"
+    ids = identifiers if identifiers is not None else input_identifiers(None, src)
+    when = generated or _utc_now()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p class='warn' role='note'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p>",
+        "<h2>What went in</h2><table class='meta'>",
+        *[f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>" for k, v in ids.items()],
+        f"<tr><td><strong>Model</strong></td><td>{esc(model_card(manifest)['Model'])}</td></tr>",
+        f"<tr><td><strong>Weights SHA-256</strong></td><td><code>{esc(manifest.weights_sha256 or '-')}</code></td></tr>",
+        f"<tr><td><strong>Report generated</strong></td><td>{esc(when)}</td></tr>",
+        "</table>",
     ]
+    if metadata:
+        parts.append("<h2>Metadata given to the model</h2><table><thead><tr><th>Field</th><th>Value</th></tr></thead><tbody>")
+        parts.extend(f"<tr><td>{esc(str(k))}</td><td>{esc('' if v is None else str(v))}</td></tr>" for k, v in metadata.items())
+        parts.append("</tbody></table>")
     if not prediction.ok:
         parts.append(f"<p class='err'>This image could not be analysed: {esc(str(prediction.error))}</p>")
     parts.append("<h2>Image and explanation</h2><div class='imgs'>")
@@ -148,13 +234,14 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
     for k, v in model_card(manifest).items():
         parts.append(f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>")
     parts.append("</table>")
-    parts.append(f"<p class='meta'>Source: {esc(str(src))}</p>")
+    parts.append(f"<p class='meta'>Source: {esc(report_title(src) if str(src) not in _UNNAMED else 'in-memory image')}</p>")
     parts.append(f"<p class='warn'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p></body></html>")
     return "\n".join(parts)
 
 
-def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest) -> bytes:
-    """The same report as a one-page A4 PDF (matplotlib, no extra dependency).
+def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest,
+                     metadata: dict[str, Any] | None = None, identifiers: dict[str, str] | None = None, generated: str | None = None) -> bytes:
+    """The same report as a one-page A4 PDF (matplotlib, no extra dependency); arguments as :func:`image_report_html`.
 
     Example:
         >>> pdf = image_report_pdf(img, pred, exps, p.manifest)  # doctest: +SKIP
@@ -170,7 +257,10 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8.27, 11.69))  # A4 portrait, inches
-    fig.text(0.06, 0.965, f"medlens report: {Path(str(prediction.source)).name}"[:90], fontsize=13, weight="bold", va="top")
+    title = f"medlens report: {report_title(prediction.source)}"
+    fig.text(0.06, 0.965, title[:90], fontsize=13, weight="bold", va="top")
+    ids = identifiers if identifiers is not None else input_identifiers(None, prediction.source)
+    when = generated or _utc_now()
     fig.text(0.06, 0.935, "\n".join(textwrap.wrap("NOT A DIAGNOSIS. " + DISCLAIMER, 110)), fontsize=7.5, va="top", color="#8a4b00")
     panels = [(image, "Input")] + [
         (cv2.imdecode(np.frombuffer(e.overlay_png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], f"{e.label}: {e.method} (p={e.probability:.3f})")
@@ -197,11 +287,27 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     y -= 0.03
     fig.text(0.06, y, "Intended use: " + "\n".join(textwrap.wrap(manifest.intended_use or NO_INTENDED_USE, 100)), fontsize=8, va="top")
     y -= 0.05
-    for k, v in model_card(manifest).items():
+    card = {**model_card(manifest), "Weights SHA-256": manifest.weights_sha256 or "-"}
+    for k, v in card.items():
         fig.text(0.06, y, f"{k}: {v}", fontsize=7.5, va="top")
         y -= 0.014
+    y -= 0.01
+    for k, v in {**ids, "Report generated": when}.items():
+        fig.text(0.06, y, f"{k}: {v}"[:140], fontsize=7.5, va="top")
+        y -= 0.014
+    if metadata:
+        y -= 0.01
+        fig.text(0.06, y, "Metadata given to the model:", fontsize=7.5, weight="bold", va="top")
+        for k, v in list(metadata.items())[:12]:
+            y -= 0.014
+            fig.text(0.08, y, f"{k}: {'' if v is None else v}"[:120], fontsize=7.5, va="top")
+    for method in dict.fromkeys(e.method for e in explanations):
+        y -= 0.02
+        fig.text(0.06, y, "\n".join(textwrap.wrap(f"{method}: {task_of(manifest).caption(method)} Maps show where the model looked, not where disease is.", 120)),
+                 fontsize=7, va="top", color="#444444")
+        y -= 0.012
     buf = io.BytesIO()
-    fig.savefig(buf, format="pdf")
+    fig.savefig(buf, format="pdf", metadata={"Title": title})
     return buf.getvalue()
 
 
@@ -249,20 +355,22 @@ def write_reports(
         stem = _stem(pred.source, used)
         img = np.zeros((8, 8), np.uint8)
         exps: list[Explanation] = []
+        meta = None if metadata is None else metadata[i]
         if pred.ok:
             try:
                 img, _ = decode_input(inputs[i], pred.source)
-                meta = None if metadata is None else metadata[i]
                 exps = explain(predictor, img, method=method, metadata=meta)
             except (ValueError, TypeError, RuntimeError) as e:
                 log.warning("%s: no explanation in the report (%s)", pred.source, e)
-        page = image_report_html(img, pred, exps, predictor.manifest)
+        ids = input_identifiers(inputs[i], pred.source)
+        when = _utc_now()
+        page = image_report_html(img, pred, exps, predictor.manifest, metadata=meta, identifiers=ids, generated=when)
         path = out / f"{stem}.html"
         write_bytes_atomic(path, page.encode("utf-8"))
         written.append(path)
         if pdf:
             pp = out / f"{stem}.pdf"
-            write_bytes_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest))
+            write_bytes_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest, metadata=meta, identifiers=ids, generated=when))
             written.append(pp)
         status = "error" if not pred.ok else (", ".join(pred.predicted) or "none")
         index_rows.append(f"<tr><td><a href='{html.escape(path.name)}'>{html.escape(str(pred.source))}</a></td><td>{html.escape(status)}</td></tr>")

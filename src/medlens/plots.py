@@ -88,10 +88,33 @@ def _undefined(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4", wrap=True, transform=ax.transAxes)
 
 
+def _band(ax, bands: dict[str, Any] | None, name: str, curve: str, key: str, color: str = "C0") -> None:
+    entry = None if bands is None else ((bands.get("labels") or {}).get(name) or {}).get(curve)
+    if not entry or entry.get("low") is None:
+        return
+    level = int(round(100 * bands.get("confidence", 0.95)))
+    ax.fill_between(bands["grid"], entry["low"], entry["high"], step="post", color=color, alpha=0.2, lw=0,
+                    label=f"{level}% bootstrap band")
+
+
+def _marker(ax, bands: dict[str, Any] | None, name: str, x: str, y: str) -> None:
+    op = None if bands is None else ((bands.get("labels") or {}).get(name) or {}).get("operating_point")
+    if not op or op.get(x) is None or op.get(y) is None:
+        return
+    thr = op.get("threshold")
+    ax.plot([op[x]], [op[y]], marker="o", ms=6, color="C3", ls="none", zorder=5,
+            label="deployed" + (f" (t={thr:.2f})" if thr is not None else " (arg-max)"))
+    ax.legend(fontsize=6, loc="lower right" if x == "fpr" else "lower left", frameon=False)
+
+
 def roc_png(
-    probs: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str], mask: np.ndarray | None = None, max_cols: int = 4
+    probs: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str], mask: np.ndarray | None = None, max_cols: int = 4,
+    bands: dict[str, Any] | None = None,
 ) -> bytes:
     """ROC curve per label (binary: the positive class; multiclass: one-vs-rest), AUROC in each title.
+
+    With ``bands`` (:func:`medlens.tasks.classification.uncertainty.curve_bands`) each panel also shades the
+    bootstrap band of TPR at fixed FPR and marks the deployed operating point (a red dot).
 
     Example:
         >>> png = roc_png(probs, targets, "multilabel", names)  # doctest: +SKIP
@@ -107,7 +130,9 @@ def roc_png(
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6")
         if len(fpr):
             auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+            _band(ax, bands, names[j], "roc", "tpr")
             ax.plot(fpr, tpr, lw=1.6, color="C0", drawstyle="default")
+            _marker(ax, bands, names[j], "fpr", "tpr")
             ax.set_title(f"{names[j]}\nAUROC {auc:.3f}  (n+={int(y[k, j].sum())})", fontsize=9)
         else:
             ax.set_title(names[j], fontsize=9)
@@ -116,9 +141,13 @@ def roc_png(
 
 
 def pr_png(
-    probs: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str], mask: np.ndarray | None = None, max_cols: int = 4
+    probs: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str], mask: np.ndarray | None = None, max_cols: int = 4,
+    bands: dict[str, Any] | None = None,
 ) -> bytes:
     """Precision-recall curve per label, average precision and the prevalence baseline in each panel.
+
+    With ``bands`` the bootstrap band of interpolated precision at fixed recall is shaded and the deployed
+    operating point marked.
 
     Example:
         >>> png = pr_png(probs, targets, "binary", ["normal", "pneumonia"])  # doctest: +SKIP
@@ -135,7 +164,9 @@ def pr_png(
             prev = float(y[k, j].mean())
             ap = float(np.sum(np.diff(rec) * prec[1:]))
             ax.axhline(prev, ls="--", lw=0.8, color="0.6")
+            _band(ax, bands, names[j], "pr", "precision", color="C1")
             ax.step(rec, prec, where="post", lw=1.6, color="C1")
+            _marker(ax, bands, names[j], "recall", "precision")
             ax.set_title(f"{names[j]}\nAP {ap:.3f}  (prevalence {prev:.2f})", fontsize=9)
         else:
             ax.set_title(names[j], fontsize=9)
@@ -152,38 +183,68 @@ def _matrix(ax, m: np.ndarray, labels: Sequence[str], title: str) -> None:
         for j in range(m.shape[1]):
             ax.text(j, i, f"{int(m[i, j])}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=8,
                     color="white" if frac[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(labels)), labels=labels, fontsize=7, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center")
+    tilt = len(labels) > 2 or max((len(str(lb)) for lb in labels), default=0) > 7
+    ax.set_xticks(range(len(labels)), labels=labels, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(len(labels)), labels=labels, fontsize=7)
     ax.set_xlabel("predicted", fontsize=8)
     ax.set_ylabel("true", fontsize=8)
     ax.set_title(title, fontsize=9)
 
 
+def confusion_panels(metrics: dict[str, Any], label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The confusion matrices of a metrics dict as data: ``{"title", "labels", "matrix"}`` per panel (rows: true).
+
+    Multiclass: one K x K matrix over the class names. Binary: one 2 x 2 matrix over the two class names (the
+    negative class first). Multi-label: one 2 x 2 per label, its classes "no <label>" and "<label>".
+
+    Example:
+        >>> m = {"task": "binary", "per_label": {"pneumonia": {"tn": 5, "fp": 1, "fn": 2, "tp": 4, "threshold": 0.5}}}
+        >>> confusion_panels(m, ["normal", "pneumonia"])[0]["labels"]
+        ['normal', 'pneumonia']
+    """
+    if get_task(metrics.get("task")).top_label:
+        return [{"title": "confusion matrix (row: true class)", "labels": list(label_names), "matrix": metrics["confusion_matrix"]}]
+    per = metrics["per_label"]
+    names = list(per)
+    # one scored label and one more class name: the other name is its negative class (binary)
+    negative = label_names[0] if len(names) == 1 and len(label_names) == 2 and names[0] == label_names[1] else None
+    panels = []
+    for name in names:
+        d = per[name]
+        thr = d.get("threshold")
+        panels.append({
+            "title": f"{name}" + (f" (t={thr:.2f})" if thr is not None else ""),
+            "labels": [negative if negative is not None else f"no {name}", name],
+            "matrix": [[d["tn"], d["fp"]], [d["fn"], d["tp"]]],
+        })
+    return panels
+
+
 def confusion_png(metrics: dict[str, Any], label_names: Sequence[str], max_cols: int = 5) -> bytes:
-    """Confusion matrices from a metrics dict: one K x K matrix (multiclass), or one 2 x 2 per label (binary,
-    multi-label: rows true negative/positive, columns predicted; each cell shows count and row share).
+    """Confusion matrices from a metrics dict (:func:`confusion_panels`): rows true class, columns predicted;
+    each cell shows count and row share; axes carry the class names.
 
     Example:
         >>> png = confusion_png(classification_metrics(probs, targets, "multilabel", names), names)  # doctest: +SKIP
     """
-    task = metrics.get("task")
-    if get_task(task).top_label:
+    panels = confusion_panels(metrics, label_names)
+    if get_task(metrics.get("task")).top_label:
         k = len(label_names)
         fig = _figure(max(4.0, 0.7 * k + 2), max(3.5, 0.7 * k + 1.5))
-        _matrix(fig.subplots(), np.asarray(metrics["confusion_matrix"]), list(label_names), "confusion matrix (row: true class)")
+        p = panels[0]
+        _matrix(fig.subplots(), np.asarray(p["matrix"]), p["labels"], p["title"])
         return _png(fig)
-    per = metrics["per_label"]
-    names = list(per)
-    rows, cols = _grid(len(names), max_cols)
+    rows, cols = _grid(len(panels), max_cols)
     fig = _figure(2.3 * cols, 2.3 * rows + 0.2, constrained=False)
     w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=0.6 / w, right=1 - 0.1 / w, bottom=0.55 / h, top=1 - 0.35 / h, wspace=0.55, hspace=0.75)
-    for ax, name in zip(_panels(fig, len(names), max_cols), names, strict=True):
-        d = per[name]
-        thr = d.get("threshold")
-        _matrix(ax, np.array([[d["tn"], d["fp"]], [d["fn"], d["tp"]]]), ["neg", "pos"],
-                f"{name}" + (f" (t={thr:.2f})" if thr is not None else ""))
+    fig.subplots_adjust(left=0.9 / w, right=1 - 0.1 / w, bottom=0.7 / h, top=1 - 0.35 / h, wspace=0.75, hspace=0.9)
+    for ax, p in zip(_panels(fig, len(panels), max_cols), panels, strict=True):
+        _matrix(ax, np.array(p["matrix"]), [_short(lb) for lb in p["labels"]], p["title"])
     return _png(fig)
+
+
+def _short(text: str, n: int = 14) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def reliability_png(

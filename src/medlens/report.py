@@ -172,6 +172,38 @@ def check_targets(targets: dict[str, float], metrics: dict[str, Any], ci: dict[s
     return rows
 
 
+def _is_one(temperature: float | list[float]) -> bool:
+    return all(float(t) == 1.0 for t in (temperature if isinstance(temperature, list) else [temperature]))
+
+
+def temperature_record(temperature: float | list[float], fit: dict[str, Any] | None, label_names: Sequence[str]) -> dict[str, Any]:
+    """The deployed temperature(s) with the fit's record (search range, outputs that hit a bound), for the report.
+
+    ``fit`` is what training stored in the manifest's metrics (``calibration``); bundles from before per-label
+    temperatures have none, then the range is the default one and no bound information is known.
+
+    Example:
+        >>> temperature_record([1.2, 20.0], {"range": [0.05, 20.0], "at_bound": ["b"]}, ["a", "b"])["rows"][1]
+        {'output': 'b', 'temperature': 20.0, 'at_bound': True}
+    """
+    from medlens.tasks.classification.calibration import TEMPERATURE_RANGE
+
+    fit = fit or {}
+    at_bound = [str(x) for x in fit.get("at_bound") or []]
+    if isinstance(temperature, list):
+        outputs = [str(n) for n in (fit.get("labels") or label_names)]
+        if len(outputs) != len(temperature):
+            outputs = [str(n) for n in label_names][: len(temperature)]
+        rows = [{"output": n, "temperature": float(t), "at_bound": n in at_bound} for n, t in zip(outputs, temperature, strict=False)]
+    else:
+        rows = [{"output": "all outputs", "temperature": float(temperature), "at_bound": bool(at_bound)}]
+    return {
+        "per_label": isinstance(temperature, list), "rows": rows,
+        "range": list(fit.get("range") or [float(TEMPERATURE_RANGE[0]), float(TEMPERATURE_RANGE[1])]),
+        "at_bound": at_bound, "recorded": bool(fit),
+    }
+
+
 def _split_summary(table, splits) -> dict[str, Any]:
     out: dict[str, Any] = {"method": splits.method, "sizes": splits.sizes(), "notes": list(splits.notes), "parts": {}}
     from medlens.data.splits import find_group_leaks
@@ -231,7 +263,7 @@ def build_report(
     from medlens.inference import Predictor
     from medlens.tasks.classification.calibration import calibration_summary
     from medlens.tasks.classification.metrics import classification_metrics, sweep_thresholds
-    from medlens.tasks.classification.uncertainty import bootstrap_ci
+    from medlens.tasks.classification.uncertainty import bootstrap_ci, curve_bands
 
     bundle_dir, run_dir = resolve_source(source)
     b = load_bundle(bundle_dir)
@@ -273,11 +305,12 @@ def build_report(
 
     log.info("report: scoring %d %s samples", len(parts[split]), split)
     sub, probs, probs_raw = score(parts[split])
-    point = classification_metrics(probs, sub.targets, m.task, names, thresholds)
+    point = classification_metrics(probs, sub.targets, m.task, names, thresholds, groups=sub.groups)
     log.info("report: %d bootstrap replicates (%s)", n_boot, "by group" if sub.groups is not None else "by sample")
     ci = bootstrap_ci(probs, sub.targets, m.task, names, thresholds, groups=sub.groups, n_boot=n_boot, confidence=confidence, seed=seed)
+    bands = curve_bands(probs, sub.targets, m.task, names, thresholds, groups=sub.groups, n_boot=n_boot, confidence=confidence, seed=seed)
     cal_summary = {
-        "temperature": m.temperature, "applied": calibrated,
+        "temperature": m.temperature, "applied": calibrated, "fit": temperature_record(m.temperature, (m.metrics or {}).get("calibration"), names),
         "calibrated": calibration_summary(probs, sub.targets, m.task, names),
         "uncalibrated": calibration_summary(probs_raw, sub.targets, m.task, names),
     }
@@ -301,7 +334,7 @@ def build_report(
         "task": m.task, "label_names": names, "split": split, "calibrated": calibrated,
         "architecture": m.architecture, "created": m.created, "weights_sha256": m.weights_sha256,
         "intended_use": m.intended_use, "versions": m.versions,
-        "data": data, "metrics": point, "ci": ci,
+        "data": data, "metrics": point, "ci": ci, "curves": bands,
         "thresholds": {"deployed": m.thresholds, "method": trained_method, "sweep": sweep},
         "calibration": cal_summary, "targets": targets,
         "training": {"history": m.history, "train_metrics": {k: v for k, v in (m.metrics or {}).items() if k in ("val", "test")}},
@@ -309,10 +342,10 @@ def build_report(
     }
     log.info("report: drawing plots")
     figs = {
-        "roc": plots.roc_png(probs, sub.targets, m.task, names),
-        "pr": plots.pr_png(probs, sub.targets, m.task, names),
+        "roc": plots.roc_png(probs, sub.targets, m.task, names, bands=bands),
+        "pr": plots.pr_png(probs, sub.targets, m.task, names, bands=bands),
         "confusion": plots.confusion_png(point, names),
-        "reliability": plots.reliability_png(probs, sub.targets, m.task, uncalibrated_probs=probs_raw if calibrated and m.temperature != 1.0 else None),
+        "reliability": plots.reliability_png(probs, sub.targets, m.task, uncalibrated_probs=probs_raw if calibrated and not _is_one(m.temperature) else None),
         "training": plots.training_curves_png(m.history),
     }
     html_text = render_report(doc, figs)
@@ -338,6 +371,57 @@ def _targets_html(rows: list[dict[str, Any]], value_label: str = "value") -> str
     if rows and "met_at_ci_bound" in rows[0]:
         headers.append("met by CI bound")
     return html_table([*headers, "note"], out)
+
+
+def _temperature_html(cs: dict[str, Any]) -> str:
+    """The deployed temperature(s), the search range and any bound hit."""
+    rec = cs.get("fit") or temperature_record(cs["temperature"], None, [])
+    lo, hi = rec["range"]
+    applied = "applied" if cs["applied"] else "not applied in this report"
+    rng = f"searched on log T over {fmt(lo, 3)}&ndash;{fmt(hi, 1)}"
+    out = []
+    if rec["per_label"]:
+        out.append(f"<p>Temperatures fitted on validation, <b>one per label</b> ({rng}; {applied}):</p>")
+        out.append(html_table(["label", "T", "at a search bound"], [
+            [esc(r["output"]), fmt(r["temperature"]), '<span class="notmet">yes</span>' if r["at_bound"] else ("no" if rec["recorded"] else "n/a")]
+            for r in rec["rows"]]))
+    else:
+        out.append(f"<p>Temperature fitted on validation: <b>T = {fmt(rec['rows'][0]['temperature'])}</b> ({rng}; {applied}).</p>")
+    for name in rec["at_bound"]:
+        out.append(f'<div class="warn">The temperature of {esc(name)} hit a bound of the search range ({fmt(lo, 3)}&ndash;{fmt(hi, 1)}): '
+                   "the validation optimum lies beyond it, so this output is nearly uninformative (T at 20) or far too timid "
+                   "(T at 1/20) on validation.</div>")
+    return "".join(out)
+
+
+def _wilson_html(pt: dict[str, Any], ci: dict[str, Any], level: int) -> str:
+    """Wilson score intervals from the confusion counts beside the bootstrap CIs, per label and pooled."""
+    if not any("wilson" in d for d in pt["per_label"].values()):
+        return ""
+
+    def w(e: dict[str, Any] | None) -> str:
+        if not e or e.get("low") is None:
+            return f"n/a <span class=muted>({(e or {}).get('k', 0)}/{(e or {}).get('n', 0)})</span>"
+        return (f"{fmt(e['estimate'])} <span class=ci>({fmt(e['low'])}&ndash;{fmt(e['high'])})</span> "
+                f"<span class=muted>{e['k']}/{e['n']}</span>")
+
+    rows = []
+    for lb, d in pt["per_label"].items():
+        wl, c = d.get("wilson") or {}, ci["per_label"].get(lb, {})
+        rows.append([esc(lb), w(wl.get("sensitivity")), ci_text(c.get("sensitivity")), w(wl.get("specificity")), ci_text(c.get("specificity")),
+                     w(wl.get("ppv")), ci_text(c.get("precision")), w(wl.get("npv"))])
+    pooled = pt.get("wilson") or {}
+    if pooled and len(pt["per_label"]) > 1:
+        rows.append(["<b>pooled over labels</b>", w(pooled.get("sensitivity")), "", w(pooled.get("specificity")), "",
+                     w(pooled.get("ppv")), "", w(pooled.get("npv"))])
+    out = (f"<h3>Intervals from the counts (Wilson score, 95%) beside the bootstrap ({level}%)</h3>"
+           "<p>Wilson intervals need only the confusion counts (k of n) and stay valid at small n; the bootstrap intervals also "
+           "carry the patient clustering but cannot vary when a label's positives are few or come from few patients.</p>")
+    out += html_table(["label", "sensitivity (Wilson)", "sensitivity (bootstrap)", "specificity (Wilson)", "specificity (bootstrap)",
+                       "PPV (Wilson)", "PPV (bootstrap)", "NPV (Wilson)"], rows)
+    if pooled.get("accuracy"):
+        out += f"<p>Accuracy (Wilson): {w(pooled['accuracy'])}.</p>"
+    return out
 
 
 def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
@@ -404,6 +488,8 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
             flag = ' <span class="notmet" title="no positives: AUROC, AP and sensitivity are undefined">&#9888;</span>'
         elif d.get("auroc") is not None and d["auroc"] < 0.5:
             flag = ' <span class="notmet" title="AUROC below 0.5: the score may be inverted">&#9888;</span>'
+        elif d.get("small_sample"):
+            flag = ' <span class="notmet" title="too few positives or patients: the bootstrap cannot vary; see the Wilson intervals">&#9888;</span>'
         rows.append([
             esc(lb) + flag, fmt(d.get("support")), fmt(d.get("n")), fmt(d.get("prevalence")),
             ci_text(c.get("auroc")), ci_text(c.get("average_precision")), ci_text(c.get("sensitivity")),
@@ -413,6 +499,9 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
         ])
     parts.append(html_table(["label", "positives", "known", "prevalence", "AUROC", "AP", "sensitivity", "specificity",
                              "precision", "F1", "threshold", "TP/FP/TN/FN"], rows))
+    parts.append(_wilson_html(pt, ci, level))
+    small = [w for lb, d in pt["per_label"].items() if d.get("small_sample") for w in pt.get("warnings", []) if w.startswith(f"label {lb!r} has {d.get('support')} positive")]
+    parts.extend(f'<div class="warn">{esc(w)}</div>' for w in small)
 
     # thresholds
     parts.append("<h2>Operating points</h2>")
@@ -436,8 +525,8 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
     # calibration
     parts.append("<h2>Calibration</h2>")
     cs = doc["calibration"]
-    parts.append(f"<p>Temperature fitted on validation: <b>T = {fmt(cs['temperature'])}</b> ({'applied' if cs['applied'] else 'not applied in this report'}). "
-                 f"ECE {fmt(cs['calibrated']['ece'])} with temperature, {fmt(cs['uncalibrated']['ece'])} without; "
+    parts.append(_temperature_html(cs))
+    parts.append(f"<p>ECE {fmt(cs['calibrated']['ece'])} with temperature, {fmt(cs['uncalibrated']['ece'])} without; "
                  f"Brier {fmt(cs['calibrated']['brier'])} / {fmt(cs['uncalibrated']['brier'])}.</p>")
     what = ("Accuracy of the arg-max class against its probability (top-label calibration)" if get_task(doc["task"]).top_label
             else "Observed frequency of positives against the predicted probability (all known labels pooled)")
@@ -445,8 +534,11 @@ def render_report(doc: dict[str, Any], figs: dict[str, bytes | None]) -> str:
 
     # plots
     parts.append("<h2>Curves</h2>")
-    parts.append("<h3>ROC curves</h3>" + html_img(figs.get("roc"), "ROC curves per label"))
-    parts.append("<h3>Precision-recall curves</h3>" + html_img(figs.get("pr"), "precision-recall curves per label", "The dashed line is the prevalence (a random classifier's precision)."))
+    cv = doc.get("curves") or {}
+    band = (f" Shaded: {int(round(100 * cv.get('confidence', 0.95)))}% bootstrap band ({cv.get('n_boot')} replicates resampling "
+            f"{'patients/groups' if cv.get('unit') == 'group' else 'samples'}); red dot: the deployed operating point.") if cv else ""
+    parts.append("<h3>ROC curves</h3>" + html_img(figs.get("roc"), "ROC curves per label", esc("Band: TPR at fixed false positive rates.") + esc(band) if band else ""))
+    parts.append("<h3>Precision-recall curves</h3>" + html_img(figs.get("pr"), "precision-recall curves per label", "The dashed line is the prevalence (a random classifier's precision)." + (esc(" Band: interpolated precision at fixed recall." + band) if band else "")))
     parts.append("<h3>Confusion matrices</h3>" + html_img(figs.get("confusion"), "confusion matrices", "Rows: true class; columns: predicted; counts and row shares."))
     parts.append("<h2>Training</h2>")
     parts.append(html_img(figs.get("training"), "training curves"))

@@ -205,3 +205,50 @@ def test_resolve_source_and_targets(tmp_path):
 def test_report_cli_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "neither a run folder" in res.output
+
+
+def test_small_sample_report_shows_wilson_per_label_temperatures_and_warnings(tmp_path):
+    """A random-weights multi-label bundle on a tiny csv dataset: no training, seconds on a CPU."""
+    import csv
+
+    from PIL import Image
+
+    from medlens.report import build_report
+    from tests.unit._bundles import random_bundle
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        split = "train" if i < 20 else ("val" if i < 30 else "test")
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        j = i - 30
+        # test split: Mass's 5 positives all belong to patient P0; Edema is positive for every third patient
+        labels = [*(["Mass"] if 0 <= j < 5 else []), *(["Edema"] if i % 3 == 0 else [])]
+        rows.append({"path": f"im{i}.png", "labels": "|".join(labels), "patient": "P0" if 0 <= j < 5 else f"P{i}", "split": split})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    data = {"kind": "csv", "path": str(tmp_path / "labels.csv"), "image_column": "path", "label_column": "labels",
+            "label_delimiter": "|", "group_column": "patient", "split_column": "split", "task": "multilabel",
+            "label_names": ["Mass", "Edema"], "image_size": 32, "channels": 1, "split": {"method": "predefined"}}
+    cfg = tiny_config(tmp_path, data)
+    calib = {"temperature": [1.3, 20.0], "per_label": True, "labels": ["Mass", "Edema"], "range": [0.05, 20.0],
+             "at_bound": ["Edema"], "bound_hit": True}
+    bundle = random_bundle(tmp_path / "bundle", backbone="test_resnet", task="multilabel", names=("Mass", "Edema"),
+                           thresholds=[0.5, 0.5], temperature=[1.3, 20.0], config=cfg, metrics={"calibration": calib})
+    r = build_report(bundle, out=tmp_path / "rep", n_boot=60)
+    doc = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    mass = doc["metrics"]["per_label"]["Mass"]
+    assert mass["support"] == 5 and mass["positive_groups"] == 1 and mass["small_sample"] is True
+    assert any("'Mass' has 5 positive(s) from 1 patient" in w for w in doc["warnings"])
+    sens = mass["wilson"]["sensitivity"]
+    assert sens["n"] == 5 and sens["k"] == mass["tp"] and 0.0 <= sens["low"] <= sens["high"] <= 1.0
+    assert doc["calibration"]["fit"]["rows"] == [{"output": "Mass", "temperature": 1.3, "at_bound": False},
+                                                 {"output": "Edema", "temperature": 20.0, "at_bound": True}]
+    curves = doc["curves"]["labels"]["Edema"]
+    assert curves["operating_point"]["threshold"] == 0.5 and len(curves["roc"]["tpr"]) == len(doc["curves"]["grid"])
+    text = r.html.read_text()
+    assert "Wilson" in text and "one per label" in text and "hit a bound of the search range" in text
+    assert "Mass&#x27; has 5 positive(s) from 1 patient" in text
+    assert f"{sens['k']}/5" in text  # k of n beside the interval

@@ -14,6 +14,7 @@ from medlens.tasks.classification.calibration import (
     calibration_summary,
     expected_calibration_error,
     fit_temperature,
+    fit_temperatures,
     reliability_bins,
 )
 
@@ -152,3 +153,69 @@ def test_classification_metrics_reports_the_same_ece_and_brier(task):
     m = classification_metrics(p, t, task, names, warn=False)
     assert m["ece"] == pytest.approx(expected_calibration_error(p, t, task), abs=1e-12)
     assert m["brier"] == pytest.approx(brier_score(p, t, task), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ per-label temperatures
+def _ml_operating_point(logits: np.ndarray, targets: np.ndarray, names=("a", "b")):
+    from types import SimpleNamespace
+
+    from medlens.bundle import Manifest
+    from medlens.data.labels import LabelSpace
+    from medlens.data.transforms import resolve_preprocessing
+    from medlens.tasks import get_task
+
+    task = get_task("multilabel")
+    manifest = Manifest(architecture={}, label_space=LabelSpace(tuple(names), "multilabel"), preprocessing=resolve_preprocessing(32, 1))
+    cfg = SimpleNamespace(trainer=SimpleNamespace(calibrate=True, threshold_method="fixed", fixed_threshold=0.5))
+    op = task.fit_operating_point(cfg, manifest, logits, SimpleNamespace(targets=targets), None)
+    return task, manifest, op
+
+
+def _true_logits(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, 2))
+    y = (rng.random((n, 2)) < 1 / (1 + np.exp(-z))).astype(float)
+    return z, y
+
+
+def test_multilabel_fit_stores_one_temperature_per_label_and_activation_divides_columnwise():
+    z, y = _true_logits()
+    y[:500, 1] = np.nan  # unknown entries are left out of that label's fit
+    raw = np.stack([3.0 * z[:, 0], 0.5 * z[:, 1]], axis=1)  # over- and under-confident by known factors
+    task, manifest, op = _ml_operating_point(raw, y)
+    t = manifest.temperature
+    assert isinstance(t, list) and len(t) == 2
+    assert abs(t[0] - 3.0) < 0.4 and abs(t[1] - 0.5) < 0.08
+    rec = op["calibration"]
+    assert rec["per_label"] and rec["temperature"] == t and rec["labels"] == ["a", "b"]
+    assert rec["range"] == [0.05, 20.0] and rec["at_bound"] == [] and rec["bound_hit"] is False
+    probs = task.activation(raw, manifest)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-raw / np.array(t))), rtol=1e-5)
+    np.testing.assert_allclose(task.activation(raw, manifest, calibrated=False), 1 / (1 + np.exp(-raw)), rtol=1e-5)
+    # binary keeps one scalar
+    assert isinstance(fit_temperatures(raw[:, :1], np.stack([1 - y[:, 0], y[:, 0]], 1), "binary")["temperature"], float)
+
+
+def test_bound_hit_warns_naming_the_label_and_is_recorded(caplog):
+    z, y = _true_logits(seed=1)
+    raw = np.stack([z[:, 0], 100.0 * z[:, 1]], axis=1)  # label b's optimum is T = 100, beyond the range
+    with caplog.at_level("WARNING", logger="medlens.calibration"):
+        _, manifest, op = _ml_operating_point(raw, y, names=("Effusion", "Mass"))
+    assert manifest.temperature[1] == pytest.approx(20.0, rel=1e-3) and abs(manifest.temperature[0] - 1.0) < 0.2
+    assert op["calibration"]["at_bound"] == ["Mass"] and op["calibration"]["bound_hit"] is True
+    lines = [r.getMessage() for r in caplog.records if "bound" in r.getMessage()]
+    assert len(lines) == 1 and "'Mass'" in lines[0] and "1/20..20" in lines[0]
+
+
+def test_manifest_temperature_list_round_trips_and_bad_values_are_one_line(tmp_path):
+    from medlens.bundle import BundleError, Manifest, load_bundle, read_temperature
+    from tests.unit._bundles import random_bundle
+
+    b = random_bundle(tmp_path / "b", backbone="test_resnet", task="multilabel", names=("a", "b", "c"), temperature=[1.5, 0.5, 2.0])
+    assert load_bundle(b).manifest.temperature == [1.5, 0.5, 2.0]
+    d = load_bundle(b).manifest.to_dict()
+    assert Manifest.from_dict({**d, "temperature": 1.7}).temperature == 1.7  # old bundles: a float
+    assert Manifest.from_dict({**d, "temperature": None}).temperature == 1.0
+    with pytest.raises(BundleError, match="temperature.*positive"):
+        Manifest.from_dict({**d, "temperature": [1.0, -2.0, 1.0]}, source="m.json")
+    assert read_temperature(["2", 3]) == [2.0, 3.0]

@@ -61,3 +61,53 @@ def test_write_reports_with_duplicate_names(predictor: Predictor, tmp_path: Path
     assert names == ["index.html", "x.html", "x.pdf", "x_2.html", "x_2.pdf"]
     index = (tmp_path / "rep" / "index.html").read_text()
     assert "x.html" in index and "x_2.html" in index and "Not a diagnosis" in index
+
+
+def test_report_says_what_went_in_and_when(predictor: Predictor) -> None:
+    img = np.random.default_rng(3).integers(0, 256, (32, 32), dtype=np.uint8)
+    pred = predictor.predict_one(img)  # an in-memory array: no file name
+    assert pred.source == "<array>"
+    page = image_report_html(img, pred, explain(predictor, img, method="gradcam"), predictor.manifest)
+    assert "<title>medlens report: image</title>" in page and "&lt;array&gt;" not in page
+    assert "in-memory image" in page and predictor.manifest.weights_sha256 in page  # the full sha256
+    assert re.search(r"Report generated</strong></td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page)
+    assert "Grad-CAM" in page or "gradient" in page.lower()  # the method's own caption
+    pdf = image_report_pdf(img, pred, [], predictor.manifest)
+    assert b"medlens report: image" in pdf and b"<array>" not in pdf  # the PDF's Title
+
+
+def test_fusion_report_lists_its_metadata(tmp_path: Path) -> None:
+    from tests.unit._bundles import random_bundle
+
+    arch = {"type": "fusion", "backbone": "test_resnet", "num_outputs": 2, "in_chans": 1, "image_size": 32, "meta_dim": 4,
+            "meta_hidden": [8], "meta_dropout": 0.0}
+    p = Predictor.from_bundle(random_bundle(tmp_path / "f", arch=arch, task="multilabel", names=("u", "v")))
+    img = np.zeros((32, 32), np.uint8)
+    meta = {"age": 63, "sex": "F", "site": "<img src=x onerror=alert(1)>"}
+    page = image_report_html(img, p.predict_one(img, name="lesion.png"), [], p.manifest, metadata=meta)
+    table = page.split("Metadata given to the model", 1)[1].split("</table>", 1)[0]
+    assert "<td>age</td><td>63</td>" in table and "<td>sex</td><td>F</td>" in table
+    assert "&lt;img src=x onerror=alert(1)&gt;" in table and "<img src=x" not in page  # data stays text
+    assert "<title>medlens report: lesion.png</title>" in page
+
+
+def test_dicom_report_lists_uids_and_no_patient_data(predictor: Predictor, tmp_path: Path) -> None:
+    import pydicom
+
+    from medlens.data.io import dicom_bytes
+
+    path = tmp_path / "study.dcm"
+    path.write_bytes(dicom_bytes(np.random.default_rng(0).integers(0, 4000, (32, 32)).astype(np.uint16)))
+    ds = pydicom.dcmread(path)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-998877", "19510203"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
+    ds.save_as(path)
+    written = write_reports(predictor, [str(path)], predictor.predict([str(path)]), tmp_path / "rep", pdf=True)
+    page = (tmp_path / "rep" / "study.html").read_text()
+    for uid in ("StudyInstanceUID</strong></td><td>1.2.3.4<", "SeriesInstanceUID</strong></td><td>1.2.3.4.5<", "SOPInstanceUID</strong></td><td>1.2.3.4.5.6<"):
+        assert uid in page
+    assert "<td>study.dcm</td>" in page
+    for secret in ("Doe", "Jane", "PID-998877", "19510203", "1951"):
+        assert secret not in page
+    pdf = next(p for p in written if p.suffix == ".pdf").read_bytes()
+    assert b"Doe" not in pdf and b"PID-998877" not in pdf

@@ -54,3 +54,24 @@ def test_save_png_is_atomic(tmp_path, ml):
     p, y, names = ml
     out = plots.save_png(plots.roc_png(p[:, :1], np.stack([1 - np.nan_to_num(y[:, 0]), np.nan_to_num(y[:, 0])], 1), "binary", ["n", "a"]), tmp_path / "sub" / "roc.png")
     assert out.is_file() and [f.name for f in out.parent.iterdir()] == ["roc.png"]
+
+
+def test_confusion_panels_carry_class_names():
+    p = np.array([[0.9], [0.2], [0.7], [0.1]])
+    t = np.array([[0, 1], [1, 0], [1, 0], [0, 1]], float)
+    m = classification_metrics(p, t, "binary", ["normal", "pneumonia"], [0.5], warn=False)
+    (panel,) = plots.confusion_panels(m, ["normal", "pneumonia"])
+    assert panel["labels"] == ["normal", "pneumonia"] and panel["matrix"] == [[1, 1], [1, 1]]
+    ml = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [1, 1]], float), "multilabel", ["Mass", "Edema"], warn=False)
+    assert [x["labels"] for x in plots.confusion_panels(ml, ["Mass", "Edema"])] == [["no Mass", "Mass"], ["no Edema", "Edema"]]
+    assert _img(plots.confusion_png(m, ["normal", "pneumonia"])).size > 0
+
+
+def test_banded_curves_draw_more_ink(ml):
+    from medlens.tasks.classification.uncertainty import curve_bands
+
+    p, y, names = ml
+    bands = curve_bands(p, y, "multilabel", names, [0.5, 0.5, 0.5], n_boot=50)
+    for fn in (plots.roc_png, plots.pr_png):
+        plain, banded = _img(fn(p, y, "multilabel", names)), _img(fn(p, y, "multilabel", names, bands=bands))
+        assert plain.shape == banded.shape and (banded < 250).mean() > (plain < 250).mean()  # band and marker drawn

@@ -15,7 +15,7 @@ from torch import nn
 
 from medlens.data.readers import read_dataset
 from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task
-from medlens.tasks.classification.calibration import fit_temperature
+from medlens.tasks.classification.calibration import fit_temperatures
 from medlens.tasks.classification.losses import create_loss, loss_kwargs
 from medlens.tasks.classification.metrics import classification_metrics, tune_thresholds
 
@@ -106,16 +106,23 @@ class ClassificationTask(Task):
         return manifest.label_space.num_outputs
 
     def activation(self, raw: np.ndarray, manifest: Any, calibrated: bool = True) -> np.ndarray:
+        """Logits / temperature -> probabilities; a list temperature (multi-label) divides column by column."""
         t = np.asarray(manifest.temperature if calibrated else 1.0, dtype=np.float64)
-        z = np.asarray(raw, dtype=np.float64) / t
+        z = np.asarray(raw, dtype=np.float64)
+        if t.ndim and z.ndim == 2 and t.shape != (z.shape[1],):
+            raise ValueError(f"the manifest has {t.size} temperatures for {z.shape[1]} outputs")
+        z = z / t
         return (softmax(z) if self.exclusive else sigmoid(z)).astype(np.float32)
 
     # ------------------------------------------------------------------ operating point and metrics
     def fit_operating_point(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any, predictor: PredictorLike) -> dict[str, Any]:
-        """Temperature (``trainer.calibrate``) and thresholds (``trainer.threshold_method``) on validation."""
+        """Temperature (``trainer.calibrate``; one per label for multi-label) and thresholds (``trainer.threshold_method``) on validation."""
         t = cfg.trainer
+        out: dict[str, Any] = {}
         if t.calibrate:
-            manifest.temperature = fit_temperature(raw_val, val_table.targets, self.kind)
+            fit = fit_temperatures(raw_val, val_table.targets, self.kind, manifest.label_names)
+            manifest.temperature = fit["temperature"]
+            out["calibration"] = fit  # the fitted values, the search range and the bound warnings, in metrics.json
         if self.thresholded:
             probs = self.activation(raw_val, manifest)
             n = manifest.label_space.num_outputs
@@ -123,10 +130,10 @@ class ClassificationTask(Task):
                 manifest.thresholds = [float(t.fixed_threshold)] * n
             else:
                 manifest.thresholds = tune_thresholds(probs, val_table.targets, self.kind, t.threshold_method)
-        return {"threshold_method": t.threshold_method if self.thresholded else "argmax"}
+        return {"threshold_method": t.threshold_method if self.thresholded else "argmax", **out}
 
     def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Any, groups: Sequence | None = None) -> dict[str, Any]:
-        return classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None)
+        return classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups)
 
     def epoch_metrics(self, scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         return classification_metrics(scores, targets, self.kind, names, warn=False)

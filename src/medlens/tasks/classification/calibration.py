@@ -1,7 +1,8 @@
 """Calibration: temperature scaling fitted on validation logits, expected calibration error, reliability bins.
 
-Temperature scaling (Guo et al., 2017) divides logits by one scalar T > 0 chosen to minimise the validation
-negative log-likelihood. It changes confidence, not ranking: AUROC is unchanged, and for binary/multi-label
+Temperature scaling (Guo et al., 2017) divides logits by T > 0 chosen to minimise the validation negative
+log-likelihood: one scalar for binary and multiclass models, one T per label for multi-label models
+(:func:`fit_temperatures`; the manifest's ``temperature`` is then a list, divided column-wise). It changes confidence, not ranking: AUROC is unchanged, and for binary/multi-label
 models a threshold on probabilities moves with it (thresholds are tuned after calibration). Training stores T
 in the bundle manifest (``temperature``); :class:`medlens.predict.Predictor` applies it unless built with
 ``calibrated=False`` (``--uncalibrated`` on the command line).
@@ -20,12 +21,15 @@ over bins; MCE the largest gap over non-empty bins.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from medlens.tasks.classification.metrics import bin_ids, ece_from_pairs, label_view
+
+log = logging.getLogger("medlens.calibration")
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray, task: str, t: float) -> float:
@@ -44,6 +48,43 @@ def _nll(logits: np.ndarray, targets: np.ndarray, task: str, t: float) -> float:
     return float((loss * mask).sum() / max(mask.sum(), 1))
 
 
+#: the temperature search range: T in [1/20, 20], searched on log T
+TEMPERATURE_RANGE = (1.0 / 20.0, 20.0)
+#: a fitted log T this close to a bound (relative to the log range) counts as "hit the bound"
+_BOUND_TOL = 1e-3
+
+
+def _golden_log_t(f: Any) -> float:
+    """Golden-section search of ``f(T)`` on log T over :data:`TEMPERATURE_RANGE`; returns T."""
+    lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = f(np.exp(a)), f(np.exp(b))
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = f(np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = f(np.exp(b))
+    return float(np.exp((lo + hi) / 2))
+
+
+def _fit_one(logits: np.ndarray, targets: np.ndarray, task: str) -> tuple[float, bool]:
+    """(T, hit a bound of the search range) for one scalar temperature."""
+    if len(logits) == 0:
+        return 1.0, False
+    t = _golden_log_t(lambda x: _nll(logits, targets, task, x))
+    # keep T = 1 unless the fit really improves the likelihood
+    if not _nll(logits, targets, task, t) < _nll(logits, targets, task, 1.0) - 1e-9:
+        return 1.0, False
+    span = np.log(TEMPERATURE_RANGE[1]) - np.log(TEMPERATURE_RANGE[0])
+    at_bound = min(abs(np.log(t) - np.log(b)) for b in TEMPERATURE_RANGE) < _BOUND_TOL * span
+    return t, bool(at_bound)
+
+
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, task: str) -> float:
     """The temperature minimising validation NLL (golden-section search on log T in [1/20, 20]).
 
@@ -51,26 +92,56 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, task: str) -> float
         >>> fit_temperature(np.array([[4.0], [-4.0], [4.0]]), np.array([[0, 1], [1, 0], [1, 0]]), "binary") > 1
         True
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    if len(logits) == 0:
-        return 1.0
-    lo, hi = np.log(0.05), np.log(20.0)
-    g = (np.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = _nll(logits, targets, task, np.exp(a)), _nll(logits, targets, task, np.exp(b))
-    for _ in range(60):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = _nll(logits, targets, task, np.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = _nll(logits, targets, task, np.exp(b))
-    t = float(np.exp((lo + hi) / 2))
-    # keep T = 1 unless the fit really improves the likelihood
-    return t if _nll(logits, targets, task, t) < _nll(logits, targets, task, 1.0) - 1e-9 else 1.0
+    return _fit_one(np.asarray(logits, dtype=np.float64), np.asarray(targets, dtype=np.float64), task)[0]
+
+
+def fit_temperatures(
+    logits: np.ndarray, targets: np.ndarray, task: str, label_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Temperature scaling as deployed: one T per output for multi-label, one scalar otherwise.
+
+    Multi-label outputs are independent sigmoids whose confidence can be off by different amounts, so each
+    column gets its own golden-section search on its known validation entries (an all-unknown column keeps
+    T = 1). A fit that ends on a bound of the search range (1/20 or 20) means the optimum lies beyond it:
+    that output is (nearly) uninformative (T -> 20) or far too timid (T -> 1/20) on validation; one warning
+    line per such output is logged and the output is listed in ``at_bound``.
+
+    Args:
+        logits: (N, K) validation logits.
+        targets: (N, L) targets with NaN for unknown (binary/multiclass: one-hot).
+        task: binary, multiclass or multilabel.
+        label_names: names of the outputs (multi-label: the labels), for the record and warnings.
+
+    Returns:
+        ``{"temperature": float | list[float], "per_label": bool, "labels": [...], "range": [0.05, 20.0],
+        "at_bound": [labels whose T hit a bound], "bound_hit": bool}`` -- ``temperature`` goes into the
+        manifest, the rest into its metrics.
+
+    Example:
+        >>> r = fit_temperatures(np.array([[4.0, 1.0], [-4.0, -1.0]]), np.array([[0, 1], [1, 0]]), "multilabel", ["a", "b"])
+        >>> r["per_label"], len(r["temperature"])
+        (True, 2)
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    per_label = task == "multilabel"
+    if per_label:
+        names = [str(n) for n in (label_names if label_names is not None else range(z.shape[1]))]
+        fits = [_fit_one(z[~np.isnan(y[:, j]), j : j + 1], y[~np.isnan(y[:, j]), j : j + 1], task) for j in range(z.shape[1])]
+        temperature: float | list[float] = [t for t, _ in fits]
+    else:
+        names = ["all outputs"]
+        fits = [_fit_one(z, y, task)]
+        temperature = fits[0][0]
+    at_bound = [n for n, (_, hit) in zip(names, fits, strict=True) if hit]
+    for n, (t, hit) in zip(names, fits, strict=True):
+        if hit:
+            log.warning("temperature for %r hit the search bound (T = %.4g, range 1/20..20): the validation optimum lies beyond it", n, t)
+    return {
+        "temperature": temperature, "per_label": per_label, "labels": names,
+        "range": [float(TEMPERATURE_RANGE[0]), float(TEMPERATURE_RANGE[1])],
+        "at_bound": at_bound, "bound_hit": bool(at_bound),
+    }
 
 
 # ------------------------------------------------------------------------------------------ reliability

@@ -186,6 +186,55 @@ def rates(c: dict[str, int]) -> dict[str, float]:
     }
 
 
+#: z of a two-sided 95% normal interval
+_Z95 = 1.959963984540054
+#: a label whose positives are fewer than this, or come from fewer than MIN_POSITIVE_GROUPS patients, gets a warning
+MIN_POSITIVES = 10
+MIN_POSITIVE_GROUPS = 3
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> dict[str, Any]:
+    """Wilson score interval of a proportion k/n (Wilson, 1927): valid at small n and at k = 0 or k = n.
+
+    ``low, high = (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k/n``; undefined
+    (``None``) when n = 0.
+
+    Example:
+        >>> w = wilson_interval(5, 5)
+        >>> round(w["low"], 4), w["high"], w["k"], w["n"]
+        (0.5655, 1.0, 5, 5)
+    """
+    from statistics import NormalDist
+
+    k, n = int(k), int(n)
+    if n <= 0:
+        return {"estimate": None, "low": None, "high": None, "k": k, "n": n, "confidence": float(confidence)}
+    z = _Z95 if confidence == 0.95 else NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if k == 0 else max(0.0, center - half)  # exact ends (rounding leaves ~1e-17 otherwise)
+    high = 1.0 if k == n else min(1.0, center + half)
+    return {"estimate": p, "low": low, "high": high, "k": k, "n": n, "confidence": float(confidence)}
+
+
+def wilson_rates(c: dict[str, int], confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Wilson intervals of sensitivity (TP / P), specificity (TN / N), PPV (TP / predicted positive) and NPV
+    (TN / predicted negative) from confusion counts.
+
+    Example:
+        >>> w = wilson_rates({"tp": 4, "fp": 1, "tn": 9, "fn": 1})
+        >>> w["sensitivity"]["k"], w["sensitivity"]["n"], w["npv"]["n"]
+        (4, 5, 10)
+    """
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    return {
+        "sensitivity": wilson_interval(tp, tp + fn, confidence), "specificity": wilson_interval(tn, tn + fp, confidence),
+        "ppv": wilson_interval(tp, tp + fp, confidence), "npv": wilson_interval(tn, tn + fn, confidence),
+    }
+
+
 def _macro(values: Sequence[float | None]) -> float:
     v = [x for x in values if x is not None and not math.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
@@ -197,6 +246,29 @@ def _weighted(values: Sequence[float | None], weights: Sequence[float]) -> float
     if not pairs or total <= 0:
         return float("nan")
     return float(sum(x * w for x, w in pairs) / total)
+
+
+def group_codes(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
+    """An integer group code per row; rows without a group (``None``/NaN/'') get a code of their own.
+
+    Example:
+        >>> group_codes(["a", "b", "a", None], 4).tolist()
+        [0, 1, 0, 2]
+    """
+    if groups is None:
+        return np.arange(n)
+    g = list(groups)
+    if len(g) != n:
+        raise ValueError(f"{len(g)} groups for {n} samples")
+    codes = np.empty(n, dtype=np.int64)
+    seen: dict[str, int] = {}
+    for i, x in enumerate(g):
+        if x is None or (isinstance(x, float) and x != x) or str(x) == "":
+            key = f"\0row{i}"  # cannot collide with a real id
+        else:
+            key = str(x)
+        codes[i] = seen.setdefault(key, len(seen))
+    return codes
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -271,6 +343,8 @@ def classification_metrics(
     mask: np.ndarray | None = None,
     calibration: bool = True,
     warn: bool = True,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    intervals: bool = True,
 ) -> dict[str, Any]:
     """Headline and per-label metrics.
 
@@ -283,13 +357,18 @@ def classification_metrics(
         mask: optional (N, L) bool, True where the target is known.
         calibration: also compute expected calibration error and Brier score.
         warn: log a warning for labels with AUROC < 0.5 (the score may be inverted).
+        groups: one patient/exam id per row (None: none); counts the patients behind each label's positives.
+        intervals: add 95% Wilson score intervals (``per_label[label]["wilson"]``, pooled ones in ``wilson``).
 
     Returns:
         A flat dict of headline metrics -- ``auroc_macro``, ``accuracy``, and ``<metric>_<macro|micro|weighted>``
         for every metric in :data:`AVERAGED_METRICS`; summed ``tp``/``fp``/``tn``/``fn``; ``exact_match`` and
         ``hamming_accuracy`` (multi-label); ``confusion_matrix`` (binary, multiclass); ``ece``/``brier`` -- plus
-        ``per_label`` (every metric and TP/FP/TN/FN, support, threshold per label) and ``warnings`` (strings).
-        Undefined values are ``None``.
+        ``per_label`` (every metric and TP/FP/TN/FN, support, threshold per label; ``wilson``: sensitivity,
+        specificity, PPV and NPV as ``{"estimate", "low", "high", "k", "n"}``; ``positive_groups`` when groups
+        are given), ``wilson`` (the same from the counts summed over labels, plus accuracy for binary and
+        multiclass) and ``warnings`` (strings; among them every label with fewer than 10 positives or with
+        positives from fewer than 3 patients, whose bootstrap intervals cannot vary). Undefined values are ``None``.
 
     Example:
         >>> m = classification_metrics(np.array([[.9], [.2]]), np.array([[0, 1], [1, 0]]), "binary", ["n", "p"])
@@ -304,6 +383,7 @@ def classification_metrics(
     per: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    gcodes = None if groups is None else group_codes(groups, len(s))
     # confusion counts of all labels at once (columns), over known entries only
     counts = {
         "tp": (pred & yb & known).sum(axis=0), "fp": (pred & ~yb & known).sum(axis=0),
@@ -325,6 +405,17 @@ def classification_metrics(
         }
         if thr_list is not None:
             d["threshold"] = thr_list[j]
+        if intervals:
+            d["wilson"] = wilson_rates(c)
+        pos_groups = None
+        if gcodes is not None:
+            pos_groups = len(set(gcodes[k & yb[:, j]].tolist()))
+            d["positive_groups"] = pos_groups
+        d["small_sample"] = n_pos > 0 and (n_pos < MIN_POSITIVES or (pos_groups is not None and pos_groups < MIN_POSITIVE_GROUPS))
+        if d["small_sample"]:
+            src = "" if pos_groups is None else f" from {pos_groups} patient(s)/group(s)"
+            warnings.append(f"label {name!r} has {n_pos} positive(s){src}: too few for the bootstrap to vary "
+                            f"(needs >= {MIN_POSITIVES} positives from >= {MIN_POSITIVE_GROUPS} patients); rely on the Wilson intervals")
         if d["support"] == 0:
             warnings.append(f"label {name!r} has no positives among {d['n']} known samples: AUROC, average precision and sensitivity are undefined")
         elif d["negatives"] == 0:
@@ -364,6 +455,13 @@ def classification_metrics(
         d = per[names[0]]
         out["accuracy"] = d["accuracy"]
         out["confusion_matrix"] = [[d["tn"], d["fp"]], [d["fn"], d["tp"]]]
+    if intervals:  # pooled over labels (binary: the one label); multiclass/binary also accuracy
+        out["wilson"] = wilson_rates(total)
+        if task == "multiclass":
+            rows = known[:, 0]
+            out["wilson"]["accuracy"] = wilson_interval(int(np.sum(s[rows].argmax(axis=1) == y[rows].argmax(axis=1))), int(rows.sum()))
+        elif task != "multilabel":
+            out["wilson"]["accuracy"] = wilson_interval(total["tp"] + total["tn"], sum(total.values()))
     if calibration:  # the same definitions as medlens.calibration, on the arrays already at hand
         if task == "multiclass":
             rows = known[:, 0]

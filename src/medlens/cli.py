@@ -40,8 +40,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def _main(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Train, evaluate, explain and serve medical image classifiers."""
+    _record_subcommand(ctx, reset=True)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -61,16 +62,20 @@ def _setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", module=r"(lightning|pytorch_lightning)(\.|$)")
 
 
+#: the subcommand being run (``["db", "init"]``), recorded by the group callbacks for messages
+_INVOKED: list[str] = []
+
+
 def _command_name() -> str:
     """``medlens serve``, ``medlens db import``: the command being run, for messages."""
-    import click
+    return " ".join(["medlens", *_INVOKED])
 
-    ctx = click.get_current_context(silent=True)
-    names: list[str] = []
-    while ctx is not None and ctx.parent is not None:
-        names.insert(0, ctx.info_name or "")
-        ctx = ctx.parent
-    return " ".join(["medlens", *names])
+
+def _record_subcommand(ctx: typer.Context, reset: bool = False) -> None:
+    if reset:
+        _INVOKED.clear()
+    if ctx.invoked_subcommand:
+        _INVOKED.append(ctx.invoked_subcommand)
 
 
 def _need(extra: str, *modules: str) -> None:
@@ -86,7 +91,6 @@ def _need(extra: str, *modules: str) -> None:
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medlens.config import ConfigError
-
     from medlens.runfolder import RunInUseError
 
     types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError, RunInUseError]
@@ -311,6 +315,11 @@ def serve(
 db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 
+
+@db_app.callback()
+def _db_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
+
 _DB_URL_HELP = "Database URL (sqlite:///file.db or postgresql+psycopg://user@host/db); default $MEDLENS_DB_URL."
 _PW_ENV_HELP = "Environment variable holding the password."
 _PW_FILE_HELP = "File whose first line is the password."
@@ -384,6 +393,11 @@ split_app = typer.Typer(help="Dataset splits.", no_args_is_help=True, rich_marku
 app.add_typer(split_app, name="split")
 
 
+@split_app.callback()
+def _split_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
+
+
 @split_app.command("audit")
 def split_audit(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
@@ -406,6 +420,11 @@ def split_audit(
 
 runs_app = typer.Typer(help="List and compare training runs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
+def _runs_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
 
 
 @runs_app.command("list")

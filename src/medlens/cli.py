@@ -2,7 +2,9 @@
 
 Heavy libraries (torch, timm, Lightning) are imported inside the commands so ``medlens --help`` is fast.
 User errors (bad config, missing file, unknown label, ...) print one line and exit with code 2; set
-``MEDLENS_DEBUG=1`` for the traceback.
+``MEDLENS_DEBUG=1`` (or ``--verbose`` where a command has it) for the traceback. A missing optional dependency
+names the extra to install (``medlens serve needs the 'serve' extra: pip install 'medlens[serve]'``).
+Help texts are plain click formatting (no type names): every option carries its own help and metavar.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+#: file extensions ``medlens predict FOLDER`` picks up (recursively)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 
 def _version(value: bool) -> None:
@@ -34,8 +40,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def _main(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Train, evaluate, explain and serve medical image classifiers."""
+    _record_subcommand(ctx, reset=True)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -55,6 +62,33 @@ def _setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", module=r"(lightning|pytorch_lightning)(\.|$)")
 
 
+#: the subcommand being run (``["db", "init"]``), recorded by the group callbacks for messages
+_INVOKED: list[str] = []
+
+
+def _command_name() -> str:
+    """``medlens serve``, ``medlens db import``: the command being run, for messages."""
+    return " ".join(["medlens", *_INVOKED])
+
+
+def _record_subcommand(ctx: typer.Context, reset: bool = False) -> None:
+    if reset:
+        _INVOKED.clear()
+    if ctx.invoked_subcommand:
+        _INVOKED.append(ctx.invoked_subcommand)
+
+
+def _need(extra: str, *modules: str) -> None:
+    """Stop with one line naming the extra when one of ``modules`` is not installed."""
+    from medlens.extras import MissingExtraError, require
+
+    try:
+        require(extra, *modules, what=_command_name())
+    except MissingExtraError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=2) from None
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from medlens.config import ConfigError
     from medlens.runfolder import RunInUseError
@@ -70,9 +104,25 @@ def _fail(e: BaseException) -> None:
 
 
 def _run(fn, *args, **kwargs):
-    """Call a library function, turning user errors into one-line messages."""
+    """Call a library function, turning user errors and missing optional packages into one-line messages."""
+    from medlens.extras import MissingExtraError, extra_for_module
+
     try:
         return fn(*args, **kwargs)
+    except MissingExtraError as e:
+        if os.environ.get("MEDLENS_DEBUG"):
+            raise
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=2) from None
+    except ModuleNotFoundError as e:
+        if os.environ.get("MEDLENS_DEBUG"):
+            raise
+        extra = extra_for_module(e.name)
+        if extra is None:
+            typer.echo(f"error: the Python package {e.name!r} is not installed (pip install {e.name})", err=True)
+        else:
+            typer.echo(f"{_command_name()} needs the '{extra}' extra: pip install 'medlens[{extra}]'", err=True)
+        raise typer.Exit(code=2) from None
     except _user_error_types() as e:
         if os.environ.get("MEDLENS_DEBUG"):
             raise
@@ -85,13 +135,15 @@ def _print_json(obj) -> None:
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
-    verbose: bool = False,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
+    resume: Annotated[Optional[str], typer.Option(metavar="CHECKPOINT", help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging, and tracebacks for errors.")] = False,
 ) -> None:
-    """Train a model from CONFIG and write its bundle."""
+    """Train a model from CONFIG and write its bundle; ends with the headline metric, its 95% CI and n."""
     _setup_logging(verbose)
+    if verbose:
+        os.environ["MEDLENS_DEBUG"] = "1"
     from medlens.config import load_config
     from medlens.training import train as _train
 
@@ -101,10 +153,12 @@ def train(
         return
     typer.echo(f"bundle:  {result.bundle_dir}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.json'}")
+    from medlens.console import headline
+
     for split in ("val", "test"):
         m = result.metrics.get(split)
-        if m:
-            typer.echo(f"{split}: auroc_macro={_fmt(m.get('auroc_macro'))} accuracy={_fmt(m.get('accuracy'))} f1_macro={_fmt(m.get('f1_macro'))}")
+        if isinstance(m, dict) and m:
+            typer.echo(headline(m, split))
 
 
 def _fmt(x) -> str:
@@ -113,35 +167,45 @@ def _fmt(x) -> str:
 
 @app.command()
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    config: Annotated[Optional[Path], typer.Option(help="Data config (default: the one saved in the bundle).")] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON here.")] = None,
-    tta: Annotated[bool, typer.Option(help="Test-time augmentation (horizontal flip).")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Config override (repeatable).")] = None,
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Data config (default: the one saved in the bundle).")] = None,
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="train, val or test.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write metrics JSON here.")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation (horizontal flip).")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override (repeatable).")] = None,
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Store the result in the bundle manifest.")] = True,
+    threshold: Annotated[Optional[float], typer.Option(metavar="X", help="Decide at this threshold instead of the bundle's.")] = None,
+    thresholds_from: Annotated[Optional[str], typer.Option(metavar="val|bundle", help="Where the decision thresholds come from: the bundle (default) or refitted on the val split.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print only the metrics JSON on stdout (logs go to stderr).")] = False,
 ) -> None:
-    """Evaluate BUNDLE on a split; prints metrics JSON and records it in the bundle manifest."""
+    """Evaluate BUNDLE on a split: a short table (headline with 95% CI and n, per label, targets), or --json."""
     _setup_logging()
+    from medlens.console import metrics_text
     from medlens.evaluation import evaluate as _evaluate
 
-    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record)
-    _print_json({"split": split, **r.metrics})
+    extra = {} if threshold is None else {"threshold": threshold}
+    if thresholds_from is not None:
+        extra["thresholds_from"] = thresholds_from
+    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record, **extra)
+    if json_:
+        _print_json({"split": split, **r.metrics})
+    else:
+        typer.echo(metrics_text(r.metrics, split))
 
 
 @app.command()
 def predict(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...).")],
-    out: Annotated[Optional[Path], typer.Option(help="Write a CSV of probabilities here.")] = None,
-    batch_size: int = 64,
-    tta: bool = False,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Image files (PNG, JPEG, TIFF, BMP, DICOM) or folders (searched recursively for those extensions).")],
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write a CSV here: per image the probabilities, per finding threshold and decision, errors.")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation (horizontal flip).")] = False,
+    backend: Annotated[str, typer.Option(metavar="torch|onnx", help="Runtime: torch, or onnx (needs the 'onnx' extra and an exported model).")] = "torch",
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
-    metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Also write one HTML report per image (image, overlay, findings, model card) into this folder.")] = None,
-    report_method: Annotated[Optional[str], typer.Option(help="Explanation method shown in the reports (default: the model's first, e.g. gradcam or error_map).")] = None,
+    metadata: Annotated[Optional[str], typer.Option(metavar="JSON_OR_FILE", help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
+    report: Annotated[Optional[Path], typer.Option(metavar="FOLDER", help="Also write one HTML report per image (image, overlay, findings, model card) into this folder.")] = None,
+    report_method: Annotated[Optional[str], typer.Option(metavar="METHOD", help="Explanation method shown in the reports (default: the model's first, e.g. gradcam or error_map).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Exit 0 even when some images could not be read (they are still listed).")] = False,
 ) -> None:
     """Predict IMAGES with BUNDLE: per finding the value, its threshold and the decision."""
@@ -149,11 +213,14 @@ def predict(
     from medlens.bundle import read_manifest
     from medlens.data.metadata import metadata_rows_for
     from medlens.inference import predict as _predict
+    from medlens.inference.table import plain_error
     from medlens.tasks import task_of
 
-    paths = [str(p) for p in images]
+    if backend == "onnx":
+        _need("onnx", "onnxruntime")
+    paths = _run(_image_paths, images)
     meta = _run(metadata_rows_for, metadata, paths) if metadata else None
-    progress = sys.stderr.isatty() or len(images) > 50
+    progress = sys.stderr.isatty() or len(paths) > 50
     if report is not None:
         from medlens.clinical_report import predict_with_reports
 
@@ -172,16 +239,46 @@ def predict(
     if report is not None:
         typer.echo(f"reports: {report / 'index.html'}")
     for p in bad:
-        typer.echo(f"could not predict: {p.error}", err=True)
+        typer.echo(f"could not predict {p.source}: {plain_error(p.source, p.error)}", err=True)
     if bad and (len(bad) == len(preds) or not keep_going):
         raise typer.Exit(code=2)
 
 
+def _image_paths(items: list[Path]) -> list[str]:
+    """Files as given; folders expanded (recursively, sorted) to the images with a known extension."""
+    paths: list[str] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(str(f) for f in item.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}")
+            paths += found
+        else:
+            paths.append(str(item))
+    return paths
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="Folder for the example configs (created when missing).")],
+    data_dir: Annotated[Path, typer.Option(metavar="FOLDER", help="Folder holding the data sets (e.g. FOLDER/medmnist_pneumoniamnist/pneumoniamnist.npz).")] = Path("data"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace configs that exist already.")] = False,
+) -> None:
+    """Copy the example configs into DIRECTORY, their data paths pointing into --data-dir."""
+    from medlens.examples import init_configs
+
+    written = _run(init_configs, directory, data_dir, overwrite)
+    for p in written:
+        typer.echo(f"wrote {p}")
+    first = next((p for p in written if p.stem == "pneumoniamnist"), written[0] if written else directory)
+    typer.echo(f"next: medlens train {first}")
+
+
 @app.command()
 def demo(
-    out_dir: Annotated[str, typer.Option("--out", help="Where runs go.")] = "runs",
-    offline: Annotated[bool, typer.Option(help="Never try to download.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Override the number of epochs.")] = None,
+    out_dir: Annotated[str, typer.Option("--out", metavar="FOLDER", help="Where runs go.")] = "runs",
+    offline: Annotated[bool, typer.Option("--offline", help="Never try to download.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(metavar="N", help="Override the number of epochs.")] = None,
 ) -> None:
     """Train and evaluate a small PneumoniaMNIST model end to end (no network needed)."""
     _setup_logging()
@@ -197,23 +294,31 @@ def demo(
 
 @app.command()
 def serve(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder (or an exported ONNX folder with --backend onnx).")],
-    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
-    port: int = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    api_key: Annotated[Optional[str], typer.Option(help="Require this key on /v1 routes (or env MEDLENS_API_KEY).")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 32.0,
-    max_pixels: Annotated[int, typer.Option(help="Largest image (width x height) decoded.")] = 50_000_000,
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder (or an exported ONNX folder with --backend onnx).")],
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(metavar="torch|onnx", help="Runtime: torch, or onnx (needs the 'onnx' extra).")] = "torch",
+    api_key: Annotated[Optional[str], typer.Option(metavar="KEY", help="Require this key on /v1 routes (or env MEDLENS_API_KEY).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(metavar="MIB", help="Largest request body in MiB.")] = 32.0,
+    max_pixels: Annotated[int, typer.Option(metavar="PIXELS", help="Largest image (width x height) decoded.")] = 50_000_000,
 ) -> None:
     """Serve BUNDLE: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
     _setup_logging()
+    _need("serve", "fastapi", "uvicorn")
+    if backend == "onnx":
+        _need("onnx", "onnxruntime")
     from medlens.serve.app import serve as _serve
 
     _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels)
 
 
-db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True)
+db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
+
+
+@db_app.callback()
+def _db_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
 
 _DB_URL_HELP = "Database URL (sqlite:///file.db or postgresql+psycopg://user@host/db); default $MEDLENS_DB_URL."
 _PW_ENV_HELP = "Environment variable holding the password."
@@ -222,12 +327,13 @@ _PW_FILE_HELP = "File whose first line is the password."
 
 @db_app.command("init")
 def db_init(
-    url: Annotated[Optional[str], typer.Option(help=_DB_URL_HELP)] = None,
-    password_env: Annotated[str, typer.Option(help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
-    password_file: Annotated[Optional[Path], typer.Option(help=_PW_FILE_HELP)] = None,
+    url: Annotated[Optional[str], typer.Option(metavar="URL", help=_DB_URL_HELP)] = None,
+    password_env: Annotated[str, typer.Option(metavar="VAR", help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
+    password_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_PW_FILE_HELP)] = None,
 ) -> None:
     """Create the medlens tables (existing tables and rows are kept)."""
     _setup_logging()
+    _need("sql", "sqlalchemy")
     from medlens.data.db import init_db, safe_url
 
     engine = _run(init_db, url, password_env, password_file)
@@ -237,19 +343,20 @@ def db_init(
 
 @db_app.command("import")
 def db_import(
-    source: Annotated[Path, typer.Argument(help="A class folder, a .csv, a .jsonl, or a YAML config with a data section.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name in the database.")],
-    label_set: Annotated[str, typer.Option(help="Label set name (a new version is made when the labels differ).")],
-    version: Annotated[Optional[int], typer.Option(help="Explicit label set version.")] = None,
-    url: Annotated[Optional[str], typer.Option(help=_DB_URL_HELP)] = None,
-    image_root: Annotated[Optional[Path], typer.Option(help="Store image paths relative to this folder.")] = None,
-    replace: Annotated[bool, typer.Option(help="Replace a dataset of the same name.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Reader option: data.key=value (repeatable).")] = None,
-    password_env: Annotated[str, typer.Option(help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
-    password_file: Annotated[Optional[Path], typer.Option(help=_PW_FILE_HELP)] = None,
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="A class folder, a .csv, a .jsonl, or a YAML config with a data section.")],
+    dataset: Annotated[str, typer.Option(metavar="NAME", help="Dataset name in the database.")],
+    label_set: Annotated[str, typer.Option(metavar="NAME", help="Label set name (a new version is made when the labels differ).")],
+    version: Annotated[Optional[int], typer.Option(metavar="N", help="Explicit label set version.")] = None,
+    url: Annotated[Optional[str], typer.Option(metavar="URL", help=_DB_URL_HELP)] = None,
+    image_root: Annotated[Optional[Path], typer.Option(metavar="FOLDER", help="Store image paths relative to this folder.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a dataset of the same name.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Reader option: data.key=value (repeatable).")] = None,
+    password_env: Annotated[str, typer.Option(metavar="VAR", help=_PW_ENV_HELP)] = "MEDLENS_DB_PASSWORD",
+    password_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_PW_FILE_HELP)] = None,
 ) -> None:
     """Load a folder, CSV or JSONL dataset into the database (the schema is created when missing)."""
     _setup_logging()
+    _need("sql", "sqlalchemy")
     from medlens.data.db import import_dataset
 
     s = _run(import_dataset, source, url, dataset, label_set, version, overrides=set_ or [], password_env=password_env,
@@ -261,10 +368,10 @@ def db_import(
 @app.command()
 def download(
     csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="Rows of url,class (header optional).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder: OUT/<class>/<file>.")],
-    workers: Annotated[int, typer.Option(help="Concurrent downloads.")] = 8,
-    timeout: Annotated[float, typer.Option(help="Seconds per attempt.")] = 30.0,
-    retries: Annotated[int, typer.Option(help="Retries per file.")] = 3,
+    out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Output folder: OUT/<class>/<file>.")],
+    workers: Annotated[int, typer.Option(metavar="N", help="Concurrent downloads.")] = 8,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds per attempt.")] = 30.0,
+    retries: Annotated[int, typer.Option(metavar="N", help="Retries per file.")] = 3,
 ) -> None:
     """Download images listed in CSV into a class-folder tree (resumable; failures listed)."""
     _setup_logging()
@@ -282,15 +389,20 @@ def download(
         raise typer.Exit(code=1)
 
 
-split_app = typer.Typer(help="Dataset splits.", no_args_is_help=True)
+split_app = typer.Typer(help="Dataset splits.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(split_app, name="split")
+
+
+@split_app.callback()
+def _split_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
 
 
 @split_app.command("audit")
 def split_audit(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """List every patient/exam group that appears in more than one split (exit code 1 when any does)."""
     _setup_logging()
@@ -306,13 +418,18 @@ def split_audit(
         raise typer.Exit(code=1)
 
 
-runs_app = typer.Typer(help="List and compare training runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List and compare training runs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
+def _runs_app_callback(ctx: typer.Context) -> None:
+    _record_subcommand(ctx)
 
 
 @runs_app.command("list")
 def runs_list(
-    directory: Annotated[Path, typer.Argument(help="Folder holding runs (output.dir).")] = Path("runs"),
+    directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="Folder holding runs (output.dir).")] = Path("runs"),
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the runs under DIRECTORY with their headline validation and test metrics."""
@@ -329,7 +446,7 @@ def runs_list(
 
 @runs_app.command("compare")
 def runs_compare(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (or their bundle folders).")],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Two or more run folders (or their bundle folders).")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every scalar metric, not only the headline ones.")] = False,
 ) -> None:
@@ -345,15 +462,15 @@ def runs_compare(
 
 @app.command()
 def report(
-    source: Annotated[Path, typer.Argument(help="Run folder (with bundle/) or bundle folder.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/report).")] = None,
-    split: Annotated[str, typer.Option(help="Split to report: test (default), val or train.")] = "test",
-    config: Annotated[Optional[Path], typer.Option(help="Data config (default: the one saved in the bundle).")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for confidence intervals.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    source: Annotated[Path, typer.Argument(metavar="RUN_OR_BUNDLE", help="Run folder (with bundle/) or bundle folder.")],
+    out: Annotated[Optional[Path], typer.Option(metavar="FOLDER", help="Output folder (default: RUN/report).")] = None,
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="Split to report: test (default), val or train.")] = "test",
+    config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Data config (default: the one saved in the bundle).")] = None,
+    n_boot: Annotated[int, typer.Option(metavar="N", help="Bootstrap replicates for confidence intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(metavar="N", help="Bootstrap seed.")] = 0,
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
-    sensitivity: Annotated[float, typer.Option(help="Required sensitivity for the threshold sweep.")] = 0.9,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Config override (repeatable).")] = None,
+    sensitivity: Annotated[float, typer.Option(metavar="X", help="Required sensitivity for the threshold sweep.")] = 0.9,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override (repeatable).")] = None,
 ) -> None:
     """Write an HTML evaluation report (metrics with CIs, thresholds, calibration, plots) and metrics.json."""
     _setup_logging()
@@ -371,10 +488,10 @@ def report(
 
 @app.command()
 def cv(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
-    folds: Annotated[Optional[int], typer.Option(help="Number of folds (default: data.split.folds).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: output.dir/name).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
+    folds: Annotated[Optional[int], typer.Option(metavar="K", help="Number of folds (default: data.split.folds).")] = None,
+    out: Annotated[Optional[Path], typer.Option(metavar="FOLDER", help="Output folder (default: output.dir/name).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
 ) -> None:
     """Group-aware stratified k-fold cross-validation of CONFIG: one model per fold, mean +- std report."""
     _setup_logging()
@@ -393,13 +510,13 @@ def cv(
 
 @app.command()
 def explain(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, DICOM, ...).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs, heatmaps (.npy) and a JSON summary.")],
-    label: Annotated[Optional[list[str]], typer.Option(help="Label to explain (repeatable); default: the positive/predicted labels.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, eigencam, layercam, hirescam, xgradcam (anomaly models: error_map); default: the model's first.")] = None,
-    target_layer: Annotated[Optional[str], typer.Option(help="Module to explain, e.g. backbone.layer3 (default: last conv stage).")] = None,
-    metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object.")] = None,
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file (PNG, JPEG, DICOM, ...).")],
+    out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the overlay PNGs, heatmaps (.npy) and a JSON summary.")],
+    label: Annotated[Optional[list[str]], typer.Option(metavar="LABEL", help="Label to explain (repeatable); default: the positive/predicted labels.")] = None,
+    method: Annotated[Optional[str], typer.Option(metavar="METHOD", help="gradcam, gradcam++, eigencam, layercam, hirescam, xgradcam (anomaly models: error_map); default: the model's first.")] = None,
+    target_layer: Annotated[Optional[str], typer.Option(metavar="MODULE", help="Module to explain, e.g. backbone.layer3 (default: last conv stage).")] = None,
+    metadata: Annotated[Optional[str], typer.Option(metavar="JSON", help="Fusion models: patient metadata as a JSON object.")] = None,
 ) -> None:
     """Explain IMAGE with BUNDLE: one heatmap overlay per label."""
     _setup_logging()
@@ -413,13 +530,14 @@ def explain(
 
 @app.command()
 def export(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: inside the bundle).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FOLDER", help="Output folder (default: inside the bundle).")] = None,
+    opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset version.")] = 17,
 ) -> None:
     """Export BUNDLE (ONNX with a dynamic batch axis, manifest beside it)."""
     _setup_logging()
+    _need("onnx", "onnx", "onnxruntime")
     from medlens.export import export as _export
 
     path = _run(_export, bundle, format, out, opset)

@@ -43,7 +43,7 @@ BUNDLE = "bundle"
 
 #: Packages whose versions are listed first in the reproducibility record (all installed ones follow).
 KEY_PACKAGES = (
-    "medlens", "torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy", "scikit-learn", "pandas",
+    "medlens", "torch", "torchvision", "timm", "lightning", "numpy", "pandas", "opencv-python-headless",
     "albumentations", "pillow", "pydantic", "safetensors", "onnxruntime", "mlflow", "tensorboard", "wandb",
 )
 #: Headline metrics (per split), in this order, when any run has them: ``runs list`` shows the first four
@@ -52,6 +52,9 @@ KEY_METRICS = (
     "auroc_macro", "auroc", "average_precision_macro", "average_precision", "accuracy", "balanced_accuracy",
     "f1_macro", "f1", "sensitivity_macro", "specificity_macro", "ece", "brier", "loss", "n",
 )
+#: Folders that trackers fill with copies of runs (MLflow's artifact store beside its SQLite database holds
+#: ``<run id>/artifacts/config.yaml`` and ``bundle/``): never searched for runs.
+TRACKER_STORES = frozenset({"mlartifacts", "mlruns", "wandb"})
 #: Config keys that never make two runs' results differ (``runs compare`` leaves them out).
 IGNORED_CONFIG_KEYS = ("output.name", "output.dir", "output.overwrite", "trainer.progress_bar", "trainer.resume")
 #: Environment fields ``runs compare`` shows when they differ.
@@ -347,6 +350,12 @@ def load_run(path: str | Path) -> RunInfo:
     )
 
 
+def _tracker_copy(d: Path) -> bool:
+    """A tracker's store or its copy of a run (``<32-hex MLflow run id>/artifacts``), not a run of its own."""
+    return d.name in TRACKER_STORES or (d.name == "artifacts" and len(d.parent.name) == 32
+                                        and all(c in "0123456789abcdef" for c in d.parent.name))
+
+
 def find_runs(root: str | Path, max_depth: int = 3) -> list[Path]:
     """Run folders under ``root`` (itself included), at most ``max_depth`` levels down."""
     root = Path(root)
@@ -361,7 +370,7 @@ def find_runs(root: str | Path, max_depth: int = 3) -> list[Path]:
         if depth >= max_depth:
             return
         try:
-            subs = sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
+            subs = sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".") and not _tracker_copy(x))
         except OSError:
             return
         for s in subs:

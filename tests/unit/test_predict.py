@@ -139,7 +139,7 @@ def test_predict_function_writes_a_csv(binary_bundle: Path, tmp_path: Path) -> N
     out = tmp_path / "out" / "preds.csv"
     preds = predict(binary_bundle, [str(png), str(tmp_path / "nope.png")], out=out)
     rows = out.read_text().splitlines()
-    assert rows[0] == "source,prob_normal,prob_abnormal,predicted,error"
+    assert rows[0] == "source,prob_normal,prob_abnormal,threshold_abnormal,decision_abnormal,predicted,error"
     assert len(rows) == 3 and rows[1].startswith(str(png)) and "not found" in rows[2]
     assert preds[1].error and not list(out.parent.glob(".*tmp"))
 
@@ -147,7 +147,7 @@ def test_predict_function_writes_a_csv(binary_bundle: Path, tmp_path: Path) -> N
 def test_csv_writer_round_trip(tmp_path: Path) -> None:
     preds = [Prediction("a", {"x": 0.25, "y": 0.75}, {"y": True}, {"y": 0.5}, ["y"]), Prediction("b", error="broken")]
     text = write_predictions_csv(preds, ["x", "y"], tmp_path / "p.csv").read_text().splitlines()
-    assert text[1] == "a,0.250000,0.750000,y," and text[2] == "b,,,,broken"
+    assert text[1] == "a,0.250000,0.750000,0.5,positive,y," and text[2] == "b,,,,,,broken"
 
 
 def test_decode_input_rejects_bad_shapes() -> None:

@@ -7,7 +7,8 @@ What every backend named in ``tracking.backends`` receives:
   set, also under DDP), plus ``train/loss_step`` every ``trainer.log_every_n_steps`` steps;
 - the final evaluation: ``final/<split>/<metric>`` (``final/val/auroc_macro``, ``final/test/accuracy``, ...);
 - artifacts (MLflow, W&B): the bundle, ``metrics.json``, ``config.yaml``, ``history.csv``, ``environment.json``
-  and report/plots when present.
+  and report/plots when present; MLflow also gets the bundle as a pyfunc model, ``runs:/<run id>/model``
+  (``mlflow.pyfunc.load_model(...).predict(paths)`` = ``medlens predict``).
 
 MLflow's default store is ``sqlite:///<output.dir>/mlflow.db`` (artifacts in ``<output.dir>/mlartifacts``);
 ``tracking.mlflow_uri`` or ``$MLFLOW_TRACKING_URI`` point at any other store, e.g. a tracking server.
@@ -445,6 +446,44 @@ def _log_artifacts_to(client, run_id: str, paths: list[str | Path], artifact_pat
             raise FileNotFoundError(f"artifact not found: {p}")
 
 
+#: the pyfunc model's code, logged with the model (MLflow "models from code"); found by path, not imported, since
+#: the training engine sits below the inference layer
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "inference" / "mlflow_model.py"
+#: where the bundle goes as an MLflow model: ``runs:/<run id>/model``
+MODEL_NAME = "model"
+
+
+def log_bundle_model(tracking_uri: str, run_id: str, bundle_dir: str | Path) -> None:
+    """Log a bundle to an MLflow run as a pyfunc model named ``model`` (the bundle folder is its artifact).
+
+    ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(paths)`` then gives the table of
+    ``medlens predict --out`` (see :mod:`medlens.inference.mlflow_model`).
+
+    Example:
+        >>> log_bundle_model("sqlite:///runs/mlflow.db", run_id, "runs/pneumoniamnist/bundle")  # doctest: +SKIP
+    """
+    from importlib import metadata
+
+    import mlflow
+    import mlflow.pyfunc
+
+    try:
+        requirement = f"medlens=={metadata.version('medlens')}"
+    except metadata.PackageNotFoundError:  # running from a source tree
+        requirement = "medlens"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            kw = {"name": MODEL_NAME} if int(mlflow.__version__.split(".")[0]) >= 3 else {"artifact_path": MODEL_NAME}
+            mlflow.pyfunc.log_model(
+                python_model=str(PYFUNC_CODE), artifacts={"bundle": str(Path(bundle_dir).resolve())},
+                pip_requirements=[requirement], **kw,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _finish_mlflow(info: dict[str, Any], run_dir: Path, final: dict[str, float], step: int) -> None:
     import time
 
@@ -458,6 +497,11 @@ def _finish_mlflow(info: dict[str, Any], run_dir: Path, final: dict[str, float],
     for i in range(0, len(items), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=items[i : i + 1000])
     _log_artifacts_to(client, run_id, _artifacts(run_dir))
+    if (run_dir / "bundle" / "manifest.json").is_file():
+        try:
+            log_bundle_model(info["tracking_uri"], run_id, run_dir / "bundle")
+        except Exception as e:  # the files are logged already; a pyfunc hiccup must not lose the run
+            log.warning("MLflow: could not log the bundle as a pyfunc model (%s)", str(e)[:300])
     client.set_terminated(run_id, "FINISHED")
 
 

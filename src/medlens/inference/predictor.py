@@ -85,17 +85,27 @@ class Predictor(BasePredictor):
             return self.head(xt, mt).float().cpu().numpy()
 
 
-def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path) -> Path:
-    """One row per input: source, one probability column per label, predicted labels, error. Atomic write."""
+def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path, manifest: Manifest | None = None) -> Path:
+    """One row per input: source, one probability column per label, per finding its threshold and decision,
+    the predicted labels and the error (plain words). Atomic write.
+
+    Args:
+        preds: the predictions.
+        label_names: the model's labels.
+        path: the CSV file.
+        manifest: the bundle manifest (its task names the findings); default: every thresholded label.
+
+    Example:
+        >>> write_predictions_csv(preds, predictor.label_names, "preds.csv", predictor.manifest)  # doctest: +SKIP
+    """
+    from medlens.inference.table import prediction_rows
+
     path = Path(path)
+    header, rows = prediction_rows(preds, label_names, manifest)
     with atomic_open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            scored = any(p.score is not None for p in preds)  # anomaly bundles: a score column
-            w.writerow(["source", *[f"prob_{n}" for n in label_names], *(["anomaly_score"] if scored else []), "predicted", "error"])
-            for p in preds:
-                probs = [("" if not p.ok or n not in p.probabilities else f"{p.probabilities[n]:.6f}") for n in label_names]
-                score = ["" if p.score is None else f"{p.score:.6g}"] if scored else []
-                w.writerow([p.source, *probs, *score, "|".join(p.predicted), p.error or ""])
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
     return path
 
 

@@ -1,0 +1,44 @@
+"""The bundle logged to MLflow as a pyfunc model predicts what `medlens predict` predicts."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medlens.inference import predict
+from tests.unit._bundles import random_bundle
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_pyfunc_model_equals_medlens_predict(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from medlens.engine.tracking import log_bundle_model
+
+    monkeypatch.chdir(tmp_path)
+    bundle = random_bundle(tmp_path / "bundle", thresholds=[0.4])
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    log_bundle_model(uri, run_id, bundle)
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        got = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(paths)
+    finally:
+        mlflow.set_tracking_uri("")
+    predict(bundle, paths, out=tmp_path / "cli.csv")
+    want = list(csv.DictReader((tmp_path / "cli.csv").open()))
+    assert list(got.columns) == list(want[0].keys())
+    assert got.to_dict("records") == want
+    assert not (tmp_path / "mlruns").exists()

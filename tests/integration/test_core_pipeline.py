@@ -116,7 +116,7 @@ def test_predict_python_api_on_arrays_matches(trained) -> None:
 
 def test_evaluate_cli_json(trained, tmp_path: Path) -> None:
     out = tmp_path / "m.json"
-    res = cli("evaluate", trained.bundle_dir, "--split", "test", "--out", out)
+    res = cli("evaluate", trained.bundle_dir, "--split", "test", "--out", out, "--json")
     assert res.exit_code == 0, res.output
     m = json.loads(out.read_text())
     assert m["split"] == "test"
@@ -128,7 +128,9 @@ def test_evaluate_cli_json(trained, tmp_path: Path) -> None:
     assert per["tp"] + per["fp"] + per["tn"] + per["fn"] == 64
     assert m["confusion_matrix"] == [[per["tn"], per["fp"]], [per["fn"], per["tp"]]]
     assert 0.0 <= m["auroc_macro"] <= 1.0
-    assert json.loads(res.stdout)["auroc_macro"] == m["auroc_macro"]
+    assert json.loads(res.stdout)["auroc_macro"] == m["auroc_macro"]  # --json: stdout is JSON only
+    table = cli("evaluate", trained.bundle_dir, "--split", "test", "--no-record")
+    assert table.exit_code == 0 and "n=" in table.stdout and "AUROC" in table.stdout  # the default: a table a person reads
     # the val split too, from the config saved in the bundle
     assert cli("evaluate", trained.bundle_dir, "--split", "val").exit_code == 0
     bad = cli("evaluate", trained.bundle_dir, "--split", "holdout")

@@ -38,7 +38,7 @@ ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
 
 #: classifier keys an autoencoder cannot use (its threshold comes from model.anomaly_fpr, its loss is reconstruction)
 CLASSIFIER_KEYS = (
-    "model.backbone", "model.checkpoint", "model.small_input", "model.drop_rate", "model.drop_path_rate",
+    "model.checkpoint", "model.drop_rate", "model.drop_path_rate",
     "optim.focal_gamma", "optim.focal_alpha", "optim.class_weights", "optim.pos_weight", "optim.label_smoothing",
     "optim.backbone_lr", "optim.freeze_backbone", "optim.freeze_epochs", "data.sampler",
     "trainer.threshold_method", "trainer.fixed_threshold", "trainer.calibrate",

@@ -30,7 +30,15 @@ from medlens.tasks.anomaly.explain import ERROR_MAP, error_map_explanation, pixe
 from medlens.tasks.anomaly.loss import RECON_LOSSES, create_reconstruction_loss
 from medlens.tasks.anomaly.metrics import anomaly_metrics
 from medlens.tasks.anomaly.threshold import fit_threshold
-from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task, changed_keys, refuse_keys
+from medlens.tasks.base import (
+    Finding,
+    Prediction,
+    PredictorLike,
+    Presentation,
+    Task,
+    changed_keys,
+    refuse_keys,
+)
 
 log = logging.getLogger("medlens.anomaly")
 

@@ -14,7 +14,15 @@ import numpy as np
 from torch import nn
 
 from medlens.data.readers import read_dataset
-from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task, changed_keys, refuse_keys
+from medlens.tasks.base import (
+    Finding,
+    Prediction,
+    PredictorLike,
+    Presentation,
+    Task,
+    changed_keys,
+    refuse_keys,
+)
 from medlens.tasks.classification.calibration import fit_temperature
 from medlens.tasks.classification.losses import create_loss, loss_kwargs
 from medlens.tasks.classification.metrics import classification_metrics, tune_thresholds

@@ -301,6 +301,14 @@ class TrackingConfig(StrictModel):
     experiment: str = "medlens"
     wandb_project: str | None = None
 
+    @model_validator(mode="after")
+    def _backend_options_need_their_backend(self) -> TrackingConfig:
+        # an option of a tracker that is not used would do nothing: refused, naming the backend to add
+        for key, backend in (("wandb_project", "wandb"),):
+            if getattr(self, key) is not None and backend not in self.backends:
+                raise ValueError(f"tracking.{key} acts only with {backend!r} in tracking.backends")
+        return self
+
 
 class RunConfig(StrictModel):
     """One training run. Sections mirror the YAML file."""
@@ -344,6 +352,8 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         d = self.data
+        if d.color_augment and d.channels == 1:  # colour jitter (hue, saturation) cannot act on a grey image
+            raise ValueError("data.color_augment: true needs data.channels: 3 (colour jitter cannot act on grey images)")
         for name, vals in (("mean", d.mean), ("std", d.std)):
             if vals is not None and len(vals) != d.channels:
                 raise ValueError(f"data.{name} has {len(vals)} values but data.channels is {d.channels}")

@@ -6,6 +6,7 @@ so the scores evaluated here are exactly the ones a user gets for the same image
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from medlens.config import RunConfig, config_from_dict, load_config
 from medlens.data.samples import SampleTable
 from medlens.data.splits import Splits, fold_splits, split_indices
 from medlens.inference import Predictor
-from medlens.tasks import read_table
+from medlens.tasks import read_table, task_of
 
 log = logging.getLogger("medlens.evaluate")
 
@@ -59,6 +60,77 @@ def score_table(predictor: Predictor, table: SampleTable, split: str = "", progr
     )
 
 
+#: where ``evaluate`` takes its thresholds from
+THRESHOLD_SOURCES = ("bundle", "val")
+
+
+def override_keys(overrides: list[str] | None) -> set[str]:
+    """The dotted keys that ``--set key=value`` overrides name (``trainer.fixed_threshold``, ...)."""
+    return {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+
+
+def resolve_threshold(cfg: RunConfig, threshold: float | None, thresholds_from: str, overrides: list[str] | None) -> float | None:
+    """The fixed operating point asked for, from ``threshold`` or an override of ``trainer.fixed_threshold``.
+
+    ``--set trainer.fixed_threshold=t`` acts like ``threshold=t`` when ``trainer.threshold_method`` is ``fixed``;
+    otherwise it could not act and is refused, as is ``--set trainer.threshold_method=...`` without
+    ``thresholds_from="val"`` (a method only acts when thresholds are tuned again).
+    """
+    if thresholds_from not in THRESHOLD_SOURCES:
+        raise ValueError(f"thresholds_from must be one of {', '.join(THRESHOLD_SOURCES)}, not {thresholds_from!r}")
+    keys = override_keys(overrides)
+    if "trainer.fixed_threshold" in keys and threshold is None:
+        if cfg.trainer.threshold_method != "fixed":
+            raise ValueError(
+                f"trainer.fixed_threshold acts only with trainer.threshold_method: fixed (this bundle's is "
+                f"{cfg.trainer.threshold_method!r}); to evaluate at a fixed operating point use --threshold {cfg.trainer.fixed_threshold:g}"
+            )
+        if thresholds_from == "bundle":  # with "val" the task applies the fixed method itself
+            threshold = cfg.trainer.fixed_threshold
+    elif "trainer.threshold_method" in keys and thresholds_from != "val" and threshold is None:
+        raise ValueError("trainer.threshold_method acts in evaluate only with --thresholds-from val (thresholds tuned again on validation)")
+    if threshold is not None:
+        if thresholds_from != "bundle":
+            raise ValueError("--threshold and --thresholds-from val ask for two different operating points; give one")
+        if not threshold == threshold:  # NaN
+            raise ValueError("--threshold must be a number, not NaN")
+    return threshold
+
+
+def operating_point(
+    bundle: Bundle, cfg: RunConfig, threshold: float | None, thresholds_from: str, table: SampleTable, splits: Splits,
+    batch_size: int, tta: bool, calibrated: bool,
+) -> tuple[Bundle, dict[str, Any]]:
+    """The bundle to evaluate (a copy with other thresholds when asked) and the operating point it uses.
+
+    ``threshold``: every label at that score; ``thresholds_from="val"``: thresholds tuned again on the validation
+    split by the task (``fit_operating_point``, the bundle's temperature kept) with the config's
+    ``trainer.threshold_method``. A task that decides by arg-max has no thresholds to change: a ``ValueError``.
+    """
+    task = task_of(bundle.manifest)
+    if threshold is None and thresholds_from == "bundle":
+        return bundle, {"source": "bundle", "thresholds": list(bundle.manifest.thresholds)}
+    if not task.thresholded:
+        what = f"--threshold {threshold:g}" if threshold is not None else "--thresholds-from val"
+        raise ValueError(f"{what}: this model decides by arg-max over its classes and has no thresholds to set")
+    manifest = dataclasses.replace(bundle.manifest, thresholds=list(bundle.manifest.thresholds), anomaly=dict(bundle.manifest.anomaly or {}) or None)
+    copy = Bundle(bundle.model, manifest, bundle.path)
+    if threshold is not None:
+        manifest.thresholds = [float(threshold)] * task.num_outputs(manifest)
+        if manifest.anomaly is not None:
+            manifest.anomaly["threshold"] = float(threshold)
+        return copy, {"source": "fixed", "thresholds": list(manifest.thresholds)}
+    val = splits.val
+    if len(val) == 0:
+        raise ValueError("--thresholds-from val: the validation split is empty")
+    val_table = table.subset(val)
+    predictor = Predictor(copy, batch_size=batch_size, tta=tta, calibrated=calibrated)
+    raw_val = predictor.predict_table(val_table, logits=True)
+    keep_temperature = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"calibrate": False})})
+    fitted = task.fit_operating_point(keep_temperature, manifest, raw_val, val_table, predictor) or {}
+    return copy, {"source": "val", "thresholds": list(manifest.thresholds), **({"method": fitted["threshold_method"]} if "threshold_method" in fitted else {})}
+
+
 def evaluate(
     bundle: str | Path | Bundle,
     config: str | Path | RunConfig | None = None,
@@ -69,6 +141,8 @@ def evaluate(
     overrides: list[str] | None = None,
     calibrated: bool = True,
     record: bool = True,
+    threshold: float | None = None,
+    thresholds_from: str = "bundle",
 ) -> EvalResult:
     """Evaluate a bundle on one split (train, val or test) of a dataset.
 
@@ -80,6 +154,10 @@ def evaluate(
         tta: test-time augmentation (horizontal flip).
         calibrated: apply the bundle's temperature (False: raw probabilities, temperature 1).
         record: store the result in the bundle manifest under ``metrics["evaluations"]`` (atomic rewrite).
+        threshold: evaluate every label at this operating point (tasks with thresholds; arg-max tasks refuse it).
+        thresholds_from: ``bundle`` (the thresholds saved at training) or ``val`` (tuned again on the validation
+            split with the config's ``trainer.threshold_method``). The metrics record the operating point used
+            under ``operating_point`` (``source`` and ``thresholds``).
 
     Example:
         >>> r = evaluate("runs/pneumoniamnist/bundle", split="test")  # doctest: +SKIP
@@ -96,6 +174,7 @@ def evaluate(
         cfg = load_config(config, overrides)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, not {split!r}")
+    threshold = resolve_threshold(cfg, threshold, thresholds_from, overrides)
     table, splits = dataset_splits(cfg, allow_group_leakage=True)
     rows = splits.as_dict()[split]
     if len(rows) == 0:
@@ -103,11 +182,14 @@ def evaluate(
     sub = table.subset(rows)
     if b.manifest.label_names != list(table.label_space.names):
         raise ValueError(f"the bundle's labels {b.manifest.label_names} differ from the dataset's {list(table.label_space.names)}")
+    b, point = operating_point(b, cfg, threshold, thresholds_from, table, splits, batch_size, tta, calibrated)
     result = score_table(Predictor(b, batch_size=batch_size, tta=tta, calibrated=calibrated), sub, split)
+    result.metrics["operating_point"] = point
     if out is not None:
         write_json_atomic(Path(out), {"split": split, **result.metrics})
     if record and b.path is not None:
         key = split + ("" if calibrated else "_uncalibrated") + ("_tta" if tta else "")
+        key += {"bundle": "", "val": "_val_thresholds"}.get(point["source"], f"_threshold_{threshold:g}")
         try:
             record_evaluation(b.path, key, {
                 "split": split, "calibrated": calibrated, "tta": tta, "config": "bundle" if config is None else str(getattr(cfg, "name", None) or config),

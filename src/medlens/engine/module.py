@@ -133,6 +133,7 @@ class TaskModule(L.LightningModule):
         self._mix_gen = torch.Generator().manual_seed(seed)
         self._train_loss_sum = 0.0
         self._train_loss_n = 0
+        self._epoch_lr: float | None = None  # the head's learning rate as the epoch started
 
     # ----------------------------------------------------------------- task specifics
     def task_targets(self, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,11 +180,15 @@ class TaskModule(L.LightningModule):
         return float(opt.param_groups[-1]["lr"]) if opt.param_groups else None
 
     def history_row(self, logs: dict[str, float]) -> dict[str, Any]:
-        """One history row for the epoch being validated: its own training loss (mean so far), LR, metrics."""
+        """One history row for the epoch being validated: its own training loss (mean so far), LR, metrics.
+
+        ``lr`` is the head's learning rate the epoch started with (the value logged as ``lr``), not the one
+        after its last scheduler step: a cosine schedule ends at ``min_lr``, which no step of the last epoch used.
+        """
         row: dict[str, Any] = {"epoch": int(self.current_epoch), "step": int(self.global_step)}
         if self._train_loss_n:
             row["train/loss"] = self._train_loss_sum / self._train_loss_n
-        lr = self.current_lr()
+        lr = self._epoch_lr if self._epoch_lr is not None else self.current_lr()
         if lr is not None:
             row["lr"] = lr
         row.update(logs)
@@ -290,7 +295,7 @@ class TaskModule(L.LightningModule):
         # Every epoch's randomness (augmentation, dropout, mixup) depends only on (seed, epoch), so a run
         # resumed from an epoch-end checkpoint continues exactly as an uninterrupted one.
         self._train_loss_sum, self._train_loss_n = 0.0, 0
-        lr = self.current_lr()
+        lr = self._epoch_lr = self.current_lr()
         if lr is not None:
             self.log("lr", lr, on_step=False, on_epoch=True, prog_bar=False)
         s = (self.seed * 1000003 + int(self.current_epoch)) % (2**31 - 1)

@@ -128,6 +128,30 @@ class PredictorLike(Protocol):
     def encode_metadata(self, metadata: Any, n: int) -> np.ndarray | None: ...
 
 
+def changed_keys(cfg: Any, keys: Sequence[str]) -> list[str]:
+    """The dotted ``keys`` (``section.key``) whose value in ``cfg`` differs from the schema default.
+
+    Compared by value, not by presence, so a saved config (every key written out) is judged like the YAML it came
+    from. Example: ``changed_keys(cfg, ["model.ae_depth"])`` is ``["model.ae_depth"]`` when the config sets it to 4.
+    """
+    out = []
+    for key in keys:
+        *path, leaf = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        info = type(node).model_fields[leaf]
+        if getattr(node, leaf) != info.get_default(call_default_factory=True):
+            out.append(key)
+    return out
+
+
+def refuse_keys(keys: Sequence[str], why: str) -> None:
+    """One clear ``ValueError`` naming the keys that cannot act, and why (no-op when ``keys`` is empty)."""
+    if keys:
+        raise ValueError(f"{', '.join(keys)}: {why}; remove {'them' if len(keys) > 1 else 'it'}")
+
+
 class Task:
     """Base class of a task; one instance per label kind it serves (``Task.kind``).
 

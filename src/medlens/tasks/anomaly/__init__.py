@@ -30,11 +30,27 @@ from medlens.tasks.anomaly.explain import ERROR_MAP, error_map_explanation, pixe
 from medlens.tasks.anomaly.loss import RECON_LOSSES, create_reconstruction_loss
 from medlens.tasks.anomaly.metrics import anomaly_metrics
 from medlens.tasks.anomaly.threshold import fit_threshold
-from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task
+from medlens.tasks.base import (
+    Finding,
+    Prediction,
+    PredictorLike,
+    Presentation,
+    Task,
+    changed_keys,
+    refuse_keys,
+)
 
 log = logging.getLogger("medlens.anomaly")
 
 ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
+
+#: classifier keys an autoencoder cannot use (its threshold comes from model.anomaly_fpr, its loss is reconstruction)
+CLASSIFIER_KEYS = (
+    "model.checkpoint", "model.drop_rate", "model.drop_path_rate",
+    "optim.focal_gamma", "optim.focal_alpha", "optim.class_weights", "optim.pos_weight", "optim.label_smoothing",
+    "optim.backbone_lr", "optim.freeze_backbone", "optim.freeze_epochs", "data.sampler",
+    "trainer.threshold_method", "trainer.fixed_threshold", "trainer.calibrate",
+)
 
 
 class AnomalyScoreHead(nn.Module):
@@ -108,6 +124,8 @@ class AnomalyTask(Task):
             raise ValueError("model.pretrained: autoencoders are trained from scratch; remove it for task: anomaly")
         if cfg.model.ae_skip_levels and cfg.model.autoencoder != "unet":
             raise ValueError("model.ae_skip_levels: the reversed autoencoder has no skip connections; use autoencoder: unet")
+        refuse_keys(changed_keys(cfg, CLASSIFIER_KEYS), "classifier options do not act for task: anomaly (an autoencoder whose "
+                    "threshold flags model.anomaly_fpr of validation normals)")
 
     @classmethod
     def read(cls, data_cfg: Any):

@@ -14,10 +14,24 @@ import numpy as np
 from torch import nn
 
 from medlens.data.readers import read_dataset
-from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task
+from medlens.tasks.base import (
+    Finding,
+    Prediction,
+    PredictorLike,
+    Presentation,
+    Task,
+    changed_keys,
+    refuse_keys,
+)
 from medlens.tasks.classification.calibration import fit_temperatures
 from medlens.tasks.classification.losses import create_loss, loss_kwargs
 from medlens.tasks.classification.metrics import classification_metrics, tune_thresholds
+
+#: keys only an autoencoder (``data.task: anomaly``) uses
+ANOMALY_KEYS = (
+    "data.normal_label", "model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
+    "model.anomaly_score", "model.anomaly_map", "model.score_percentile", "model.anomaly_fpr",
+)
 
 
 class ClassifierHead(nn.Module):
@@ -64,7 +78,17 @@ class ClassificationTask(Task):
         """Decisions at per-label thresholds (binary, multi-label)."""
         return self.kind != "multiclass"
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ config and data
+    def check_config(self, cfg: Any) -> None:
+        """Refuse autoencoder keys, and threshold keys that cannot act (arg-max decisions, a tuned method)."""
+        refuse_keys(changed_keys(cfg, ANOMALY_KEYS), "autoencoder options act only with data.task: anomaly")
+        if not self.thresholded:
+            refuse_keys(changed_keys(cfg, ("trainer.threshold_method", "trainer.fixed_threshold")),
+                        "a multiclass model decides by arg-max and has no thresholds")
+        elif cfg.trainer.threshold_method != "fixed":
+            refuse_keys(changed_keys(cfg, ("trainer.fixed_threshold",)),
+                        f"acts only with trainer.threshold_method: fixed (here {cfg.trainer.threshold_method!r})")
+
     @classmethod
     def read(cls, data_cfg: Any):
         """Read a classification dataset as its source labels it."""

@@ -152,6 +152,8 @@ def predict(
     from medlens.inference import predict as _predict
     from medlens.tasks import task_of
 
+    if out is not None and out.is_dir():
+        _fail(ValueError(f"--out {out}: is a directory; give a file name for the CSV, e.g. {out / 'predictions.csv'}"))
     paths = [str(p) for p in images]
     meta = _run(metadata_rows_for, metadata, paths) if metadata else None
     progress = sys.stderr.isatty() or len(images) > 50
@@ -203,6 +205,7 @@ def serve(
     port: int = 8000,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     api_key: Annotated[Optional[str], typer.Option(help="Require this key on /v1 routes (or env MEDLENS_API_KEY).")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="Read the API key from this file's first line (not visible in ps).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 32.0,
     max_pixels: Annotated[int, typer.Option(help="Largest image (width x height) decoded.")] = 50_000_000,
 ) -> None:
@@ -210,7 +213,7 @@ def serve(
     _setup_logging()
     from medlens.serve.app import serve as _serve
 
-    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels)
+    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels, api_key_file=api_key_file)
 
 
 db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True)

@@ -280,7 +280,7 @@ def _decode(data: bytes, name: str, settings: ServeSettings) -> np.ndarray:
         return load_image_bytes(data, name, settings.max_pixels)
     except ImageReadError as e:
         msg = str(e)
-        if "over the limit" in msg:
+        if "over the limit" in msg and "aspect ratio" not in msg:  # too many pixels; a thin strip is unreadable (415)
             raise ApiError(413, "too_many_pixels", msg) from None
         raise ApiError(415, "unreadable_image", msg) from None
 

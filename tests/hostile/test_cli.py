@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.hostile._helpers import HOSTILE_IMAGES, assert_one_line, cli, edit_manifest, good_png, malicious_checkpoint, plain_pickle_bomb, snapshot
+from tests.hostile._helpers import (
+    HOSTILE_IMAGES,
+    assert_one_line,
+    cli,
+    edit_manifest,
+    good_png,
+    malicious_checkpoint,
+    plain_pickle_bomb,
+    snapshot,
+)
 
 
 def write_cfg(tmp_path: Path, data: dict | None = None, **sections) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import platform
 import shutil
 import tempfile
@@ -84,7 +85,7 @@ class Manifest:
     label_space: LabelSpace
     preprocessing: Preprocessing
     thresholds: list[float] = field(default_factory=list)
-    temperature: float | list[float] = 1.0  # one scalar, or one per output (multi-label)
+    temperature: float | list[float] = 1.0  # one per output, or one for all
     metadata_encoder: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -136,12 +137,22 @@ class Manifest:
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise BundleError(f"{source}: bundle format {d.get('format_version')} is newer than this medlens supports ({FORMAT_VERSION})")
         try:
+            space = LabelSpace(tuple(d["label_names"]), d["task"])
+            arch = d["architecture"]
+            if not isinstance(arch, dict):
+                raise BundleError(f"{source}: manifest field 'architecture' must be an object")
+            thresholds = _check_thresholds(d.get("thresholds"), space.num_outputs, source)
+            temperature = _check_temperature(d.get("temperature", 1.0), space.num_outputs, source)
+            k = arch.get("num_outputs")
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k != space.num_outputs):
+                raise BundleError(f"{source}: manifest field 'label_names': {space.num_labels} {space.task} labels do not fit the "
+                                  f"network head (architecture.num_outputs is {k!r}; {space.num_outputs} expected)")
             return cls(
-                architecture=d["architecture"],
-                label_space=LabelSpace(tuple(d["label_names"]), d["task"]),
+                architecture=arch,
+                label_space=space,
                 preprocessing=Preprocessing.from_dict(d["preprocessing"]),
-                thresholds=list(d.get("thresholds") or []),
-                temperature=read_temperature(d.get("temperature")),
+                thresholds=thresholds,
+                temperature=temperature,
                 metadata_encoder=d.get("metadata_encoder"),
                 metrics=d.get("metrics") or {},
                 history=d.get("history") or [],
@@ -155,10 +166,46 @@ class Manifest:
                 weights_sha256=d.get("weights_sha256"),
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
             )
+        except BundleError:
+            raise
         except KeyError as e:
             raise BundleError(f"{source}: manifest field {e.args[0]!r} is missing") from None
         except (TypeError, ValueError) as e:  # wrong types, or a label space that contradicts its task
             raise BundleError(f"{source}: invalid manifest ({e})") from None
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_thresholds(value: Any, num_outputs: int, source: str) -> list[float]:
+    """``thresholds``: empty (argmax decisions) or one finite number per network output."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BundleError(f"{source}: manifest field 'thresholds' must be a list of numbers, got {type(value).__name__}")
+    for i, x in enumerate(value):
+        if not _finite_number(x):
+            raise BundleError(f"{source}: manifest field 'thresholds[{i}]': {x!r} is not a finite number")
+    if value and len(value) != num_outputs:
+        raise BundleError(f"{source}: manifest field 'thresholds': {len(value)} values for {num_outputs} outputs")
+    return [float(x) for x in value]
+
+
+def _check_temperature(value: Any, num_outputs: int, source: str) -> float | list[float]:
+    """``temperature``: one positive finite number, or one per network output (null: 1, uncalibrated)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, list):
+        if len(value) != num_outputs:
+            raise BundleError(f"{source}: manifest field 'temperature': {len(value)} values for {num_outputs} outputs")
+        for i, x in enumerate(value):
+            if not (_finite_number(x) and x > 0):
+                raise BundleError(f"{source}: manifest field 'temperature[{i}]': {x!r} is not a positive number")
+        return [float(x) for x in value]
+    if not (_finite_number(value) and value > 0):
+        raise BundleError(f"{source}: manifest field 'temperature': {value!r} is not a positive number")
+    return float(value)
 
 
 @dataclass

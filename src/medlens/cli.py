@@ -93,7 +93,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from medlens.config import ConfigError
     from medlens.runfolder import RunInUseError
 
-    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError, RunInUseError]
+    types: list[type[BaseException]] = [ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, ValueError, KeyError, PermissionError, RunInUseError]
     return tuple(types)
 
 
@@ -218,6 +218,8 @@ def predict(
 
     if backend == "onnx":
         _need("onnx", "onnxruntime")
+    if out is not None and out.is_dir():
+        _fail(ValueError(f"--out {out}: is a directory; give a file name for the CSV, e.g. {out / 'predictions.csv'}"))
     paths = _run(_image_paths, images)
     meta = _run(metadata_rows_for, metadata, paths) if metadata else None
     progress = sys.stderr.isatty() or len(paths) > 50
@@ -299,6 +301,7 @@ def serve(
     port: Annotated[int, typer.Option(metavar="PORT", help="TCP port.")] = 8000,
     backend: Annotated[str, typer.Option(metavar="torch|onnx", help="Runtime: torch, or onnx (needs the 'onnx' extra).")] = "torch",
     api_key: Annotated[Optional[str], typer.Option(metavar="KEY", help="Require this key on /v1 routes (or env MEDLENS_API_KEY).")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Read the API key from this file's first line (not visible in ps).")] = None,
     max_upload_mb: Annotated[float, typer.Option(metavar="MIB", help="Largest request body in MiB.")] = 32.0,
     max_pixels: Annotated[int, typer.Option(metavar="PIXELS", help="Largest image (width x height) decoded.")] = 50_000_000,
 ) -> None:
@@ -309,7 +312,7 @@ def serve(
         _need("onnx", "onnxruntime")
     from medlens.serve.app import serve as _serve
 
-    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels)
+    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels, api_key_file=api_key_file)
 
 
 db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True, rich_markup_mode=None)

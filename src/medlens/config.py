@@ -517,7 +517,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {what}") from None
     cfg = config_from_dict(raw, source=str(p), overrides=overrides)
     if cfg.name is None and cfg.output.name is None:
         cfg.output.name = p.stem

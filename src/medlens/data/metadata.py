@@ -279,12 +279,20 @@ class MetadataEncoder:
         """Encode one dict per row (predict/serve); missing fields, ``None`` rows and blanks are allowed.
 
         Keys match field names exactly, or else case-insensitively; keys that match no field are ignored
-        with a warning (a typo would otherwise be silently read as "missing").
+        with a warning (a typo would otherwise be silently read as "missing"). Values come from clients, so
+        they are checked strictly: a numeric field takes a finite number, a numeric string or null (a boolean,
+        a list or an object is refused rather than read as 1 or as a category); a categorical field takes a
+        string, a number or null. NaN counts as missing (tables use it); JSON text from clients goes through
+        :func:`parse_metadata_json`, which refuses ``NaN``/``Infinity`` literals.
+
+        Raises:
+            MetadataError: naming the row (when there are several) and the field.
 
         Example:
             >>> enc.transform_rows([{"age": 63, "sex": "F"}, {"sex": "M"}, None])  # doctest: +SKIP
         """
         lower = {f.lower(): f for f in self.fields}
+        numeric = {f.name for f in self.numeric}
         columns: dict[str, list[Any]] = {f: [None] * len(rows) for f in self.fields}
         unused: set[str] = set()
         for i, row in enumerate(rows):
@@ -297,6 +305,7 @@ class MetadataEncoder:
                 if name is None:
                     unused.add(str(k))
                 else:
+                    _check_given_value(v, name, name in numeric, f"metadata row {i}: " if len(rows) > 1 else "")
                     columns[name][i] = v
         if unused:
             log.warning("metadata fields %s are not used by this model (it reads %s)", sorted(unused), self.fields)
@@ -349,7 +358,46 @@ def _parse_column(values: Sequence[Any], field: str, where: str, ids: Sequence[A
     return out
 
 
+def _check_given_value(v: Any, field: str, numeric: bool, where: str) -> None:
+    """Refuse a client-given value that is no scalar of the field's kind (see ``transform_rows``)."""
+    if v is None:
+        return
+    if isinstance(v, (list, tuple, dict, set)):
+        raise MetadataError(f"{where}metadata field {field!r}: expected a single value, got a {type(v).__name__}")
+    if numeric:
+        if isinstance(v, (bool, np.bool_)):
+            raise MetadataError(f"{where}metadata field {field!r}: {v!r} is a boolean, not a number")
+    elif not isinstance(v, (str, int, float, np.integer, np.floating)):
+        raise MetadataError(f"{where}metadata field {field!r}: expected a string, got {type(v).__name__}")
+
+
 _KEY_COLUMNS = ("image", "path", "source", "file", "filename")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MetadataError(f"{name} is not a number (omit the field or send null when unknown)")
+
+
+def parse_metadata_json(text: str, where: str = "metadata") -> Any:
+    """Parse metadata JSON from a client, refusing the non-standard ``NaN``/``Infinity`` literals.
+
+    Raises:
+        MetadataError: ``<where>: ...`` for malformed JSON or such a literal.
+
+    Example:
+        >>> parse_metadata_json('{"age": 63}')
+        {'age': 63}
+    """
+    import json
+
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise MetadataError(f"{where}: not valid JSON ({e.msg} at position {e.pos})") from None
+    except MetadataError as e:
+        raise MetadataError(f"{where}: {e}") from None
+    except RecursionError:
+        raise MetadataError(f"{where}: JSON nested too deeply") from None
 
 
 def metadata_rows_for(spec: str, images: Sequence[str]) -> list[dict[str, Any] | None]:
@@ -364,7 +412,6 @@ def metadata_rows_for(spec: str, images: Sequence[str]) -> list[dict[str, Any] |
         >>> metadata_rows_for('{"age": 63, "sex": "F"}', ["a.png", "b.png"])
         [{'age': 63, 'sex': 'F'}, {'age': 63, 'sex': 'F'}]
     """
-    import json
     from pathlib import Path
 
     text = spec.strip()
@@ -377,10 +424,7 @@ def metadata_rows_for(spec: str, images: Sequence[str]) -> list[dict[str, Any] |
         if p.suffix.lower() == ".csv":
             return _rows_from_csv(p, images)
         text = p.read_text()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MetadataError(f"{where}: not valid JSON ({e.msg} at position {e.pos})") from None
+    obj = parse_metadata_json(text, where)
     if isinstance(obj, dict):
         return [dict(obj) for _ in images]
     if isinstance(obj, list):

@@ -8,11 +8,17 @@ Routes (all ``/v1`` routes check the API key when one is set):
   ``metadata`` form field: a JSON object, or a list with one object per file (fusion models).
 * ``POST /v1/explain`` -- one image, ``label`` and ``method`` form fields -> overlay PNG.
 * ``POST /v1/report`` -- one image -> the per-image HTML report (download).
-* ``GET /`` -- the web page. ``/docs`` and ``/openapi.json`` -- the OpenAPI schema.
+* ``POST /v1/preview`` -- one image (e.g. DICOM, which browsers cannot show) -> a PNG of the decoded image.
+* ``GET /`` -- the web page. ``/docs`` -- the API reference (a built-in page, no external assets);
+  ``/openapi.json`` -- the OpenAPI schema.
 
-Safety: request bodies over ``max_upload_bytes`` are refused with 413 before they are read in full; images
-over ``max_pixels`` are refused from their header, before decoding (decompression bombs); formats are
-recognised from bytes, not names; every error is JSON with a 4xx code and the server keeps serving. The model
+Safety: request bodies are counted as they stream in (:class:`BodyLimitMiddleware`), whatever the headers
+say, and refused with 413 once they pass the limit -- a chunked upload without Content-Length never has more
+than the limit spooled to memory or disk; images over ``max_pixels`` are refused from their header, before
+decoding (decompression bombs); formats are recognised from bytes, not names; client metadata is type-checked
+field by field; every client mistake is JSON with a 4xx code naming the field, and the server keeps serving.
+``GET /v1/model`` publishes what a client needs and nothing about the host (no paths, config or environment).
+The model
 is loaded once; concurrent requests are coalesced into micro-batches that run in a worker thread, so clients
 do not serialise on the event loop.
 """
@@ -21,19 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import io
 import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlens.inference import Predictor
@@ -42,6 +52,12 @@ from medlens.tasks import task_of
 log = logging.getLogger("medlens.serve")
 
 STATIC = Path(__file__).parent / "static"
+
+
+#: Room for the multipart envelope (boundaries, part headers, form fields) above ``max_upload_bytes``.
+ENVELOPE_BYTES = 64 * 1024
+#: Longest side of a ``/v1/preview`` PNG, in pixels.
+PREVIEW_MAX_SIDE = 1024
 
 
 class ApiError(Exception):
@@ -71,6 +87,106 @@ class ServeSettings:
     max_files: int = 64
     max_batch: int = 32
     max_wait_ms: float = 2.0
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {400: "Bad request (e.g. an empty file)", 401: "Missing or wrong API key", 413: "Body, file, image or file count over the limit",
+            415: "Not a readable image, or not multipart/form-data", 422: "A field is invalid (the message names it)"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
+
+
+UPLOAD_ERRORS = _responses(400, 401, 413, 415, 422)
+
+
+def read_api_key_file(path: str | Path) -> str:
+    """The API key in the first line of ``path`` (so it never appears in ``ps``).
+
+    Raises:
+        ValueError: naming the file when it is missing, unreadable or empty.
+
+    Example:
+        >>> read_api_key_file("/run/secrets/medlens_key")  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--api-key-file {p}: cannot read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+    key = (text.splitlines() or [""])[0].strip()
+    if not key:
+        raise ValueError(f"--api-key-file {p}: the first line is empty (expected the API key)")
+    return key
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when the request body passes the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: counts request body bytes as they arrive and answers 413 once they pass ``limit``.
+
+    It does not trust Content-Length (a chunked upload has none): the chunk that crosses the limit is never
+    handed to the application, so the multipart parser holds (in memory or in its spool file) at most
+    ``limit`` bytes. Whatever the application answered to the cut-off body is replaced by the 413.
+
+    Example:
+        >>> app.add_middleware(BodyLimitMiddleware, limit=32 << 20)  # doctest: +SKIP
+    """
+
+    def __init__(self, app: Any, limit: int, on_refuse: Callable[[], None] | None = None) -> None:
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def counted() -> dict:
+            nonlocal seen, over
+            if over:
+                raise BodyTooLarge(self.limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def guarded(message: dict) -> None:
+            nonlocal started
+            if over and not started:
+                return  # replaced by the 413 below
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            if self.on_refuse is not None:
+                self.on_refuse()
+            await _error(413, "too_large", f"request body is over the limit of {self.limit} bytes")(scope, receive, send)
 
 
 # ----------------------------------------------------------------------------------------------- batching
@@ -164,23 +280,47 @@ def _decode(data: bytes, name: str, settings: ServeSettings) -> np.ndarray:
         return load_image_bytes(data, name, settings.max_pixels)
     except ImageReadError as e:
         msg = str(e)
-        if "over the limit" in msg:
+        if "over the limit" in msg and "aspect ratio" not in msg:  # too many pixels; a thin strip is unreadable (415)
             raise ApiError(413, "too_many_pixels", msg) from None
         raise ApiError(415, "unreadable_image", msg) from None
 
 
 def _parse_metadata(text: str | None, n: int) -> list[dict | None] | None:
+    from medlens.data.metadata import MetadataError, parse_metadata_json
+
     if text is None or text.strip() == "":
         return None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ApiError(422, "bad_metadata", f"metadata is not valid JSON ({e.msg} at position {e.pos})") from None
+        obj = parse_metadata_json(text, "metadata")
+    except MetadataError as e:
+        raise ApiError(422, "bad_metadata", str(e)) from None
     if isinstance(obj, dict):
         return [obj] * n
     if isinstance(obj, list) and len(obj) == n and all(isinstance(x, dict) or x is None for x in obj):
         return obj
     raise ApiError(422, "bad_metadata", f"metadata must be a JSON object or a list of {n} objects")
+
+
+def _encode_metadata(predictor: Predictor, rows: list[dict | None] | None, n: int) -> np.ndarray | None:
+    """The encoded metadata of a fusion model (None otherwise); a value of the wrong type is the client's 422."""
+    from medlens.data.metadata import MetadataError
+
+    if predictor.meta_encoder is None:
+        return None
+    try:
+        return predictor.encode_metadata(rows, n)
+    except MetadataError as e:
+        raise ApiError(422, "bad_metadata", str(e) if str(e).startswith("metadata") else f"metadata: {e}") from None
+
+
+def _preview_png(img: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    im.thumbnail((max_side, max_side))  # keeps the aspect ratio; never enlarges
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _safe_name(name: str | None) -> str:
@@ -231,12 +371,22 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         description=f"Model: {manifest.architecture.get('backbone', manifest.architecture.get('type'))} ({manifest.task}); "
         f"labels: {', '.join(manifest.label_names)}. {manifest.intended_use}",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their assets from a CDN: /docs below is self-contained
+        redoc_url=None,
     )
     app.state.predictor = predictor
     app.state.batcher = batcher
     app.state.settings = settings
+    body_limit = settings.max_upload_bytes + ENVELOPE_BYTES
+    # documents the key in OpenAPI; the check itself is in `guard` (which also takes Authorization: Bearer)
+    key_scheme = Security(APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when the server has an API key."))
 
     # ------------------------------------------------------------------ middleware: size limit, api key
+    def refused() -> None:
+        state["errors"] += 1
+
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit, on_refuse=refused)  # inner: counts what streams in
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         state["requests"] += 1
@@ -256,9 +406,12 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
                     size = int(cl)
                 except ValueError:
                     return _error(400, "bad_request", "invalid Content-Length")
-                if size > settings.max_upload_bytes + 64 * 1024:
+                if size > body_limit:
                     state["errors"] += 1
                     return _error(413, "too_large", f"request body of {size} bytes is over the limit of {settings.max_upload_bytes}")
+            if path.startswith("/v1/") and not (request.headers.get("content-type") or "").lower().startswith("multipart/form-data"):
+                state["errors"] += 1
+                return _error(415, "unsupported_media_type", "send the request as multipart/form-data (field 'files' or 'file')")
         return await call_next(request)
 
     @app.exception_handler(ApiError)
@@ -290,10 +443,12 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         return {"status": "ok", "task": manifest.task, "labels": manifest.label_names, "backend": predictor.backend,
                 "uptime_s": round(time.time() - state["started"], 1)}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=[key_scheme], responses=_responses(401))
     async def model_info() -> dict:
-        d = manifest.to_dict()
-        d.pop("config", None)
+        """What a client needs: labels, task, thresholds, presentation, explanation methods, input spec, metrics."""
+        d = public_model_info(manifest)
+        d["input"] = {"formats": ["png", "jpeg", "tiff", "bmp", "dicom"], "max_upload_bytes": settings.max_upload_bytes,
+                      "max_pixels": settings.max_pixels, "max_files": settings.max_files, "preprocessing": manifest.preprocessing.to_dict()}
         d["backend"] = predictor.backend
         d["explain_methods"] = methods
         d["presentation"] = task.presentation(manifest).to_dict()
@@ -306,21 +461,20 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         d["metadata_fields"] = _metadata_fields(manifest)
         return d
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", dependencies=[key_scheme], responses=UPLOAD_ERRORS)
     async def predict(files: list[UploadFile] = File(..., description="Images: PNG, JPEG, DICOM, ..."), metadata: str | None = Form(None)) -> dict:
         if len(files) > settings.max_files:
             raise ApiError(413, "too_many_files", f"{len(files)} files; at most {settings.max_files} per request")
         blobs = [await _read_upload(f, settings) for f in files]
         names = [_safe_name(f.filename) for f in files]
         images = await asyncio.to_thread(lambda: [_decode(b, n, settings) for b, n in zip(blobs, names, strict=True)])
-        meta_rows = _parse_metadata(metadata, len(images))
-        meta = predictor.encode_metadata(meta_rows, len(images)) if predictor.meta_encoder is not None else None
+        meta = _encode_metadata(predictor, _parse_metadata(metadata, len(images)), len(images))
         probs = await batcher.submit(images, meta)
         preds = predictor.to_predictions(probs, names)
         return {"model": manifest.architecture.get("backbone", manifest.architecture.get("type")), "task": manifest.task,
                 "predictions": [_pred_json(p, task.findings(p, manifest)) for p in preds]}
 
-    @app.post("/v1/explain")
+    @app.post("/v1/explain", dependencies=[key_scheme], responses=UPLOAD_ERRORS, response_class=Response)
     async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str | None = Form(None), metadata: str | None = Form(None),
                       target_layer: str | None = Form(None)):
         data = await _read_upload(file, settings)
@@ -331,6 +485,7 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         if method not in methods:
             raise ApiError(422, "unknown_method", f"method {method!r} is not one of {methods}")
         meta_rows = _parse_metadata(metadata, 1)
+        _encode_metadata(predictor, meta_rows, 1)  # wrong types: 422 naming the field, before any work
 
         def run():
             from medlens.interpret import explain as _explain
@@ -353,7 +508,7 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
             headers["X-Medlens-Probability"] = f"{e.probability:.6f}"
         return Response(e.overlay_png, media_type="image/png", headers=headers)
 
-    @app.post("/v1/report")
+    @app.post("/v1/report", dependencies=[key_scheme], responses=UPLOAD_ERRORS, response_class=HTMLResponse)
     async def report(file: UploadFile = File(...), method: str | None = Form(None), metadata: str | None = Form(None)):
         data = await _read_upload(file, settings)
         name = _safe_name(file.filename)
@@ -362,6 +517,7 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         if method not in methods:
             raise ApiError(422, "unknown_method", f"method {method!r} is not one of {methods}")
         meta_rows = _parse_metadata(metadata, 1)
+        _encode_metadata(predictor, meta_rows, 1)
 
         def run():
             from medlens.clinical_report import image_report_html
@@ -377,11 +533,51 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         stem = name.rsplit(".", 1)[0] or "image"
         return HTMLResponse(html, headers={"Content-Disposition": f'attachment; filename="medlens-report-{stem}.html"'})
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.post("/v1/preview", dependencies=[key_scheme], responses=UPLOAD_ERRORS, response_class=Response)
+    async def preview(file: UploadFile = File(..., description="One image: PNG, JPEG, DICOM, ...")):
+        """A PNG of the decoded image (longest side at most 1024 px): how the page shows DICOM files."""
+        data = await _read_upload(file, settings)
+        img = await asyncio.to_thread(_decode, data, _safe_name(file.filename), settings)
+        png = await asyncio.to_thread(_preview_png, img)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text())
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE)
+
     return app
+
+
+#: Fields of the manifest a client may see; the rest (config, extra, history, environment) stays on the host.
+PUBLIC_FIELDS = ("format", "format_version", "created", "task", "label_names", "architecture", "preprocessing", "thresholds",
+                 "temperature", "anomaly", "weights_source", "metrics", "intended_use")
+_PATH_LIKE = re.compile(r"^(~|/|[A-Za-z]:[\\/]|\\\\)")
+
+
+def _scrub(value: Any) -> Any:
+    """Drop path-like strings (absolute or home paths) at any depth: they describe the host, not the model."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not (isinstance(v, str) and _PATH_LIKE.match(v))}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value if not (isinstance(v, str) and _PATH_LIKE.match(v))]
+    return value
+
+
+def public_model_info(manifest) -> dict[str, Any]:
+    """The manifest as ``GET /v1/model`` publishes it: an allow-list of fields, no host paths, medlens' version only.
+
+    Example:
+        >>> public_model_info(read_manifest("runs/x/bundle"))["label_names"]  # doctest: +SKIP
+        ['normal', 'pneumonia']
+    """
+    d = manifest.to_dict()
+    out = {k: _scrub(d[k]) for k in PUBLIC_FIELDS if k in d}
+    out["versions"] = {"medlens": str(manifest.versions.get("medlens", ""))}
+    return out
 
 
 def _header_safe(text: str) -> str:
@@ -410,14 +606,70 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0, max_pixels: int = 50_000_000) -> None:
+# The API reference at /docs: built from /openapi.json in the browser with textContent only, no external assets
+# (Swagger UI and ReDoc would load theirs from a CDN, which an offline hospital network cannot reach).
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>medlens API</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'">
+<style>body{font:14px system-ui,sans-serif;max-width:960px;margin:24px auto;padding:0 12px;color:#222}
+h2{margin-top:28px}.op{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:12px 0}
+.m{display:inline-block;min-width:46px;font-weight:600}.muted{color:#666}code,pre{background:#f5f5f5;padding:1px 4px}
+pre{padding:8px;overflow:auto}td,th{text-align:left;padding:2px 10px 2px 0;vertical-align:top}</style></head>
+<body><h1 id="title">medlens API</h1><p id="desc" class="muted"></p>
+<p>Every <code>/v1</code> route needs the header <code>X-API-Key</code> when the server has a key.
+Errors are JSON: <code>{"error": {"code": ..., "message": ...}}</code>. The schema: <a href="openapi.json">openapi.json</a>.</p>
+<div id="ops">loading...</div>
+<script>
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
+function schemaName(s) { if (!s) return ""; if (s.$ref) return s.$ref.split("/").pop(); if (s.type === "array") return schemaName(s.items) + "[]"; return s.type || ""; }
+fetch("openapi.json").then(r => r.json()).then(spec => {
+  document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
+  document.getElementById("desc").textContent = spec.info.description || "";
+  const ops = document.getElementById("ops"); ops.textContent = "";
+  for (const [path, item] of Object.entries(spec.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const box = el("div", undefined, "op");
+      const h = el("div"); h.append(el("span", method.toUpperCase(), "m"), el("code", path)); box.append(h);
+      if (op.summary) box.append(el("div", op.summary));
+      if (op.description) box.append(el("p", op.description, "muted"));
+      const body = op.requestBody && op.requestBody.content;
+      if (body) {
+        for (const [ctype, c] of Object.entries(body)) {
+          let s = c.schema || {};
+          if (s.$ref) s = spec.components.schemas[s.$ref.split("/").pop()] || {};
+          const t = el("table"); t.append(el("caption", "Body (" + ctype + ")"));
+          for (const [name, p] of Object.entries(s.properties || {})) {
+            const tr = el("tr"); tr.append(el("td", name + ((s.required || []).includes(name) ? " *" : "")), el("td", schemaName(p.anyOf ? p.anyOf[0] : p)), el("td", p.description || ""));
+            t.append(tr);
+          }
+          box.append(t);
+        }
+      }
+      const rt = el("table"); rt.append(el("caption", "Responses"));
+      for (const [code, r] of Object.entries(op.responses || {})) { const tr = el("tr"); tr.append(el("td", code), el("td", r.description || "")); rt.append(tr); }
+      box.append(rt);
+      ops.append(box);
+    }
+  }
+}).catch(e => { document.getElementById("ops").textContent = "could not load openapi.json: " + e; });
+</script></body></html>
+"""
+
+
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0, max_pixels: int = 50_000_000,
+          api_key_file: str | Path | None = None) -> None:
     """Run the server (blocking). Binds to 127.0.0.1 unless told otherwise.
 
+    The API key comes from ``api_key``, else the first line of ``api_key_file``, else ``$MEDLENS_API_KEY``
+    (the last two keep it out of ``ps``).
+
     Example:
-        >>> serve("runs/pneumoniamnist/bundle", port=8000)  # doctest: +SKIP
+        >>> serve("runs/pneumoniamnist/bundle", port=8000, api_key_file="/run/secrets/key")  # doctest: +SKIP
     """
     import uvicorn
 
+    if api_key_file is not None and not api_key:
+        api_key = read_api_key_file(api_key_file)
     settings = ServeSettings(api_key=api_key or os.environ.get("MEDLENS_API_KEY") or None,
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
     app = create_app(bundle, backend, settings)

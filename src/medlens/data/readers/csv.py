@@ -24,6 +24,8 @@ def read_table_file(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"data.path: CSV file not found: {path}")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the CSV file is empty (expected a header row, then one row per image)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot parse CSV ({e})") from None
 

@@ -76,6 +76,8 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield lineno, obj
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: line {lineno + 1}: not UTF-8 text ({e.reason})") from None
+        except (gzip.BadGzipFile, EOFError) as e:
+            raise ValueError(f"{path}: not a readable gzip file ({e})") from None
 
 
 def _labels_of(value: Any, lineno: int, path: Path, field: str) -> tuple[list[str] | str | None, bool]:
@@ -136,7 +138,7 @@ def read_jsonl(cfg) -> SampleTable:
         for k in meta:
             meta[k].append(obj.get(k))
     if not lines:
-        raise ValueError(f"{path}: the JSONL file has no rows")
+        raise ValueError(f"{path}: the JSONL file has no rows (expected one JSON object per line)")
     if any_list and any_single:
         raise LabelError(f"{path}: field {cfg.labels_field!r} is a list on some lines and a single label on others")
     if cfg.group_field and group_explicit and not has_group:

@@ -189,7 +189,8 @@ def evaluate(
         write_json_atomic(Path(out), {"split": split, **result.metrics})
     if record and b.path is not None:
         key = split + ("" if calibrated else "_uncalibrated") + ("_tta" if tta else "")
-        key += {"bundle": "", "val": "_val_thresholds"}.get(point["source"], f"_threshold_{threshold:g}")
+        source = point["source"]
+        key += "" if source == "bundle" else "_val_thresholds" if source == "val" else f"_threshold_{float(threshold or 0.0):g}"
         try:
             record_evaluation(b.path, key, {
                 "split": split, "calibrated": calibrated, "tta": tta, "config": "bundle" if config is None else str(getattr(cfg, "name", None) or config),

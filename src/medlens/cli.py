@@ -90,13 +90,19 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
     verbose: bool = False,
+    sweep: Annotated[Optional[list[str]], typer.Option(help="Grid sweep: section.key=v1,v2 (repeatable); one run each, then a table.")] = None,
+    env_file: Annotated[Optional[Path], typer.Option(help="A .env file with MEDLENS__SECTION__KEY=value lines (default ./.env).")] = None,
 ) -> None:
     """Train a model from CONFIG and write its bundle."""
     _setup_logging(verbose)
     from medlens.config import load_config
     from medlens.training import train as _train
 
-    cfg = _run(load_config, config, set_ or [])
+    if sweep:
+        from medlens.cli_extra import run_sweep_command
+
+        return run_sweep_command(config, set_ or [], sweep, env_file)
+    cfg = _run(load_config, config, set_ or [], env_file)
     result = _run(_train, cfg, resume=resume)
     if not result.metrics:  # a DDP process other than rank 0: rank 0 evaluates and reports
         return
@@ -118,7 +124,7 @@ def evaluate(
     config: Annotated[Optional[Path], typer.Option(help="Data config (default: the one saved in the bundle).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON here.")] = None,
-    tta: Annotated[bool, typer.Option(help="Test-time augmentation (horizontal flip).")] = False,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, hflip, flips or d4.")] = "none",
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Config override (repeatable).")] = None,
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Store the result in the bundle manifest.")] = True,
@@ -127,7 +133,7 @@ def evaluate(
     _setup_logging()
     from medlens.evaluation import evaluate as _evaluate
 
-    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record)
+    r = _run(_evaluate, bundle, config, split, out, tta if tta != "none" else False, overrides=set_ or [], calibrated=calibrated, record=record)
     _print_json({"split": split, **r.metrics})
 
 
@@ -137,7 +143,7 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...).")],
     out: Annotated[Optional[Path], typer.Option(help="Write a CSV of probabilities here.")] = None,
     batch_size: int = 64,
-    tta: bool = False,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, hflip, flips or d4.")] = "none",
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     metadata: Annotated[Optional[str], typer.Option(help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
@@ -152,6 +158,7 @@ def predict(
     from medlens.inference import predict as _predict
     from medlens.tasks import task_of
 
+    tta = tta if tta != "none" else False
     paths = [str(p) for p in images]
     meta = _run(metadata_rows_for, metadata, paths) if metadata else None
     progress = sys.stderr.isatty() or len(images) > 50
@@ -266,15 +273,21 @@ def download(
     workers: Annotated[int, typer.Option(help="Concurrent downloads.")] = 8,
     timeout: Annotated[float, typer.Option(help="Seconds per attempt.")] = 30.0,
     retries: Annotated[int, typer.Option(help="Retries per file.")] = 3,
+    source: Annotated[Optional[str], typer.Option(help="Source name: files kept under OUT_sources/NAME/, merged into OUT/<class>/ as NAME__file.")] = None,
+    link_mode: Annotated[str, typer.Option(help="hard (copy where refused), symlink or copy.")] = "hard",
+    split_after_download: Annotated[Optional[float], typer.Option(help="Train share, e.g. 0.85: write a stratified OUT_split/train|val/<class>/ tree.")] = None,
 ) -> None:
     """Download images listed in CSV into a class-folder tree (resumable; failures listed)."""
     _setup_logging()
     from medlens.data.download import SUMMARY
     from medlens.data.download import download as _download
 
-    s = _run(_download, csv_file, out, workers, timeout, retries)
+    s = _run(_download, csv_file, out, workers, timeout, retries, source=source, link_mode=link_mode,
+             split_after_download=split_after_download, progress=sys.stderr.isatty())
     typer.echo(f"{out}: {s.downloaded} downloaded, {s.kept} already present, {s.linked} linked into "
-               f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {out / SUMMARY})")
+               f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {s.summary_path or out / SUMMARY})")
+    for line in s.class_lines():
+        typer.echo(f"  {line}")
     for f in s.failed[:20]:
         typer.echo(f"  line {f.line}: {f.url}: {f.reason}", err=True)
     if len(s.failed) > 20:
@@ -425,6 +438,11 @@ def export(
 
     path = _run(_export, bundle, format, out, opset)
     typer.echo(f"exported {path}")
+
+
+from medlens.cli_extra import register  # noqa: E402 -- more commands (split folders), added after the groups above
+
+register(app)
 
 
 def main() -> None:

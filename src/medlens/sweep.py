@@ -192,10 +192,14 @@ def format_sweep_table(result: SweepResult) -> str:
     best = result.best
     cols = ["", *rows[0].keys()]
 
-    def cell(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else str(v))
+    def cell(k: str, v: Any) -> str:
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.1f}" if k == "wall time s" else f"{v:.4f}"
+        return str(v)
 
-    body = [["*" if best is not None and r.name == best.name else "", *(cell(v) for v in row.values())]
+    body = [["*" if best is not None and r.name == best.name else "", *(cell(k, v) for k, v in row.items())]
             for r, row in zip(result.runs, rows, strict=True)]
     widths = [max(len(str(c)), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pytest
 
@@ -26,7 +27,12 @@ def test_wandb_offline_run_records_epoch_metrics_and_lr(tmp_path, monkeypatch) -
     wandb.finish()
     runs = list(run_dir.rglob("offline-run-*"))
     assert runs, "no offline W&B run folder was written"
-    rows = _history(next(runs[0].glob("run-*.wandb")))
+    deadline = time.monotonic() + 20
+    while True:  # wandb's writer process may still be flushing the last records after finish()
+        rows = _history(next(runs[0].glob("run-*.wandb")))
+        if sum("lr" in r for r in rows) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     lrs = [r["lr"] for r in rows if "lr" in r]
     aurocs = [r["val/auroc_macro"] for r in rows if "val/auroc_macro" in r]
     # trackers get the LR each epoch starts with (engine.module logs "lr" at epoch start): 3e-3, then cosine-halved

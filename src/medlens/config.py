@@ -355,6 +355,11 @@ class TrainerConfig(StrictModel):
     resume: str | None = None
     val_check_interval: float | int | None = None
 
+    @field_validator("tta", mode="after")
+    @classmethod
+    def _tta_none_is_off(cls, v: Any) -> Any:
+        return False if v == "none" else v  # one spelling of "off", so `if cfg.trainer.tta` reads right everywhere
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_number(cls, v: Any) -> Any:

@@ -136,7 +136,10 @@ class ClassificationTask(Task):
         :meth:`activation` applies everywhere the bundle is used; a loud warning says so. Returns the validation
         logits as the rest of the operating point sees them.
         """
-        if not getattr(cfg.trainer, "orientation_check", False) or self.kind != "binary":
+        if not getattr(cfg.trainer, "orientation_check", False):
+            return raw_val
+        if self.kind != "binary":
+            log.warning("trainer.orientation_check applies to binary models only; this %s model is left as trained", self.kind)
             return raw_val
         auroc = binary_auroc(np.asarray(raw_val, dtype=np.float64)[:, 0], val_table.targets[:, 1])
         manifest.extra["orientation"] = -1 if auroc == auroc and auroc < 0.5 else 1

@@ -80,3 +80,12 @@ def test_orientation_check_flips_an_inverted_binary_model(tmp_path, caplog) -> N
     b2p = Predictor(b2)
     b2p.task.fit_operating_point(cfg, b2.manifest, b2p.predict_table(table, logits=True), table, b2p)
     assert "orientation" not in b2.manifest.extra
+
+
+def test_config_tta_none_is_off_and_presets_are_kept() -> None:
+    from medlens.config import ConfigError, config_from_dict
+
+    mk = lambda v: config_from_dict({"data": {"kind": "synthetic"}, "trainer": {"tta": v}}).trainer.tta  # noqa: E731
+    assert mk("none") is False and mk("d4") == "d4" and mk(True) is True
+    with pytest.raises(ConfigError, match="trainer.tta"):
+        mk("d8")

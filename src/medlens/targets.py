@@ -67,7 +67,8 @@ def check_targets(targets: dict[str, Any], metrics: dict[str, Any], ci: dict[str
     rows = []
     for name, target in targets.items():
         lo, hi = target_bounds(name, target)
-        value = metric_value(metrics, name)
+        flat = metrics.get(name)  # a flat key wins ("auroc/Effusion" in a cross-validation summary), then per_label
+        value = float(flat) if isinstance(flat, int | float) and not isinstance(flat, bool) and flat == flat else metric_value(metrics, name)
         entry = None
         if ci is not None:
             if "/" in name:

@@ -139,6 +139,8 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
     resume: Annotated[Optional[str], typer.Option(metavar="CHECKPOINT", help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging, and tracebacks for errors.")] = False,
+    sweep: Annotated[Optional[list[str]], typer.Option(metavar="KEY=V1,V2", help="Grid sweep: section.key=v1,v2 (repeatable); one run each, then a table.")] = None,
+    env_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help="A .env file with MEDLENS__SECTION__KEY=value lines (default ./.env).")] = None,
 ) -> None:
     """Train a model from CONFIG and write its bundle; ends with the headline metric, its 95% CI and n."""
     _setup_logging(verbose)
@@ -147,18 +149,26 @@ def train(
     from medlens.config import load_config
     from medlens.training import train as _train
 
-    cfg = _run(load_config, config, set_ or [])
+    if sweep:
+        from medlens.cli_extra import run_sweep_command
+
+        return run_sweep_command(config, set_ or [], sweep, env_file)
+    cfg = _run(load_config, config, set_ or [], env_file)
     result = _run(_train, cfg, resume=resume)
     if not result.metrics:  # a DDP process other than rank 0: rank 0 evaluates and reports
         return
     typer.echo(f"bundle:  {result.bundle_dir}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.json'}")
     from medlens.console import headline
+    from medlens.targets import format_target_checks
 
     for split in ("val", "test"):
         m = result.metrics.get(split)
         if isinstance(m, dict) and m:
             typer.echo(headline(m, split))
+    final = result.metrics.get("test") or result.metrics.get("val") or {}
+    for line in format_target_checks(final, cfg.targets) if cfg.targets else []:
+        typer.echo(line)
 
 
 def _fmt(x) -> str:
@@ -171,7 +181,7 @@ def evaluate(
     config: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Data config (default: the one saved in the bundle).")] = None,
     split: Annotated[str, typer.Option(metavar="SPLIT", help="train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write metrics JSON here.")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation (horizontal flip).")] = False,
+    tta: Annotated[str, typer.Option(metavar="PRESET", help="Test-time augmentation: none, hflip, flips or d4.")] = "none",
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override (repeatable).")] = None,
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Store the result in the bundle manifest.")] = True,
@@ -187,7 +197,7 @@ def evaluate(
     extra = {} if threshold is None else {"threshold": threshold}
     if thresholds_from is not None:
         extra["thresholds_from"] = thresholds_from
-    r = _run(_evaluate, bundle, config, split, out, tta, overrides=set_ or [], calibrated=calibrated, record=record, **extra)
+    r = _run(_evaluate, bundle, config, split, out, tta if tta != "none" else False, overrides=set_ or [], calibrated=calibrated, record=record, **extra)
     if json_:
         _print_json({"split": split, **r.metrics})
     else:
@@ -200,7 +210,7 @@ def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Image files (PNG, JPEG, TIFF, BMP, DICOM) or folders (searched recursively for those extensions).")],
     out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Write a CSV here: per image the probabilities, per finding threshold and decision, errors.")] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
-    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation (horizontal flip).")] = False,
+    tta: Annotated[str, typer.Option(metavar="PRESET", help="Test-time augmentation: none, hflip, flips or d4.")] = "none",
     backend: Annotated[str, typer.Option(metavar="torch|onnx", help="Runtime: torch, or onnx (needs the 'onnx' extra and an exported model).")] = "torch",
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     metadata: Annotated[Optional[str], typer.Option(metavar="JSON_OR_FILE", help="Fusion models: patient metadata as a JSON object (every image), a JSON list (one per image) or a .json/.csv file; missing fields allowed.")] = None,
@@ -220,6 +230,7 @@ def predict(
         _need("onnx", "onnxruntime")
     if out is not None and out.is_dir():
         _fail(ValueError(f"--out {out}: is a directory; give a file name for the CSV, e.g. {out / 'predictions.csv'}"))
+    tta = tta if tta != "none" else False
     paths = _run(_image_paths, images)
     meta = _run(metadata_rows_for, metadata, paths) if metadata else None
     progress = sys.stderr.isatty() or len(paths) > 50
@@ -375,15 +386,21 @@ def download(
     workers: Annotated[int, typer.Option(metavar="N", help="Concurrent downloads.")] = 8,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds per attempt.")] = 30.0,
     retries: Annotated[int, typer.Option(metavar="N", help="Retries per file.")] = 3,
+    source: Annotated[Optional[str], typer.Option(metavar="NAME", help="Source name: files kept under OUT_sources/NAME/, merged into OUT/<class>/ as NAME__file.")] = None,
+    link_mode: Annotated[str, typer.Option(metavar="hard|symlink|copy", help="hard (copy where refused), symlink or copy.")] = "hard",
+    split_after_download: Annotated[Optional[float], typer.Option(metavar="SHARE", help="Train share, e.g. 0.85: write a stratified OUT_split/train|val/<class>/ tree.")] = None,
 ) -> None:
     """Download images listed in CSV into a class-folder tree (resumable; failures listed)."""
     _setup_logging()
     from medlens.data.download import SUMMARY
     from medlens.data.download import download as _download
 
-    s = _run(_download, csv_file, out, workers, timeout, retries)
+    s = _run(_download, csv_file, out, workers, timeout, retries, source=source, link_mode=link_mode,
+             split_after_download=split_after_download, progress=sys.stderr.isatty())
     typer.echo(f"{out}: {s.downloaded} downloaded, {s.kept} already present, {s.linked} linked into "
-               f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {out / SUMMARY})")
+               f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {s.summary_path or out / SUMMARY})")
+    for line in s.class_lines():
+        typer.echo(f"  {line}")
     for f in s.failed[:20]:
         typer.echo(f"  line {f.line}: {f.url}: {f.reason}", err=True)
     if len(s.failed) > 20:
@@ -545,6 +562,11 @@ def export(
 
     path = _run(_export, bundle, format, out, opset)
     typer.echo(f"exported {path}")
+
+
+from medlens.cli_extra import register  # noqa: E402 -- more commands (split folders), added after the groups above
+
+register(app)
 
 
 def main() -> None:

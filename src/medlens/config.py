@@ -2,7 +2,8 @@
 
 Every model forbids unknown keys, so a typo such as ``optim.lrr`` is an error that names the key and the
 file instead of being silently ignored. ``load_config`` reads YAML, applies ``--set key=value`` overrides and
-``MEDLENS__SECTION__KEY`` environment overrides, and validates once.
+``MEDLENS__SECTION__KEY`` overrides from a ``.env`` file and the environment, and validates once. Precedence,
+lowest first: defaults < YAML < ``.env`` < environment < ``--set``.
 
 Example:
     >>> from medlens.config import load_config
@@ -136,20 +137,95 @@ class JsonlData(_DataBase):
     metadata_fields: list[str] = Field(default_factory=list)
 
 
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"  # column, table or schema.table: quoted, never pasted
+
+
+class _SqlTable(StrictModel):
+    table: str = Field(pattern=_IDENT)
+
+
+class SqlImagesMap(_SqlTable):
+    """Your images table: one row per image."""
+
+    id: str = Field("id", pattern=_IDENT)  # primary key (also the sample id)
+    path: str = Field("path", pattern=_IDENT)  # file path, relative to data.image_root
+    group: str | None = Field(None, pattern=_IDENT)  # patient/examination column for group-aware splits
+    split: str | None = Field(None, pattern=_IDENT)  # predefined split column (train/val/test)
+
+
+class SqlAnnotationsMap(_SqlTable):
+    """Your annotations table: one row per (image, label)."""
+
+    image_id: str = Field("image_id", pattern=_IDENT)
+    label_id: str = Field("label_id", pattern=_IDENT)
+    value: str | None = Field("value", pattern=_IDENT)  # boolean column; None: a row means positive
+
+
+class SqlLabelsMap(_SqlTable):
+    id: str = Field("id", pattern=_IDENT)
+    name: str = Field("name", pattern=_IDENT)
+
+
+class SqlLabelSetsMap(_SqlTable):
+    id: str = Field("id", pattern=_IDENT)
+    name: str = Field("name", pattern=_IDENT)
+    version: str | None = Field("version", pattern=_IDENT)  # None: label sets are not versioned
+
+
+class SqlLabelSetLabelsMap(_SqlTable):
+    """The many-to-many link (versions of a label set may share labels)."""
+
+    label_set_id: str = Field("label_set_id", pattern=_IDENT)
+    label_id: str = Field("label_id", pattern=_IDENT)
+
+
+class SqlSchema(StrictModel):
+    """Where an existing database keeps images, labels, label sets and annotations (read directly, never written).
+
+    Example YAML (an endoreg-db-shaped schema: ``configs/endoreg_db_example.yaml``)::
+
+        schema:
+          images: {table: frames, id: id, path: relative_path, group: video_id}
+          annotations: {table: frame_annotations, image_id: frame_id, label_id: label_id, value: value}
+          labels: {table: labels, id: id, name: name}
+          label_sets: {table: label_sets, id: id, name: name, version: version}
+          label_set_labels: {table: label_set_labels, label_set_id: labelset_id, label_id: label_id}
+    """
+
+    images: SqlImagesMap
+    annotations: SqlAnnotationsMap
+    labels: SqlLabelsMap
+    label_sets: SqlLabelSetsMap
+    label_set_labels: SqlLabelSetLabelsMap
+
+
 class SqlData(_DataBase):
     """Images and annotations in a SQL database (SQLite file or PostgreSQL server)."""
+
+    # `schema` is a field name BaseModel also uses: the field is `schema_` in Python, `schema` in YAML and dumps
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
     kind: Literal["sql"] = "sql"
     url: str | None = None  # e.g. sqlite:///data.db or postgresql+psycopg://user@host/db; env MEDLENS_DB_URL
     password_env: str | None = "MEDLENS_DB_PASSWORD"
     password_file: str | None = None
-    dataset: str
+    dataset: str | None = None  # medlens schema: the dataset's name (required there)
+    # your own schema instead of medlens' tables (see SqlSchema); `dataset` is then unused
+    schema_: SqlSchema | None = Field(None, alias="schema")
     label_set: str
     label_set_version: int | None = None  # None: the newest version
     image_root: str | None = None  # default: the dataset's image_root in the database
     chunk_size: int = Field(5000, ge=1)
     group_by: Literal["patient", "examination"] = "patient"  # patient: the examination's patient_id when set
     metadata_fields: list[str] = Field(default_factory=list)  # keys of images.meta to load as metadata
+
+    @model_validator(mode="after")
+    def _dataset_or_schema(self) -> SqlData:
+        if self.schema_ is None and not self.dataset:
+            raise ValueError("data.dataset is required for medlens' own tables (or give data.schema for your own tables)")
+        if self.schema_ is not None and self.metadata_fields:
+            raise ValueError("data.metadata_fields needs medlens' own tables (images.meta); it cannot act with data.schema")
+        return self
 
 
 class NihData(_DataBase):
@@ -268,13 +344,21 @@ class TrainerConfig(StrictModel):
     threshold_method: Literal["f1", "youden", "fixed"] = "f1"
     fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     calibrate: bool = True  # fit temperature scaling on validation
-    tta: bool = False
+    # test-time augmentation: none, hflip, flips (original + h + v), d4 (8 rotations/flips); true = hflip
+    tta: bool | Literal["none", "hflip", "flips", "d4"] = False
+    # binary: flip the score (negate the logit) when validation AUROC < 0.5, recorded in the manifest
+    orientation_check: bool = False
     deterministic: bool = True
     log_every_n_steps: int = 20
     progress_bar: bool = True
     auto_resume: bool = False
     resume: str | None = None
     val_check_interval: float | int | None = None
+
+    @field_validator("tta", mode="after")
+    @classmethod
+    def _tta_none_is_off(cls, v: Any) -> Any:
+        return False if v == "none" else v  # one spelling of "off", so `if cfg.trainer.tta` reads right everywhere
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -310,6 +394,33 @@ class TrackingConfig(StrictModel):
         return self
 
 
+class TargetRange(StrictModel):
+    """A target range: ``{min: 0.86, max: 0.92}`` or ``[0.86, 0.92]`` in YAML (either end may be omitted)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            if len(v) != 2:
+                raise ValueError(f"a target range is [min, max]; got {list(v)}")
+            return {"min": v[0], "max": v[1]}
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TargetRange:
+        if self.min is None and self.max is None:
+            raise ValueError("a target range needs min, max or both")
+        for x in (self.min, self.max):
+            if x is not None and not (x == x):
+                raise ValueError("a target range end is NaN")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"target range min {self.min} > max {self.max}")
+        return self
+
+
 class RunConfig(StrictModel):
     """One training run. Sections mirror the YAML file."""
 
@@ -321,7 +432,8 @@ class RunConfig(StrictModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    targets: dict[str, float] = Field(default_factory=dict)  # e.g. {auroc_macro: 0.86}: report met / not met
+    # e.g. {auroc_macro: 0.86} (a lower bound; an upper one for ece/brier/loss) or {auroc_macro: [0.86, 0.92]}
+    targets: dict[str, float | TargetRange] = Field(default_factory=dict)
     intended_use: str = (
         "Research use only. Not a medical device; outputs are not a diagnosis and must be reviewed by a "
         "qualified clinician."
@@ -329,9 +441,9 @@ class RunConfig(StrictModel):
 
     @field_validator("targets")
     @classmethod
-    def _targets_finite(cls, v: dict[str, float]) -> dict[str, float]:
+    def _targets_finite(cls, v: dict[str, float | TargetRange]) -> dict[str, float | TargetRange]:
         for k, x in v.items():
-            if not (x == x):  # NaN check without numpy
+            if isinstance(x, float) and not (x == x):  # NaN check without numpy
                 raise ValueError(f"target {k!r} is NaN")
         return v
 
@@ -470,6 +582,33 @@ def _env_overrides(prefix: str = "MEDLENS__") -> list[str]:
     return sorted(items)
 
 
+def dotenv_overrides(env_file: str | Path | None = None, prefix: str = "MEDLENS__") -> list[str]:
+    """``MEDLENS__SECTION__KEY=value`` lines of a ``.env`` file as ``section.key=value`` overrides.
+
+    Args:
+        env_file: the file; None: ``.env`` in the current folder when there is one.
+
+    Example:
+        >>> dotenv_overrides("no-such-dir/.env")  # doctest: +SKIP
+        ConfigError: env file not found: no-such-dir/.env
+    """
+    if env_file is None:
+        p = Path.cwd() / ".env"
+        if not p.is_file():
+            return []
+    else:
+        p = Path(env_file)
+        if not p.is_file():
+            raise ConfigError(f"env file not found: {p}")
+    from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own .env parser
+
+    items = []
+    for k, v in dotenv_values(p).items():
+        if k.startswith(prefix) and len(k) > len(prefix) and v is not None:
+            items.append(k[len(prefix) :].lower().replace("__", ".") + "=" + v)
+    return sorted(items)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
@@ -484,18 +623,19 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> RunConfig:
-    """Validate a config dict (after overrides) into a :class:`RunConfig`."""
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None,
+                     env_file: str | Path | None = None) -> RunConfig:
+    """Validate a config dict (after ``.env``, environment and ``overrides``, in that order) into a :class:`RunConfig`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping with sections data, model, optim, ...")
-    merged = apply_overrides(raw, [*_env_overrides(), *(overrides or [])])
+    merged = apply_overrides(raw, [*dotenv_overrides(env_file), *_env_overrides(), *(overrides or [])])
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None, env_file: str | Path | None = None) -> RunConfig:
     """Load a YAML run config, apply overrides, and validate it.
 
     Relative data paths in the file are resolved against the file's folder, so a config can be run from
@@ -503,7 +643,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
     Args:
         path: YAML file.
-        overrides: ``section.key=value`` strings, applied after the file and environment.
+        overrides: ``section.key=value`` strings, applied after the file, ``.env`` and environment.
+        env_file: a ``.env`` file with ``MEDLENS__SECTION__KEY=value`` lines (default: ``./.env`` if present).
 
     Returns:
         The validated config.
@@ -521,7 +662,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{where}: {what}") from None
-    cfg = config_from_dict(raw, source=str(p), overrides=overrides)
+    cfg = config_from_dict(raw, source=str(p), overrides=overrides, env_file=env_file)
     if cfg.name is None and cfg.output.name is None:
         cfg.output.name = p.stem
     return _resolve_paths(cfg, p.parent.resolve())

@@ -133,13 +133,9 @@ def metrics_text(metrics: dict[str, Any], split: str | None = None) -> str:
                 cells.append(f"{text} ({_f(ci[0], 2)}-{_f(ci[1], 2)})" if ci and v is not None else text)
             rows.append([str(label), *cells])
         lines += ["", *_table(rows)]
-    targets = metrics.get("targets") or []
+    targets = metrics.get("target_checks") or []
     if targets:
-        lines.append("")
-        for t in targets:
-            met = t.get("met")
-            lines.append(f"target {t.get('metric')} {t.get('direction', '')} {t.get('target')}: "
-                         f"{'n/a' if met is None else ('met' if met else 'NOT met')}")
+        lines += ["", *targets]
     for w in metrics.get("warnings") or []:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

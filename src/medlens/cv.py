@@ -168,13 +168,9 @@ def cross_validate(
     return result
 
 
-def _target_rows(targets: dict[str, float], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    from medlens.tasks.classification.metrics import LOWER_IS_BETTER
+def _target_rows(targets: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    from medlens.targets import check_targets  # the one target rule (bounds and ranges)
 
-    rows = []
-    for name, target in targets.items():
-        mean = (summary.get(name) or {}).get("mean")
-        lower = name.split("/")[0] in LOWER_IS_BETTER
-        met = None if mean is None else (mean <= target if lower else mean >= target)
-        rows.append({"metric": name, "target": target, "value": mean, "met": met, "direction": "<=" if lower else ">="})
-    return rows
+    means = {name: (summary.get(name) or {}).get("mean") for name in targets}
+    return [{k: r[k] for k in ("metric", "target", "min", "max", "value", "met", "direction")}
+            for r in check_targets(targets, {k: v for k, v in means.items() if v is not None})]

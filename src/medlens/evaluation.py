@@ -185,6 +185,10 @@ def evaluate(
     b, point = operating_point(b, cfg, threshold, thresholds_from, table, splits, batch_size, tta, calibrated)
     result = score_table(Predictor(b, batch_size=batch_size, tta=tta, calibrated=calibrated), sub, split)
     result.metrics["operating_point"] = point
+    if cfg.targets:  # "AUROC 0.88 in 0.86-0.92: MET", the one target rule (medlens.targets)
+        from medlens.targets import format_target_checks
+
+        result.metrics["target_checks"] = format_target_checks(result.metrics, cfg.targets)
     if out is not None:
         write_json_atomic(Path(out), {"split": split, **result.metrics})
     if record and b.path is not None:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from medlens._atomic import write_text_atomic
+from medlens.targets import check_targets
 from medlens.tasks import get_task, task_of
-from medlens.tasks.classification.metrics import LOWER_IS_BETTER, metric_value
 
 log = logging.getLogger("medlens.report")
 
@@ -137,39 +137,6 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
     if (p / "manifest.json").is_file():
         return p, (p.parent if p.name == "bundle" else None)
     raise FileNotFoundError(f"{p}: neither a run folder (with bundle/) nor a bundle folder (with manifest.json)")
-
-
-def check_targets(targets: dict[str, float], metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Compare metrics with config targets: met / not met, and whether the CI's conservative end meets it too.
-
-    Targets name a headline metric (``auroc_macro``) or a per-label one (``auroc/Effusion``). Metrics in
-    :data:`medlens.metrics.LOWER_IS_BETTER` (ECE, Brier) must be at most the target, others at least.
-
-    Example:
-        >>> check_targets({"auroc_macro": 0.8}, {"auroc_macro": 0.85})[0]["met"]
-        True
-    """
-    rows = []
-    for name, target in targets.items():
-        value = metric_value(metrics, name)
-        lower = name.split("/")[0] in LOWER_IS_BETTER
-        entry = None
-        if ci is not None:
-            if "/" in name:
-                m, lb = name.split("/", 1)
-                entry = ci.get("per_label", {}).get(lb, {}).get(m)
-            else:
-                entry = ci.get("headline", {}).get(name)
-        bound = None if entry is None else (entry.get("high") if lower else entry.get("low"))
-        met = None if value is None else (value <= target if lower else value >= target)
-        met_ci = None if bound is None else (bound <= target if lower else bound >= target)
-        known = name in metrics or ("/" in name and name.split("/", 1)[1] in metrics.get("per_label", {}))
-        rows.append({
-            "metric": name, "target": float(target), "direction": "<=" if lower else ">=", "value": value,
-            "ci_bound": bound, "met": met, "met_at_ci_bound": met_ci,
-            "note": "" if known else "unknown metric for this task",
-        })
-    return rows
 
 
 def _is_one(temperature: float | list[float]) -> bool:

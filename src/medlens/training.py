@@ -34,6 +34,7 @@ from medlens.data.splits import LeakageError, Splits, find_group_leaks, fold_spl
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
+from medlens.targets import format_target_checks
 from medlens.tasks import get_task, read_table, task_of
 
 log = logging.getLogger("medlens.train")
@@ -252,6 +253,9 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
+    final_split = "test" if "test" in results else "val"
+    for line in format_target_checks(metrics.get(final_split) or {}, cfg.targets):
+        log.info("%s %s", final_split, line)
     return RunResult(run_dir, bundle_dir, metrics, fitted.history, fitted.best_checkpoint, summary, wall, fitted.train_time_s)
 
 

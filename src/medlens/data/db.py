@@ -761,3 +761,109 @@ def import_dataset(
         )
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------------------- your own schema (read only)
+@dataclass
+class MappedData:
+    """What :func:`read_mapped` read from a database with its own schema (``data.schema``)."""
+
+    ids: np.ndarray  # object: image ids as text
+    paths: np.ndarray  # object
+    groups: np.ndarray  # object (None where unset)
+    splits: np.ndarray  # object (None where unset)
+    targets: np.ndarray  # (N, K) over label_names: 1, 0, NaN (no annotation row or a NULL value)
+    label_set: dict[str, Any]  # id, name, version, labels [{id, name, index}] -- the full label set
+
+
+def _mapped_table(name: str, *columns: str | None):
+    """A lightweight SQLAlchemy table: every identifier is quoted by the dialect, never pasted into SQL text."""
+    import sqlalchemy as sa
+
+    schema_name, _, table = name.rpartition(".")
+    cols = list(dict.fromkeys(c for c in columns if c))
+    return sa.table(table, *(sa.column(c) for c in cols), schema=schema_name or None)
+
+
+def read_mapped(conn, mapping: Any, label_set: str, version: int | None = None, chunk_size: int = 5000) -> MappedData:
+    """Read images, a label set version and its annotations from an existing schema described by ``mapping``.
+
+    ``mapping`` is :class:`medlens.config.SqlSchema`: table and column names for images, annotations, labels,
+    label sets and the label-set/label link table (versions of a label set may share labels). Labels are the
+    label set's labels ordered by label id; their position there is the *original index* kept with the run.
+    An annotation row with a NULL value, or no row, is unknown; ``annotations.value: null`` in the mapping means
+    a row is a positive.
+
+    Example:
+        >>> d = read_mapped(conn, cfg.data.schema_, "polyp_classes", 2)  # doctest: +SKIP
+    """
+    import sqlalchemy as sa
+
+    m = mapping
+    ls = _mapped_table(m.label_sets.table, m.label_sets.id, m.label_sets.name, m.label_sets.version)
+    lsl = _mapped_table(m.label_set_labels.table, m.label_set_labels.label_set_id, m.label_set_labels.label_id)
+    lb = _mapped_table(m.labels.table, m.labels.id, m.labels.name)
+    im = _mapped_table(m.images.table, m.images.id, m.images.path, m.images.group, m.images.split)
+    an = _mapped_table(m.annotations.table, m.annotations.image_id, m.annotations.label_id, m.annotations.value)
+    where = f"label set {label_set!r} (table {m.label_sets.table})"
+    vcol = ls.c[m.label_sets.version] if m.label_sets.version else sa.literal(None)
+    rows = conn.execute(sa.select(ls.c[m.label_sets.id], vcol).where(ls.c[m.label_sets.name] == label_set)).all()
+    if not rows:
+        have = [r[0] for r in conn.execute(sa.select(ls.c[m.label_sets.name]).distinct().limit(50))]
+        raise DatabaseError(f"no {where}; label sets: {sorted(str(h) for h in have) or 'none'}")
+    if version is not None:
+        rows = [r for r in rows if r[1] is not None and str(r[1]) == str(version)]
+        if not rows:
+            raise DatabaseError(f"{where} has no version {version}")
+    elif len(rows) > 1:
+        if any(r[1] is None for r in rows):
+            raise DatabaseError(f"{where}: {len(rows)} rows and no version column to choose one; map label_sets.version")
+        rows = sorted(rows, key=lambda r: (_version_key(r[1])))[-1:]
+    ls_id, ls_version = rows[0]
+    label_rows = conn.execute(
+        sa.select(lb.c[m.labels.id], lb.c[m.labels.name])
+        .select_from(lsl.join(lb, lsl.c[m.label_set_labels.label_id] == lb.c[m.labels.id]))
+        .where(lsl.c[m.label_set_labels.label_set_id] == ls_id)
+        .order_by(lb.c[m.labels.id])
+    ).all()
+    if not label_rows:
+        raise DatabaseError(f"{where} v{ls_version} has no labels in {m.label_set_labels.table}")
+    label_ids = [r[0] for r in label_rows]
+    names = [str(r[1]) for r in label_rows]
+    info = {"id": _plain(ls_id), "name": label_set, "version": _plain(ls_version),
+            "labels": [{"id": _plain(i), "name": n, "index": j} for j, (i, n) in enumerate(zip(label_ids, names, strict=True))]}
+    cols = [im.c[m.images.id], im.c[m.images.path]]
+    cols.append(im.c[m.images.group] if m.images.group else sa.literal(None))
+    cols.append(im.c[m.images.split] if m.images.split else sa.literal(None))
+    ids: list[Any] = []
+    parts: dict[str, list] = {"paths": [], "groups": [], "splits": []}
+    for chunk in _stream(conn, sa.select(*cols).order_by(im.c[m.images.id]), chunk_size):
+        for r in chunk:
+            ids.append(r[0])
+            parts["paths"].append(r[1])
+            parts["groups"].append(None if r[2] is None else str(r[2]))
+            parts["splits"].append(r[3])
+    row_of = {i: j for j, i in enumerate(ids)}
+    col_of = {i: j for j, i in enumerate(label_ids)}
+    targets = np.full((len(ids), len(label_ids)), np.nan, dtype=np.float32)
+    value = an.c[m.annotations.value] if m.annotations.value else sa.literal(True)
+    stmt = sa.select(an.c[m.annotations.image_id], an.c[m.annotations.label_id], value).where(
+        an.c[m.annotations.label_id].in_(label_ids))
+    for chunk in _stream(conn, stmt, chunk_size):
+        for img, lab, val in chunk:
+            r = row_of.get(img)
+            if r is not None and val is not None:
+                targets[r, col_of[lab]] = 1.0 if val in (True, 1, "1", "t", "true", "True") else 0.0
+    obj = lambda x: np.asarray(x, dtype=object)  # noqa: E731
+    return MappedData(obj([str(i) for i in ids]), obj(parts["paths"]), obj(parts["groups"]), obj(parts["splits"]), targets, info)
+
+
+def _version_key(v: Any) -> tuple[int, Any]:
+    try:
+        return (0, float(v))
+    except (TypeError, ValueError):
+        return (1, str(v))
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, int | float | str) or v is None else str(v)

@@ -10,7 +10,13 @@
 * Safe names: class names and file names are reduced to ``[A-Za-z0-9._-]`` (no separators, no leading dots),
   and every target is checked to lie inside ``DIR``; a row that cannot be made safe is a listed failure, and
   only ``http``/``https`` URLs are fetched. Nothing is written outside ``DIR``.
-* A summary (``DIR/download_summary.json``) lists every failed row with its reason.
+* A summary per CSV (``DIR/download_summary_<csv name>.json``; the latest run also as ``download_summary.json``)
+  lists the per-class counts and every failed row with its reason; a second CSV does not overwrite the first's.
+* ``source="isic"`` keeps each source's files apart (``DIR_sources/isic/<class>/<name>``) and consolidates them
+  into the class tree as ``DIR/<class>/isic__<name>``, so several sources merge without name clashes.
+* ``link_mode``: ``hard`` (default; a copy where the file system refuses), ``symlink`` or ``copy``.
+* ``split_after_download=0.85`` then writes a stratified, seeded ``DIR_split/train|val/<class>/`` tree (85% train)
+  with :func:`medlens.data.split_folders.split_folders`.
 
 Example:
     >>> from medlens.data.download import download
@@ -27,7 +33,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 import urllib.error
@@ -37,6 +42,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from medlens._atomic import write_text_atomic
+from medlens.data.split_folders import LINK_MODES, link_file
 
 log = logging.getLogger("medlens.download")
 
@@ -79,9 +87,20 @@ class DownloadSummary:
     bytes: int = 0
     failed: list[Failure] = field(default_factory=list)
     classes: dict[str, int] = field(default_factory=dict)
+    source: str | None = None
+    summary_path: str | None = None
+    split_dir: str | None = None
+    split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def class_lines(self) -> list[str]:
+        """Per-class counts (of this run's rows in the class tree), then per split when a split was made."""
+        lines = [f"{k}: {v}" for k, v in sorted(self.classes.items())]
+        for split, c in self.split_counts.items():
+            lines.append(f"{split}: " + ", ".join(f"{k} {v}" for k, v in c.items()) + f" ({sum(c.values())})")
+        return lines
 
 
 def safe_name(text: str, fallback: str = "") -> str:
@@ -202,20 +221,6 @@ def _fetch(url: str, dest: Path, timeout: float, retries: int, backoff: float, o
     raise RuntimeError(f"{type(last).__name__}: {reason} (after {retries + 1} attempts)")
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (copy where links are refused), replacing a stale ``dst`` atomically."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    tmp = dst.with_name(f".{dst.name}.link")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
 def download(
     csv_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -224,6 +229,10 @@ def download(
     retries: int = 3,
     backoff: float = 0.5,
     opener: Callable | None = None,
+    source: str | None = None,
+    link_mode: str = "hard",
+    split_after_download: float | None = None,
+    progress: bool = False,
 ) -> DownloadSummary:
     """Download every ``url,class`` row of a CSV into ``out_dir/<class>/<name>``.
 
@@ -235,6 +244,12 @@ def download(
         retries: extra attempts after a failure that may be temporary.
         backoff: seconds before the first retry; doubles each time.
         opener: ``urllib.request.urlopen``-like callable (tests inject one).
+        source: a source name: its files are kept under ``<out_dir>_sources/<source>/<class>/`` and enter the
+            class tree as ``<source>__<name>``.
+        link_mode: how the class tree refers to stored files: ``hard``, ``symlink`` or ``copy``.
+        split_after_download: the train share (e.g. 0.85) of a stratified, seeded split written to
+            ``<out_dir>_split/train|val/<class>/`` after the download.
+        progress: show a progress bar (the CLI turns it on).
 
     Returns:
         :class:`DownloadSummary` (also written to ``out_dir/download_summary.json``).
@@ -244,20 +259,33 @@ def download(
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if link_mode not in LINK_MODES:
+        raise ValueError(f"--link-mode {link_mode!r}: valid: {', '.join(LINK_MODES)}")
+    if split_after_download is not None and not 0.0 < split_after_download < 1.0:
+        raise ValueError(f"--split-after-download {split_after_download}: the train share must be between 0 and 1, e.g. 0.85")
+    if source is not None and safe_name(source) != source:
+        raise ValueError(f"--source {source!r}: use letters, digits, '.', '_' or '-' only")
     out = Path(out_dir)
     rows, bad = read_url_csv(csv_path)
     out.mkdir(parents=True, exist_ok=True)
-    store = out / STORE
-    store.mkdir(exist_ok=True)
-    summary = DownloadSummary(str(out), rows=len(rows) + len(bad), failed=list(bad))
+    if source is None:
+        store = out / STORE
+    else:  # outside DIR, so the folder reader never sees it; one folder per source keeps their files apart
+        store = out.parent / f"{out.name}_sources" / source
+    store.mkdir(parents=True, exist_ok=True)
+    summary = DownloadSummary(str(out), rows=len(rows) + len(bad), failed=list(bad), source=source)
     opener = opener or urllib.request.urlopen
     by_name: dict[str, list[Row]] = {}
     for r in rows:
         by_name.setdefault(r.name, []).append(r)
     lock = threading.Lock()
 
+    def stored(name: str) -> Path:
+        return store / name if source is None else store / by_name[name][0].label / name
+
     def one(name: str) -> tuple[str, int | None, str | None]:
-        dest = store / name
+        dest = stored(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         if not _inside(store, dest):  # defence in depth: names are sanitised already
             return name, None, "file name escapes the output folder"
         if dest.is_file() and dest.stat().st_size > 0:
@@ -269,9 +297,11 @@ def download(
 
     total = len(by_name)
     done = 0
+    from medlens.progress import progress_iter
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(one, name) for name in by_name]
-        for fut in as_completed(futures):
+        for fut in progress_iter(as_completed(futures), progress and total > 0, "downloading", total=total):
             name, n, err = fut.result()
             done += 1
             with lock:
@@ -286,20 +316,30 @@ def download(
                     summary.bytes += int(n or 0)
                 for r in by_name[name]:
                     cls_dir = out / r.label
-                    dst = cls_dir / r.name
+                    dst = cls_dir / (r.name if source is None else f"{source}__{r.name}")
                     if not _inside(out, dst) or r.label == STORE:
                         summary.failed.append(Failure(r.line, r.url, r.label, "class folder escapes the output folder"))
                         continue
                     cls_dir.mkdir(exist_ok=True)
-                    _link(store / name, dst)
+                    link_file(stored(name), dst, link_mode)
                     summary.linked += 1
                     summary.classes[r.label] = summary.classes.get(r.label, 0) + 1
-            if total >= 20 and done % max(1, total // 10) == 0:
+            if not progress and total >= 20 and done % max(1, total // 10) == 0:
                 log.info("downloaded %d/%d files", done, total)
     summary.failed.sort(key=lambda f: f.line)
-    tmp = out / f".{SUMMARY}.tmp"
-    tmp.write_text(json.dumps(summary.as_dict(), indent=2))
-    os.replace(tmp, out / SUMMARY)
+    if split_after_download is not None:
+        from medlens.data.split_folders import split_folders
+
+        split_dir = out.parent / f"{out.name}_split"
+        sp = split_folders(out, split_dir, val=round(1.0 - split_after_download, 6), test=0.0, seed=0, clear_existing=True,
+                           link_mode=link_mode)
+        summary.split_dir = str(split_dir)
+        summary.split_counts = {k: v for k, v in sp.counts.items() if k != "test"}
+    per_csv = out / f"{SUMMARY.removesuffix('.json')}_{safe_name(Path(csv_path).stem, 'list')}.json"
+    summary.summary_path = str(per_csv)
+    text = json.dumps(summary.as_dict(), indent=2)
+    write_text_atomic(per_csv, text)  # one per CSV: the next list does not overwrite it
+    write_text_atomic(out / SUMMARY, text)  # and the latest run's under a fixed name
     log.info(
         "%s: %d files downloaded, %d kept from an earlier run, %d failed", out, summary.downloaded, summary.kept, len(summary.failed)
     )

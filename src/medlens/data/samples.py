@@ -50,6 +50,8 @@ class SampleTable:
         splits: optional predefined split names ("train", "val", "test").
         metadata: optional DataFrame with N rows.
         source: a description used in messages (file name, URL).
+        provenance: where the labels came from (e.g. a database label set with its ids and versions); kept by
+            :meth:`subset` and shown in :meth:`summary`, so the run's manifest records it.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class SampleTable:
         splits: Sequence[str | None] | None = None,
         metadata: pd.DataFrame | None = None,
         source: str = "",
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         n = len(ids)
         targets = np.asarray(targets, dtype=np.float32)
@@ -82,6 +85,7 @@ class SampleTable:
         self.splits = None if splits is None else np.asarray(splits, dtype=object)
         self.metadata = None if metadata is None else metadata.reset_index(drop=True)
         self.source = source
+        self.provenance = provenance
 
     # ------------------------------------------------------------------ basic protocol
     def __len__(self) -> int:
@@ -115,6 +119,7 @@ class SampleTable:
             None if self.splits is None else self.splits[idx],
             None if self.metadata is None else self.metadata.iloc[idx],
             self.source,
+            self.provenance,
         )
 
     # ------------------------------------------------------------------ summaries
@@ -143,6 +148,7 @@ class SampleTable:
             "task": self.label_space.task,
             "label_names": list(self.label_space.names),
             "label_counts": self.label_counts(),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     def class_index(self) -> np.ndarray:

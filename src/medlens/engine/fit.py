@@ -98,6 +98,7 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     Example:
         >>> res = fit(cfg, module, train_loader, val_loader, run_dir, ("auroc_macro", "max"))  # doctest: +SKIP
     """
+    from medlens.engine.callbacks import EpochSummary
     from medlens.engine.distributed import DistributedEpochOrder
     from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer
@@ -107,7 +108,9 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     if cfg.trainer.compile:
         module.model = torch.compile(module.model)
     loggers = build_loggers(cfg, run_dir, resume)
-    trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder(), *(callbacks or [])])
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder(),
+                                                                EpochSummary(cfg.trainer.max_epochs, cfg.trainer.threshold_method, cfg.trainer.fixed_threshold),
+                                                                *(callbacks or [])])
     t_fit = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     train_time = time.perf_counter() - t_fit

@@ -23,6 +23,9 @@ from medlens.data.dataset import Batch
 from medlens.data.labels import LabelSpace
 from medlens.engine.distributed import first_occurrences, gather_uneven
 
+#: metrics logged for both the raw and the EMA weights (``val/raw_<name>``, ``val/ema_<name>``) when EMA is on
+EMA_SUMMARY_METRICS = ("accuracy", "f1_macro", "auroc_macro")
+
 
 @dataclass
 class OptimSettings:
@@ -259,6 +262,11 @@ class TaskModule(L.LightningModule):
             score_ema = ema_metrics.get(self.monitor_metric)
             logs[f"val/{self.monitor_metric}_raw"] = _f(score_raw)
             logs[f"val/{self.monitor_metric}_ema"] = _f(score_ema)
+            for k in EMA_SUMMARY_METRICS:  # both weights' headline numbers, whichever is kept (epoch summary, trackers)
+                if isinstance(metrics.get(k), (int, float)):
+                    logs[f"val/raw_{k}"] = float(metrics[k])
+                if isinstance(ema_metrics.get(k), (int, float)):
+                    logs[f"val/ema_{k}"] = float(ema_metrics[k])
             ema_better = score_ema is not None and (score_raw is None or score_ema >= score_raw)
             self.ema_better_by_epoch[int(self.current_epoch)] = bool(ema_better)
             if ema_better:  # the monitored value is the better of the two; the checkpoint says which

@@ -112,12 +112,14 @@ def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, ex
     if cfg.optim.freeze_backbone or cfg.optim.freeze_epochs > 0:
         callbacks.append(FreezeBackbone(None if cfg.optim.freeze_backbone else cfg.optim.freeze_epochs))
     if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+        from lightning.pytorch.callbacks import TQDMProgressBar
 
         try:
             import rich  # noqa: F401
 
-            callbacks.append(RichProgressBar(leave=True))
+            from medlens.engine.callbacks import epoch_progress_bar
+
+            callbacks.append(epoch_progress_bar(leave=True))
         except ImportError:  # pragma: no cover
             callbacks.append(TQDMProgressBar())
     callbacks.extend(extra_callbacks or [])

@@ -91,6 +91,53 @@ def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None 
     raise TypeError(f"unsupported input type {type(x).__name__}; pass a path, bytes, numpy array or PIL image")
 
 
+#: test-time augmentation presets -> number of views averaged
+TTA_PRESETS: dict[str, int] = {"none": 1, "hflip": 2, "flips": 3, "d4": 8}
+
+
+def resolve_tta(tta: bool | str | None) -> str:
+    """The TTA preset for ``tta``: ``True`` means ``hflip`` (its historic meaning), ``False``/None ``none``.
+
+    Example:
+        >>> resolve_tta(True), resolve_tta(False), resolve_tta("d4")
+        ('hflip', 'none', 'd4')
+    """
+    if tta is None or tta is False:
+        return "none"
+    if tta is True:
+        return "hflip"
+    name = str(tta).strip().lower()
+    if name in ("true", "false"):
+        return "hflip" if name == "true" else "none"
+    if name not in TTA_PRESETS:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_PRESETS)}")
+    return name
+
+
+def tta_views(x: np.ndarray, preset: str) -> list[np.ndarray]:
+    """The views of a preprocessed batch ``(N, C, H, W)`` that a preset averages over (the original first).
+
+    ``hflip``: original + horizontal flip; ``flips``: original + horizontal + vertical flip; ``d4``: the 8
+    rotations and reflections of the square (the dihedral group; needs H == W).
+
+    Example:
+        >>> len(tta_views(np.zeros((1, 3, 8, 8), np.float32), "d4"))
+        8
+    """
+    preset = resolve_tta(preset)
+    c = np.ascontiguousarray
+    if preset == "none":
+        return [x]
+    if preset == "hflip":
+        return [x, c(x[..., ::-1])]
+    if preset == "flips":
+        return [x, c(x[..., ::-1]), c(x[..., ::-1, :])]
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"test-time augmentation d4 needs square inputs; got {x.shape[-2]}x{x.shape[-1]} (use flips)")
+    rots = [np.rot90(x, k, axes=(-2, -1)) for k in range(4)]
+    return [c(v) for r in rots for v in (r, r[..., ::-1])]
+
+
 class BasePredictor:
     """Runtime-independent inference from a manifest: decoding, preprocessing, batching, the task's scores and decisions.
 
@@ -99,12 +146,17 @@ class BasePredictor:
     """
 
     backend = "base"
-    tta = False
+    tta: bool | str = False
+
+    @property
+    def tta_preset(self) -> str:
+        """The test-time augmentation preset in use (``none``, ``hflip``, ``flips``, ``d4``)."""
+        return resolve_tta(self.tta)
 
     def init_common(self) -> None:
         """Task, transform and metadata encoder from the manifest (shared with the ONNX predictor)."""
         self.task: Task = task_of(self.manifest)
-        if self.tta and not self.task.supports_tta:
+        if self.tta_preset != "none" and not self.task.supports_tta:
             raise ValueError(f"test-time augmentation does not apply to task {self.task.name!r}")
         self.transform = make_transform(self.manifest.preprocessing)
         self.meta_encoder = None
@@ -131,11 +183,12 @@ class BasePredictor:
         raise NotImplementedError
 
     def _forward(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
-        """Raw outputs, averaged with the horizontally flipped image under test-time augmentation."""
-        out = self.run(x, meta)
-        if self.tta:
-            out = 0.5 * (out + self.run(np.ascontiguousarray(x[..., ::-1]), meta))
-        return out
+        """Raw outputs, averaged over the views of the test-time augmentation preset (one view without)."""
+        views = tta_views(x, self.tta_preset)
+        out = self.run(views[0], meta)
+        for v in views[1:]:
+            out = out + self.run(v, meta)
+        return out / len(views) if len(views) > 1 else out
 
     def activation(self, logits: np.ndarray) -> np.ndarray:
         """Raw outputs -> the task's scores (probabilities with the manifest's temperature, or anomaly scores)."""

@@ -30,7 +30,8 @@ class Predictor(BasePredictor):
     Args:
         bundle: a loaded :class:`Bundle`.
         batch_size: images per forward pass.
-        tta: average over the image and its horizontal flip (tasks that support it).
+        tta: test-time augmentation preset averaged over (tasks that support it): ``none``, ``hflip``, ``flips``
+            (original + horizontal + vertical flip) or ``d4`` (the 8 rotations/reflections); ``True`` = ``hflip``.
         calibrated: apply the manifest's temperature.
         device: torch device.
 
@@ -42,7 +43,7 @@ class Predictor(BasePredictor):
 
     backend = "torch"
 
-    def __init__(self, bundle: Bundle, batch_size: int = 64, tta: bool = False, calibrated: bool = True, device: str = "cpu") -> None:
+    def __init__(self, bundle: Bundle, batch_size: int = 64, tta: bool | str = False, calibrated: bool = True, device: str = "cpu") -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         self.batch_size = batch_size
@@ -109,7 +110,7 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
     return path
 
 
-def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
+def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool | str = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
     """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
 
     Per-image clinical reports: :func:`medlens.clinical_report.predict_with_reports`.

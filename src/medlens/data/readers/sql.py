@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medlens.data.db import connect, find_dataset, find_label_set, read_annotations, read_images, safe_url
+from medlens.data.db import (
+    connect,
+    find_dataset,
+    find_label_set,
+    read_annotations,
+    read_images,
+    read_mapped,
+    safe_url,
+)
 from medlens.data.labels import LabelError
 from medlens.data.readers import READERS
 from medlens.data.readers._common import check_images_exist, restrict_labels
@@ -48,6 +56,8 @@ def _image_root(cfg, db_root: str | None, engine) -> Path:
 @READERS.register("sql")
 def read_sql(cfg) -> SampleTable:
     """Read one dataset and label set version from a database into a :class:`SampleTable`."""
+    if cfg.schema_ is not None:
+        return read_sql_mapped(cfg)
     engine = connect(cfg.url, cfg.password_env, cfg.password_file)
     where = f"{safe_url(engine.url)} dataset {cfg.dataset!r}"
     try:
@@ -84,6 +94,51 @@ def read_sql(cfg) -> SampleTable:
     metadata = pd.DataFrame({k: v for k, v in cols.meta.items()}) if cols.meta else None
     table = SampleTable(space, cols.ids, paths, targets, groups, splits, metadata, source=where)
     if not label_keep.all():  # single-label rows whose class is outside data.label_names
+        table = table.subset(np.where(label_keep)[0])
+    keep = check_images_exist(table.images.tolist(), table.ids.tolist(), cfg.on_bad_image, where)
+    if not keep.all():
+        table = table.subset(np.where(keep)[0])
+    table.check_nonempty_classes()
+    return table
+
+
+def read_sql_mapped(cfg) -> SampleTable:
+    """``data.schema``: read your own tables (images, annotations, labels, label sets, their link) directly.
+
+    The table's provenance keeps the full label set (id, name, version, every label with its id and original
+    index) and the labels used with their original indices; the run's manifest stores it
+    (``extra.data_summary.provenance``).
+    """
+    engine = connect(cfg.url, cfg.password_env, cfg.password_file, require_schema=False)  # your tables, not medlens'
+    where = f"{safe_url(engine.url)} label set {cfg.label_set!r}"
+    try:
+        with engine.connect() as conn:
+            d = read_mapped(conn, cfg.schema_, cfg.label_set, cfg.label_set_version, cfg.chunk_size)
+        root = _image_root(cfg, None, engine)
+    finally:
+        engine.dispose()
+    if len(d.ids) == 0:
+        raise ValueError(f"{where}: the images table {cfg.schema_.images.table!r} has no rows")
+    names = [lab["name"] for lab in d.label_set["labels"]]
+    if cfg.label_names:
+        missing = [x for x in cfg.label_names if x not in names]
+        if missing:
+            raise LabelError(f"{where}: label {missing[0]!r} of data.label_names is not in label set v{d.label_set['version']} {names}")
+    space, targets, label_keep = restrict_labels(d.targets, names, cfg.label_names, task=cfg.task, multi=True,
+                                                 source=where, where=[f"image {i!r}" for i in d.ids])
+    if cfg.unknown_labels == "negative":
+        targets = np.nan_to_num(targets, nan=0.0)
+    base = str(root)
+    paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in d.paths]
+    splits = None
+    if any(s is not None for s in d.splits):
+        splits = [normalize_split_name(s, f"{where}, image {i!r}: ") for s, i in zip(d.splits, d.ids, strict=True)]
+    groups = d.groups if any(g is not None for g in d.groups) else None
+    index = {lab["name"]: lab for lab in d.label_set["labels"]}
+    provenance = {"label_set": d.label_set, "labels_used": [
+        {"name": n, "id": index[n]["id"], "original_index": index[n]["index"]} for n in space.names if n in index]}
+    table = SampleTable(space, d.ids, paths, targets, groups, splits, None, source=where, provenance=provenance)
+    if not label_keep.all():
         table = table.subset(np.where(label_keep)[0])
     keep = check_images_exist(table.images.tolist(), table.ids.tolist(), cfg.on_bad_image, where)
     if not keep.all():

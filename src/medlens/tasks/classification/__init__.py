@@ -7,6 +7,7 @@ multi-label; multiclass decides by arg-max). Explanations are class-activation m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,9 @@ from medlens.tasks.base import (
 )
 from medlens.tasks.classification.calibration import fit_temperatures
 from medlens.tasks.classification.losses import create_loss, loss_kwargs
-from medlens.tasks.classification.metrics import classification_metrics, tune_thresholds
+from medlens.tasks.classification.metrics import binary_auroc, classification_metrics, tune_thresholds
+
+log = logging.getLogger("medlens.train")
 
 #: keys only an autoencoder (``data.task: anomaly``) uses
 ANOMALY_KEYS = (
@@ -132,7 +135,7 @@ class ClassificationTask(Task):
     def activation(self, raw: np.ndarray, manifest: Any, calibrated: bool = True) -> np.ndarray:
         """Logits / temperature -> probabilities; a list temperature (multi-label) divides column by column."""
         t = np.asarray(manifest.temperature if calibrated else 1.0, dtype=np.float64)
-        z = np.asarray(raw, dtype=np.float64)
+        z = np.asarray(raw, dtype=np.float64) * float((manifest.extra or {}).get("orientation", 1))
         if t.ndim and z.ndim == 2 and t.shape != (z.shape[1],):
             raise ValueError(f"the manifest has {t.size} temperatures for {z.shape[1]} outputs")
         z = z / t
@@ -141,6 +144,7 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ operating point and metrics
     def fit_operating_point(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any, predictor: PredictorLike) -> dict[str, Any]:
         """Temperature (``trainer.calibrate``; one per label for multi-label) and thresholds (``trainer.threshold_method``) on validation."""
+        raw_val = self.check_orientation(cfg, manifest, raw_val, val_table)  # trainer.orientation_check
         t = cfg.trainer
         out: dict[str, Any] = {}
         if t.calibrate:
@@ -155,6 +159,27 @@ class ClassificationTask(Task):
             else:
                 manifest.thresholds = tune_thresholds(probs, val_table.targets, self.kind, t.threshold_method)
         return {"threshold_method": t.threshold_method if self.thresholded else "argmax", **out}
+
+    def check_orientation(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any) -> np.ndarray:
+        """``trainer.orientation_check`` (binary): a validation AUROC below 0.5 flips the score.
+
+        The logit's sign goes into ``manifest.extra["orientation"]`` (-1 flipped, 1 kept), which
+        :meth:`activation` applies everywhere the bundle is used; a loud warning says so. Returns the validation
+        logits as the rest of the operating point sees them.
+        """
+        if not getattr(cfg.trainer, "orientation_check", False):
+            return raw_val
+        if self.kind != "binary":
+            log.warning("trainer.orientation_check applies to binary models only; this %s model is left as trained", self.kind)
+            return raw_val
+        auroc = binary_auroc(np.asarray(raw_val, dtype=np.float64)[:, 0], val_table.targets[:, 1])
+        manifest.extra["orientation"] = -1 if auroc == auroc and auroc < 0.5 else 1
+        manifest.extra["orientation_val_auroc_before"] = None if auroc != auroc else float(auroc)
+        if manifest.extra["orientation"] == -1:
+            log.warning("ORIENTATION FLIPPED: validation AUROC %.3f < 0.5, so the score is reversed (logit negated, "
+                        "manifest orientation -1); check the label order %s", auroc, manifest.label_names)
+            return -np.asarray(raw_val)
+        return raw_val
 
     def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Any, groups: Sequence | None = None) -> dict[str, Any]:
         return classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from medlens.engine.module import TaskModule
-from medlens.tasks.classification.metrics import classification_metrics
+from medlens.tasks.classification.metrics import classification_metrics, threshold_sweep
 
 
 class ClassificationModule(TaskModule):
@@ -24,6 +24,17 @@ class BinaryModule(ClassificationModule):
 
     def task_targets(self, targets, mask):
         return targets[:, 1:2], mask[:, 1:2]
+
+    def compute_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Also this epoch's validation operating points: ``threshold_f1`` (max F1) and ``threshold_youden``."""
+        out = super().compute_metrics(probs, targets)
+        y = targets[:, 1]
+        known = ~np.isnan(y)
+        sw = threshold_sweep(probs[known, 0], y[known])
+        for key, point in (("threshold_f1", "max_f1"), ("threshold_youden", "youden")):
+            if sw[point] is not None:
+                out[key] = float(sw[point]["threshold"])
+        return out
 
 
 class MulticlassModule(ClassificationModule):

@@ -257,7 +257,7 @@ class TrainerConfig(StrictModel):
     max_time_s: float | None = None  # stop training after this many seconds (best checkpoint kept)
     limit_train_batches: float | int | None = None
     precision: Literal["32", "bf16", "16", "auto"] = "32"
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = "auto"  # auto: a short measured probe on the first batch picks the faster layout
     compile: bool = False
     accelerator: str = "auto"
     devices: int | str | list[int] = 1

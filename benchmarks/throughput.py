@@ -14,6 +14,12 @@ Sections:
   4. inference: p50/p99 latency at batch 1 and images/s at batch 32 for the torch and ONNX Runtime backends of
      `Predictor`, vs a raw onnxruntime session on the same preprocessed tensors (224 px).
   5. start-up: `medlens --help`, and `medlens predict` from invocation to its first prediction.
+  6. GPU (only where CUDA is available; otherwise one line says it is skipped): the hand-written loop and
+     `medlens train` with AMP, channels-last and torch.compile.
+
+Section 2 prints the defaults `medlens train` chose on this machine (trainer.precision, and the memory format
+that trainer.channels_last: auto measured) and runs the hand-written loop with the same choices, so the ratio
+compares like with like.
 """
 
 from __future__ import annotations
@@ -69,26 +75,44 @@ def flops_per_image(size: int, batch: int = 8) -> float:
     return fc.get_total_flops() / batch
 
 
-def hand_loop(size: int, batch: int, steps: int, warmup: int) -> float:
-    """Minimal PyTorch: pre-normalised tensors in memory, AdamW, BCE; images/s over the timed steps."""
+def hand_loop(size: int, batch: int, steps: int, warmup: int, device: str = "cpu", amp: str | None = None,
+              channels_last: bool = False, compile: bool = False) -> float:
+    """Minimal PyTorch: pre-normalised tensors in memory, AdamW, BCE; images/s over the timed steps.
+
+    ``amp``: None (float32), ``"bf16"`` or ``"fp16"`` autocast (fp16 with a GradScaler, as Lightning does).
+    """
     import torch
 
     from medlens.models import create_model
 
     torch.manual_seed(0)
-    m = create_model(arch(size)).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m = create_model(arch(size)).train().to(device=device, memory_format=fmt)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    x = torch.randn(batch * 8, 3, size, size)
-    y = (torch.rand(batch * 8, 1) > 0.5).float()
+    fwd = torch.compile(m) if compile else m
+    x = torch.randn(batch * 8, 3, size, size, device=device).contiguous(memory_format=fmt)
+    y = (torch.rand(batch * 8, 1, device=device) > 0.5).float()
     lossf = torch.nn.BCEWithLogitsLoss()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    scaler = torch.amp.GradScaler(device) if amp == "fp16" else None
+    cuda = device.startswith("cuda")
     times = []
     for i in range(warmup + steps):
         s = time.perf_counter()
         j = (i % 8) * batch
         opt.zero_grad(set_to_none=True)
-        loss = lossf(m(x[j : j + batch]), y[j : j + batch])
-        loss.backward()
-        opt.step()
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            out = fwd(x[j : j + batch])
+        loss = lossf(out.float(), y[j : j + batch])
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - s)
     return batch / float(np.median(times))
@@ -106,6 +130,9 @@ class StepTimer:
         self.cb = type("_CB", (L.Callback,), {"on_train_batch_start": self._start, "on_train_batch_end": self._end})()
         self.t_end = 0.0
 
+        self.channels_last: bool | str | None = None  # what the module ran with (after trainer.channels_last: auto)
+        self.probe: dict | None = None
+        self.precision: str | None = None
         self.wait = 0.0  # time between one batch's end and the next one's start: the loader (and Lightning's loop)
         self.starts: list[tuple[int, float]] = []  # (batch index, start time) of the timed batches
 
@@ -121,6 +148,9 @@ class StepTimer:
             self.starts.append((idx, now))
 
     def _end(self, trainer, module, outputs, batch, idx):
+        self.channels_last = getattr(module, "channels_last", None)
+        self.probe = getattr(module, "memory_format_probe", None)
+        self.precision = str(trainer.precision)
         if self.t0 is not None:
             self.images += len(batch)
             self.t_end = time.perf_counter()
@@ -218,8 +248,8 @@ def inference(tmp: Path, size: int, reps: int) -> list[tuple[str, float, float, 
     from medlens.data.labels import LabelSpace
     from medlens.data.transforms import make_transform, resolve_preprocessing
     from medlens.export import export_onnx
-    from medlens.models import create_model
     from medlens.inference import Predictor
+    from medlens.models import create_model
 
     a = arch(size)
     bundle = save_bundle(create_model(a).eval(), Manifest(a, LabelSpace(("n", "p"), "binary"), resolve_preprocessing(size, 3), thresholds=[0.5]), tmp / "inf_bundle")
@@ -282,6 +312,34 @@ def startup(tmp: Path) -> dict[str, float]:
     return out
 
 
+def gpu_section(tmp: Path, steps: int, warmup: int) -> None:
+    """AMP, channels-last and torch.compile on a CUDA GPU: the hand-written loop and `medlens train` (224 px)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no GPU on this machine: GPU section skipped")
+        return
+    print(f"{torch.cuda.get_device_name(0)}; ResNet-18, 224 px, batch 64\n")
+    print("| variant | hand-written loop img/s | medlens train img/s | ratio |")
+    print("|---|---:|---:|---:|")
+    variants = [("float32", None, False, False, {"precision": "32", "channels_last": False}),
+                ("AMP fp16", "fp16", False, False, {"precision": "16", "channels_last": False}),
+                ("AMP fp16 + channels-last", "fp16", True, False, {"precision": "16", "channels_last": True}),
+                ("AMP fp16 + channels-last + torch.compile", "fp16", True, True, {"precision": "16", "channels_last": True, "compile": True}),
+                ("medlens defaults (precision 32, channels_last auto)", None, None, False, {})]
+    for label, amp, cl, comp, kw in variants:
+        try:
+            timers: list = []
+            ml = medlens_train_rate(224, 64, steps, warmup, tmp, timer_out=timers, accelerator="gpu", **kw)
+            if cl is None:  # the hand-written loop follows what the default chose
+                cl = timers[0].channels_last is True
+                label += f" -> {'channels-last' if cl else 'contiguous'}"
+            hand = hand_loop(224, 64, steps, warmup, device="cuda", amp=amp, channels_last=cl, compile=comp)
+            print(f"| {label} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} |")
+        except Exception as e:  # pragma: no cover - report, don't fail the benchmark
+            print(f"| {label} | failed: {type(e).__name__}: {str(e)[:120]} | | |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for reporting)")
@@ -301,24 +359,37 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_gflops()
     print(f"## 1. matmul\n4096x4096 float32: {peak:.1f} GFLOP/s\n")
 
+    from medlens.config import TrainerConfig
+    from medlens.engine.trainer import cpu_has_bf16, precision_arg
+
+    d = TrainerConfig()
     print("## 2. training (ResNet-18, stock stem, batch 64, in-memory data, no augmentation)\n")
-    print("| size | hand-written loop img/s | medlens train img/s | ratio | achieved GFLOP/s | % of matmul |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"defaults on this machine: trainer.precision {d.precision!r} -> {precision_arg(d.precision, 'cpu')} "
+          f"(precision: auto would pick {precision_arg('auto', 'cpu')}; CPU bf16 units: {'yes' if cpu_has_bf16() else 'no'}); "
+          f"trainer.channels_last {d.channels_last!r} (measured per run, below)\n")
+    print("| size | memory format chosen (probe ms: contiguous / channels-last) | hand-written loop img/s, same choices | medlens train img/s | ratio | achieved GFLOP/s | % of matmul |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     train_rates = {}
     for size in (64,) if args.quick else (64, 224):
         b = 64 if size == 64 else 16
         st = steps if size == 64 else max(steps // 4, 4)
-        # alternated, best of three (two at 224 px) each, so neither side gets the warmer (or quieter) minute
-        hand, ml = 0.0, 0.0
+        # alternated, best of three (two at 224 px) each, so neither side gets the warmer (or quieter) minute;
+        # medlens first: the hand-written loop then uses the precision and memory format medlens chose
+        hand, ml, chosen = 0.0, 0.0, None
         for _ in range(3 if size == 64 else 2):
-            hand = max(hand, hand_loop(size, b, st, warmup))
-            ml = max(ml, medlens_train_rate(size, b, st, warmup, tmp))
+            timers: list = []
+            ml = max(ml, medlens_train_rate(size, b, st, warmup, tmp, timer_out=timers))
+            chosen = timers[0]
+            hand = max(hand, hand_loop(size, b, st, warmup, amp="bf16" if "bf16" in (chosen.precision or "") else None,
+                                       channels_last=chosen.channels_last is True))
         train_rates[size] = ml
+        pr = chosen.probe or {}
+        fmt = f"{'channels-last' if chosen.channels_last is True else 'contiguous'} ({pr.get('ms_contiguous', '-')} / {pr.get('ms_channels_last', '-')}), {chosen.precision}"
         fl = flops_per_image(size)
-        print(f"| {size} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} | {ml * fl / 1e9:.1f} | {100 * ml * fl / 1e9 / peak:.0f}% |")
+        print(f"| {size} | {fmt} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} | {ml * fl / 1e9:.1f} | {100 * ml * fl / 1e9 / peak:.0f}% |")
     try:
         ml_cl = medlens_train_rate(64, 64, steps, warmup, tmp, channels_last=True)
-        print(f"\nchannels_last at 64 px: {ml_cl:.1f} img/s ({ml_cl / train_rates[64]:.2f}x the default)")
+        print(f"\nchannels_last forced (true) at 64 px: {ml_cl:.1f} img/s ({ml_cl / train_rates[64]:.2f}x the default, auto)")
     except Exception as e:  # pragma: no cover - report, don't fail the benchmark
         print(f"\nchannels_last at 64 px: failed ({e})")
     try:
@@ -362,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## 5. start-up\n")
     for k, v in startup(tmp).items():
         print(f"- {k}: {v:.2f} s")
+    print("\n## 6. GPU\n")
+    gpu_section(tmp, steps, warmup)
     print(f"\ntotal benchmark time: {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -80,7 +80,8 @@ class _DataBase(StrictModel):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int | None = None
     num_workers: int | None = Field(None, ge=0)  # None: chosen from the CPU count
-    cache_images: bool | Literal["auto"] = "auto"  # keep decoded images in memory (small datasets)
+    cache_images: bool | Literal["auto"] = "auto"  # auto: decoded images in memory up to cache_mb; true: all; false: none
+    cache_mb: int | None = Field(None, ge=0)  # image cache budget, MB (None: min(25 % of available RAM, 4096); 0: no cache)
     augment: Literal["none", "light", "strong"] = "light"
     color_augment: bool | None = None  # None: only for 3-channel images
     sampler: Literal["default", "weighted"] = "default"
@@ -332,7 +333,7 @@ class TrainerConfig(StrictModel):
     max_time_s: float | None = None  # stop training after this many seconds (best checkpoint kept)
     limit_train_batches: float | int | None = None
     precision: Literal["32", "bf16", "16", "auto"] = "32"
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = "auto"  # auto: a short measured probe on the first batch picks the faster layout
     compile: bool = False
     accelerator: str = "auto"
     devices: int | str | list[int] = 1

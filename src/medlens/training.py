@@ -28,7 +28,13 @@ import torch
 from medlens._atomic import atomic_open, write_json_atomic, write_text_atomic
 from medlens.bundle import Bundle, Manifest, save_bundle
 from medlens.config import RunConfig, dump_config
-from medlens.data.dataset import ImageDataset, default_num_workers, make_loader, weighted_sampler
+from medlens.data.dataset import (
+    ImageDataset,
+    default_cache_mb,
+    default_num_workers,
+    make_loader,
+    weighted_sampler,
+)
 from medlens.data.samples import SampleTable
 from medlens.data.splits import LeakageError, Splits, find_group_leaks, fold_splits, split_indices
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
@@ -82,22 +88,46 @@ def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Split
 
 
 def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_encoder=None, train_rows: np.ndarray | None = None):
-    """Preprocessing and one dataset per split (``train_rows``: the rows the task trains on, default all)."""
+    """Preprocessing and one dataset per split (``train_rows``: the rows the task trains on, default all).
+
+    Image cache (tables read from files; in-memory tables hold their pixels already):
+
+    * ``data.cache_images: auto`` decodes and resizes as many images as fit in ``data.cache_mb`` (default
+      :func:`~medlens.data.dataset.default_cache_mb`: 25 % of the available memory, at most 4096 MB; ``0``: no
+      cache), train rows first, then validation, then test; the rest is read from disk on every access.
+    * ``true`` caches every image whatever it costs (the user asked for it; the size is logged);
+      ``false`` caches none. A ``data.cache_mb`` next to ``true``/``false`` could not act and is refused.
+
+    Returns:
+        (preprocessing, {split: ImageDataset}, whether every row is in memory -- then loading needs no workers).
+    """
     d = cfg.data
+    if d.cache_mb is not None and d.cache_images != "auto":
+        raise ValueError(f"data.cache_mb: applies to cache_images: auto only (cache_images: {str(d.cache_images).lower()} "
+                         f"caches {'every' if d.cache_images else 'no'} image); remove one of the two")
+    # bytes the cache may hold (None: no limit)
+    budget = None if d.cache_images is True else (default_cache_mb() if d.cache_mb is None else d.cache_mb) * 2**20
+    cache = d.cache_images is not False and (budget is None or budget > 0) and not table.in_memory
     pp = preprocessing_from_config(d)
-    small = len(table) <= 50_000 and d.image_size <= 128
-    cache = small if d.cache_images == "auto" else bool(d.cache_images)
     aug = build_augment(d.augment, d.channels, d.color_augment)
     enc = meta_encoder.transform_table if meta_encoder is not None else None
     parts = splits.as_dict()
     if train_rows is not None:
         parts["train"] = train_rows
     sets = {}
-    for name, rows in parts.items():
-        sub = table.subset(rows)
+    for name in sorted(parts, key=lambda k: {"train": 0, "val": 1}.get(k, 2)):  # the rows read every epoch first
+        sub = table.subset(parts[name])
         tf = make_transform(pp, aug if name == "train" else None)
-        sets[name] = ImageDataset(sub, tf, pp, cache=cache and not table.in_memory, on_bad_image=d.on_bad_image, metadata_encoder=enc)
-    return pp, sets, cache
+        left = None if budget is None else max(budget - sum(s.cache_nbytes for s in sets.values()), 0)
+        sets[name] = ImageDataset(sub, tf, pp, cache=cache, on_bad_image=d.on_bad_image, metadata_encoder=enc, cache_bytes=left)
+    n_rows = sum(len(s) for s in sets.values())
+    n_cached = sum(s.cached for s in sets.values())
+    if not table.in_memory:
+        used = sum(s.cache_nbytes for s in sets.values()) / 2**20
+        limit = "no limit (cache_images: true)" if budget is None else f"budget {budget / 2**20:.0f} MB"
+        log.info("image cache: %d of %d images in memory (%.1f MB, %s)%s", n_cached, n_rows, used, limit,
+                 "" if n_cached == n_rows else "; the rest are read from disk each time")
+    return pp, sets, table.in_memory or (cache and n_cached == n_rows)
 
 
 def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = None, table: SampleTable | None = None, callbacks: list | None = None) -> RunResult:

@@ -21,6 +21,48 @@ from medlens.data.transforms import Preprocessing, geometry
 
 log = logging.getLogger("medlens.data")
 
+#: Bytes a cached image costs beyond its pixels (the ndarray object and the list slot that holds it).
+ARRAY_OVERHEAD_BYTES = 128
+#: Ceiling of the default image cache, in MB (``data.cache_mb`` unset).
+DEFAULT_CACHE_CEILING_MB = 4096
+
+
+def available_memory_mb() -> float | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in MB (memory the kernel can hand out without swapping), else the
+    free physical pages from ``os.sysconf``; None when neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_cache_mb() -> int:
+    """The image cache budget when ``data.cache_mb`` is unset: 25 % of the available memory, at most 4096 MB.
+
+    A quarter leaves room for the model, the optimiser, loader workers and whatever else runs on the machine;
+    1024 MB when the available memory cannot be read.
+
+    Example:
+        >>> 0 < default_cache_mb() <= 4096
+        True
+    """
+    avail = available_memory_mb()
+    if avail is None:
+        return 1024
+    return int(min(0.25 * avail, DEFAULT_CACHE_CEILING_MB))
+
+
+def cached_image_bytes(pp: Preprocessing) -> int:
+    """Bytes one decoded, resized uint8 image takes in the cache (``image_size``² x channels + overhead)."""
+    return pp.image_size * pp.image_size * pp.channels + ARRAY_OVERHEAD_BYTES
+
 
 @dataclass
 class Batch:
@@ -68,7 +110,9 @@ class ImageDataset(Dataset):
         table: the samples.
         transform: uint8 image -> float32 (C, H, W), from :func:`medlens.data.transforms.make_transform`.
         pp: preprocessing; with ``cache=True`` images are decoded and resized once and kept in memory.
-        cache: keep decoded, resized uint8 images in memory (small datasets).
+        cache: keep decoded, resized uint8 images in memory.
+        cache_bytes: with ``cache``, the most bytes the cache may take (None: every row). Rows are decoded in
+            table order until the next one would pass the budget; the rest are read from disk on every access.
         on_bad_image: ``skip`` drops unreadable images (listed in ``self.skipped``), ``error`` raises.
         metadata_encoder: maps a row's metadata dict to a float vector (fusion models), or None.
     """
@@ -81,6 +125,7 @@ class ImageDataset(Dataset):
         cache: bool = False,
         on_bad_image: str = "error",
         metadata_encoder: Callable[[SampleTable], np.ndarray] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.table = table
         self.transform = transform
@@ -88,21 +133,32 @@ class ImageDataset(Dataset):
         self.skipped: list[str] = []
         self.metadata = metadata_encoder(table) if metadata_encoder is not None else None
         self._cache: list[np.ndarray | None] | np.ndarray | None = None
+        self.cache_nbytes = 0  # bytes held by decoded images (0 for in-memory tables: they hold their own)
         if table.in_memory:
             self._cache = table.images
         elif cache and pp is not None:
-            self._cache = self._decode_all(pp)
+            self._cache = self._decode_some(pp, cache_bytes)
 
-    def _decode_all(self, pp: Preprocessing) -> list[np.ndarray | None]:
+    @property
+    def cached(self) -> int:
+        """How many rows are served from memory (the first ``cached`` rows of the table)."""
+        return 0 if self._cache is None else len(self._cache)
+
+    def _decode_some(self, pp: Preprocessing, budget: int | None) -> list[np.ndarray | None]:
         out: list[np.ndarray | None] = []
         for p in self.table.images:
+            if budget is not None and self.cache_nbytes + cached_image_bytes(pp) > budget:
+                break  # the rest is read from disk each time
             try:
-                out.append(geometry(load_image(p), pp))  # resized once; the transform's resize is then a no-op
+                img = geometry(load_image(p), pp)  # resized once; the transform's resize is then a no-op
             except ImageReadError:
                 if self.on_bad_image == "error":
                     raise
                 self.skipped.append(str(p))
                 out.append(None)
+                continue
+            out.append(img)
+            self.cache_nbytes += img.nbytes + ARRAY_OVERHEAD_BYTES
         if self.skipped:
             log.warning("skipped %d unreadable images, e.g. %s", len(self.skipped), self.skipped[:3])
         return out
@@ -111,7 +167,7 @@ class ImageDataset(Dataset):
         return len(self.table)
 
     def load(self, i: int) -> np.ndarray | None:
-        if self._cache is not None:
+        if self._cache is not None and i < len(self._cache):
             return self._cache[i]
         try:
             return load_image(self.table.images[i])

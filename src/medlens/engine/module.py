@@ -8,9 +8,14 @@ sets the targets, the activation and the epoch metrics.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 import random
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,39 @@ from medlens.engine.distributed import first_occurrences, gather_uneven
 
 #: metrics logged for both the raw and the EMA weights (``val/raw_<name>``, ``val/ema_<name>``) when EMA is on
 EMA_SUMMARY_METRICS = ("accuracy", "f1_macro", "auroc_macro")
+
+log = logging.getLogger("medlens.train")
+
+#: channels-last must be this much faster in the probe to be chosen (the shared 2-core VM moves timings by ~5 %)
+CHANNELS_LAST_MARGIN = 0.05
+
+
+def measure_memory_formats(step: Callable[[bool], None], steps: int = 3, timer: Callable[[], float] | None = None,
+                           margin: float = CHANNELS_LAST_MARGIN) -> tuple[bool, float, float]:
+    """Time ``step(channels_last)`` in both memory formats and pick the faster.
+
+    One untimed warm-up step per layout, then ``steps`` timed steps each, alternated so neither layout gets the
+    quieter moment; the medians are compared. Channels-last is chosen only when its median is at least
+    ``margin`` below the contiguous one: without a clear gain the usual layout stays.
+
+    Returns:
+        (use channels-last, median seconds contiguous, median seconds channels-last).
+
+    Example:
+        >>> measure_memory_formats(lambda cl: None)[0]
+        False
+    """
+    timer = timer or time.perf_counter
+    for cl in (False, True):
+        step(cl)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(steps):
+        for cl in (False, True):
+            t0 = timer()
+            step(cl)
+            times[cl].append(timer() - t0)
+    contiguous, channels_last = statistics.median(times[False]), statistics.median(times[True])
+    return channels_last < contiguous * (1.0 - margin), contiguous, channels_last
 
 
 @dataclass
@@ -104,18 +142,22 @@ class TaskModule(L.LightningModule):
         monitor_metric: the validation metric used for checkpoints (without the ``val/`` prefix).
         seed: the run's seed; every epoch's randomness is derived from (seed, epoch).
         monitor_mode: ``max`` or ``min`` for the monitored metric (the plateau scheduler follows it).
-        channels_last: run the network in channels-last memory format (faster convolutions on CPU and GPU).
+        channels_last: run the network in channels-last memory format (``True``), the usual contiguous one
+            (``False``), or ``"auto"``: decided on the first training batch by :meth:`choose_memory_format`.
     """
 
     task: str = "base"
 
     def __init__(
         self, model: nn.Module, label_space: LabelSpace, loss: nn.Module, optim: OptimSettings, monitor_metric: str = "auroc_macro",
-        seed: int = 0, monitor_mode: str = "max", channels_last: bool = False,
+        seed: int = 0, monitor_mode: str = "max", channels_last: bool | str = False,
     ) -> None:
         super().__init__()
-        self.channels_last = channels_last
-        if channels_last:
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"trainer.channels_last: {channels_last!r}; valid: true, false, auto")
+        self.channels_last: bool | str = channels_last
+        self.memory_format_probe: dict[str, Any] | None = None  # what "auto" measured and chose
+        if channels_last is True:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.label_space = label_space
@@ -151,9 +193,69 @@ class TaskModule(L.LightningModule):
         return self.model(images, metadata)
 
     def on_after_batch_transfer(self, batch: Batch | None, dataloader_idx: int) -> Batch | None:
-        if self.channels_last and batch is not None and batch.images.ndim == 4:
+        if self.channels_last is True and batch is not None and batch.images.ndim == 4:
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         return batch
+
+    # ----------------------------------------------------------------- memory format ("auto")
+    def on_train_batch_start(self, batch: Batch | None, batch_idx: int) -> None:
+        if self.channels_last == "auto" and batch is not None and batch.images.ndim == 4:
+            self.choose_memory_format(batch)
+
+    def choose_memory_format(self, batch: Batch, steps: int = 3) -> bool:
+        """``channels_last: auto``: time a few forward+backward steps of this network on this batch in both layouts
+        (:func:`measure_memory_formats`) and keep the faster; log both timings; apply it to the model and batch.
+
+        The steps run on a copy of the network under the run's precision, inside a forked random state, so the
+        probe changes no weight, gradient, batch-norm statistic or random draw of the training itself. A
+        ``torch.compile``'d network is not probed (each layout would compile anew): channels-last on CUDA, where
+        convolutions under mixed precision are known to prefer it, contiguous elsewhere.
+        """
+        images, meta = batch.images, batch.metadata
+        cuda = images.is_cuda
+        if hasattr(self.model, "_orig_mod"):  # torch.compile wrapper
+            use, t_contig, t_cl, how = cuda, float("nan"), float("nan"), "rule (compiled network)"
+        else:
+            net = copy.deepcopy(self.model).train()
+            try:
+                context = self.trainer.precision_plugin.forward_context
+            except (AttributeError, RuntimeError):  # not attached to a Trainer: float32
+                context = contextlib.nullcontext
+
+            def step(cl: bool) -> None:
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                net.to(memory_format=fmt)
+                with context():
+                    out = net(images.contiguous(memory_format=fmt), meta)
+                out.float().sum().backward()
+                net.zero_grad(set_to_none=True)
+                if cuda:
+                    torch.cuda.synchronize(images.device)
+
+            with torch.random.fork_rng(devices=[images.device] if cuda else []):
+                use, t_contig, t_cl = measure_memory_formats(step, steps)
+            del net
+            how = f"probe, {len(images)} x {tuple(images.shape[1:])}"
+        self.memory_format_probe = {"channels_last": bool(use), "ms_contiguous": round(1000 * t_contig, 2),
+                                    "ms_channels_last": round(1000 * t_cl, 2), "how": how}
+        log.info("trainer.channels_last auto: %s (%s: contiguous %.1f ms, channels-last %.1f ms a step)",
+                 "channels-last" if use else "contiguous", how, 1000 * t_contig, 1000 * t_cl)
+        self.apply_memory_format(bool(use))
+        if use:
+            batch.images = images.contiguous(memory_format=torch.channels_last)
+        try:
+            self.log("channels_last", float(use), on_step=False, on_epoch=True, batch_size=len(images))  # to the trackers
+        except Exception:  # pragma: no cover - not inside a Trainer loop
+            pass
+        return bool(use)
+
+    def apply_memory_format(self, channels_last: bool) -> None:
+        """Fix the memory format of the network (and its EMA copy); parameters keep their identity."""
+        self.channels_last = channels_last
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=fmt)
+        if self.ema_model is not None:
+            self.ema_model.to(memory_format=fmt)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if batch is None:
@@ -289,12 +391,18 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["medlens_history"] = self.history
         checkpoint["medlens_ema_better"] = self.ema_better_by_epoch
+        if self.memory_format_probe is not None:
+            checkpoint["medlens_memory_format"] = self.memory_format_probe
         if self.ema_model is not None:
             checkpoint["medlens_ema_state"] = self.ema_model.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("medlens_history", []))
         self.ema_better_by_epoch = dict(checkpoint.get("medlens_ema_better", {}))
+        probe = checkpoint.get("medlens_memory_format")
+        if self.channels_last == "auto" and isinstance(probe, dict):  # a resumed run keeps the layout it measured
+            self.memory_format_probe = dict(probe)
+            self.apply_memory_format(bool(probe.get("channels_last")))
         if self.ema_model is not None and "medlens_ema_state" in checkpoint:
             self.ema_model.load_state_dict(checkpoint["medlens_ema_state"])
 

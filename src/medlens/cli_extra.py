@@ -43,14 +43,14 @@ def run_user_call(fn, *args, **kwargs):
 
 
 def split_folders_command(
-    src: Annotated[Path, typer.Argument(help="Class-folder tree: SRC/<class>/<images>.")],
-    out: Annotated[Path, typer.Argument(help="Output folder: OUT/train|val|test/<class>/ (hard links).")],
-    val: Annotated[float, typer.Option(help="Validation share.")] = 0.15,
-    test: Annotated[float, typer.Option(help="Test share (0: no test folder).")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Split seed (same seed, same split).")] = 0,
-    group_regex: Annotated[str | None, typer.Option(help="Regex on the path below SRC whose first group is the patient/study id; a group stays in one split.")] = None,
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Class-folder tree: SRC/<class>/<images>.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder: OUT/train|val|test/<class>/ (hard links).")],
+    val: Annotated[float, typer.Option(metavar="SHARE", help="Validation share.")] = 0.15,
+    test: Annotated[float, typer.Option(metavar="SHARE", help="Test share (0: no test folder).")] = 0.15,
+    seed: Annotated[int, typer.Option(metavar="N", help="Split seed (same seed, same split).")] = 0,
+    group_regex: Annotated[str | None, typer.Option(metavar="REGEX", help="Regex on the path below SRC whose first group is the patient/study id; a group stays in one split.")] = None,
     clear_existing: Annotated[bool, typer.Option("--clear-existing", help="Replace OUT/train, OUT/val and OUT/test.")] = False,
-    link_mode: Annotated[str, typer.Option(help="hard (copy where refused), symlink or copy.")] = "hard",
+    link_mode: Annotated[str, typer.Option(metavar="hard|symlink|copy", help="hard (copy where refused), symlink or copy.")] = "hard",
 ) -> None:
     """Split a class-folder tree into train/val/test folders: stratified, group-aware, deterministic."""
     setup_logging()

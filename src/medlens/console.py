@@ -133,9 +133,12 @@ def metrics_text(metrics: dict[str, Any], split: str | None = None) -> str:
                 cells.append(f"{text} ({_f(ci[0], 2)}-{_f(ci[1], 2)})" if ci and v is not None else text)
             rows.append([str(label), *cells])
         lines += ["", *_table(rows)]
-    targets = metrics.get("target_checks") or []
-    if targets:
-        lines += ["", *targets]
+    checks = list(metrics.get("target_checks") or [])  # "AUROC 0.88 in 0.86-0.92: MET" (medlens.targets)
+    for t in metrics.get("targets") or []:  # rows of medlens.targets.check_targets (reports)
+        met = t.get("met")
+        checks.append(f"target {t.get('metric')} {t.get('direction', '')} {t.get('target')}: {'n/a' if met is None else ('met' if met else 'NOT met')}")
+    if checks:
+        lines += ["", *checks]
     for w in metrics.get("warnings") or []:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

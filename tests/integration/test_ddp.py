@@ -44,7 +44,7 @@ def test_two_process_ddp_reaches_single_process_validation_metrics(tmp_path, pne
     raw = tiny_config(
         tmp_path, {"kind": "medmnist", "path": str(npz), "image_size": 28, "channels": 1, "batch_size": 32},
         model={"backbone": "test_efficientnet_gn"}, optim={"lr": 1e-2},
-        trainer={"max_epochs": 2, "accelerator": "cpu", "calibrate": False}, output={"name": "single"},
+        trainer={"max_epochs": 2, "accelerator": "cpu", "calibrate": False, "channels_last": False}, output={"name": "single"},
     )
     single = train(config_from_dict(raw))
 

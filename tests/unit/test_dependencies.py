@@ -18,13 +18,12 @@ SRC = ROOT / "src" / "medlens"
 #: distribution name -> import name, where they differ
 IMPORT_NAMES = {
     "pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn", "grad-cam": "pytorch_grad_cam",
-    "python-multipart": "python_multipart", "pydantic-settings": "pydantic_settings",
+    "python-multipart": "python_multipart", "python-dotenv": "dotenv",
     "iterative-stratification": "iterstrat", "opencv-python-headless": "cv2", "huggingface-hub": "huggingface_hub",
 }
 #: declared but not imported by medlens, each for a stated reason
 NOT_IMPORTED = {
     "torchvision": "timm imports it; declared beside torch so pip resolves the matching pair",
-    "pydantic-settings": "the .env support of config.py lands next (another change); keep until then",
     "python-multipart": "FastAPI imports it to parse the multipart uploads of /v1/predict",
     "httpx": "FastAPI's TestClient, for checking a served model",
     "onnx": "torch.onnx.export writes the model with it",

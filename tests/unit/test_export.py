@@ -107,7 +107,7 @@ def test_onnx_matches_torch_on_real_test_images(arch: dict, task: str, test_imag
             if not n:
                 assert x.decisions == y.decisions and x.predicted == y.predicted
         if task != "anomaly":
-            assert np.unique(np.round(a, 3)).size > 3  # the outputs vary, so agreement is not trivial
+            assert np.unique(np.round(a, 6)).size > 3  # the outputs vary (an untrained network only slightly), so agreement is not trivial
 
 
 @pytest.fixture(scope="module")

@@ -659,7 +659,7 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     # ---- metadata written to the manifest (checked on one tiny run)
     "name": _metadata_strings,
     "intended_use": _metadata_strings,
-    "targets": _metadata_strings,
+    "targets.min": _metadata_strings,  # a lower bound (a plain number is the same); ranges: targets.max below
 }
 
 #: key -> (overrides on the tiny binary config, or None: the anomaly config), the message of the refusal
@@ -720,6 +720,27 @@ COVERED_BY: dict[str, str] = {
     "model.pretrained": "tests/unit/models/test_pretrained.py::test_true_loads_the_default_tag_from_the_hf_cache_offline",
     "tracking.mlflow_uri": "tests/unit/test_tracking.py::test_mlflow_uri_from_config_wins_over_environment",
     "tracking.experiment": "tests/unit/test_tracking.py::test_training_logs_to_mlflow_tensorboard_and_csv_at_once",
+    "data(sql).schema_.annotations.image_id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.annotations.label_id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.annotations.table": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.annotations.value": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.images.group": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.images.id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.images.path": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.images.split": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.images.table": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_set_labels.label_id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_set_labels.label_set_id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_set_labels.table": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_sets.id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_sets.name": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_sets.table": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.label_sets.version": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.labels.id": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.labels.name": "tests/unit/data/test_sql_schema_mapping.py::",
+    "data(sql).schema_.labels.table": "tests/unit/data/test_sql_schema_mapping.py::",
+    "targets.max": "tests/unit/test_targets_dotenv.py::test_targets_accept_ranges_and_bounds_and_print_met_lines",
+    "trainer.orientation_check": "tests/unit/test_tta_orientation.py::test_orientation_check_flips_an_inverted_binary_model",
 }
 
 #: pure metadata: accepted, acts on nothing but what is written (none left: name, intended_use, targets are checked above)

@@ -231,13 +231,14 @@ def pretrain_run_dir(cfg: Any) -> Path:
     return contained_run_dir(cfg.output.dir, cfg.pretrain.name or f"{cfg.output.name or cfg.name or 'run'}-pretrain")
 
 
-def pretrain(cfg: Any, resume: str | None = None) -> PretrainResult:
+def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None) -> PretrainResult:
     """Self-supervised pretraining of ``model.backbone`` on the config's images; writes ``backbone.safetensors``.
 
     Args:
         cfg: a :class:`~medlens.config.RunConfig`; ``pretrain`` sets epochs, batch size, lr, temperature,
             projection size, augmentation strength and flips; ``model`` the backbone and stem; ``data`` the source.
         resume: a checkpoint to continue from (``trainer.auto_resume`` finds ``checkpoints/last.ckpt``).
+        callbacks: extra Lightning callbacks.
 
     Returns:
         :class:`PretrainResult` with the run folder, the weights file and its record.
@@ -303,7 +304,7 @@ def pretrain(cfg: Any, resume: str | None = None) -> PretrainResult:
         optim = dataclasses.replace(optim_settings(cfg), lr=p.lr, backbone_lr=None, ema=False, mixup_alpha=0.0, cutmix_alpha=0.0,
                                     scheduler="cosine" if cfg.optim.scheduler == "plateau" else cfg.optim.scheduler)
         module = SimCLRModule(net, table.label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed)
-        fitted = fit(run_cfg, module, train_loader, val_loader, run_dir, ("loss", "min"), resume)
+        fitted = fit(run_cfg, module, train_loader, val_loader, run_dir, ("loss", "min"), resume, callbacks)
         if not fitted.is_global_zero:
             return PretrainResult(run_dir, run_dir / "backbone.safetensors", {}, fitted.history, fitted.train_time_s)
         tensors = {k.removeprefix("backbone."): v.contiguous().clone() for k, v in fitted.state_dict.items() if k.startswith("backbone.")}

@@ -224,6 +224,20 @@ def write_backbone(tensors: dict[str, torch.Tensor], folder: str | Path, info: d
     return out
 
 
+def simclr_module(cfg: Any, label_space: Any) -> tuple[SimCLRModule, int]:
+    """The pretraining module of a config (backbone + projection head, views, loss, optimiser) and its stem reduction."""
+    import dataclasses
+
+    from medlens.engine.module import optim_settings
+    from medlens.models.classifier import build_backbone
+
+    p = cfg.pretrain
+    backbone, red, _ = build_backbone(cfg.model.backbone, cfg.data.channels, cfg.data.image_size, cfg.model.small_input)
+    optim = dataclasses.replace(optim_settings(cfg), lr=p.lr, backbone_lr=None, ema=False, mixup_alpha=0.0, cutmix_alpha=0.0,
+                                scheduler="cosine" if cfg.optim.scheduler == "plateau" else cfg.optim.scheduler)
+    return SimCLRModule(SimCLRNet(backbone, p.proj_dim), label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed), red
+
+
 def pretrain_run_dir(cfg: Any) -> Path:
     """``output.dir / pretrain.name`` (default ``<output.name or name>-pretrain``)."""
     from medlens.runfolder import contained_run_dir
@@ -247,8 +261,6 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
         >>> res = pretrain(load_config("configs/pneumoniamnist.yaml"))  # doctest: +SKIP
         >>> cfg.model.pretrained = str(res.weights)  # doctest: +SKIP
     """
-    import dataclasses
-
     import lightning as L
 
     from medlens._atomic import write_json_atomic, write_text_atomic
@@ -256,8 +268,6 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
     from medlens.data.dataset import ImageDataset, make_loader
     from medlens.data.transforms import make_transform, preprocessing_from_config
     from medlens.engine.fit import fit
-    from medlens.engine.module import optim_settings
-    from medlens.models.classifier import build_backbone
     from medlens.models.pretrained import file_sha256
     from medlens.runfolder import RunLock, check_writable
     from medlens.training import prepare_data
@@ -299,11 +309,7 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
         val_loader = make_loader(val_set, bs, False, workers)
         log.info("pretrain: %d images (%s; test split left out), %d epochs, backbone %s", len(rows), p.rows, p.epochs, cfg.model.backbone)
 
-        backbone, red, _ = build_backbone(cfg.model.backbone, cfg.data.channels, cfg.data.image_size, cfg.model.small_input)
-        net = SimCLRNet(backbone, p.proj_dim)
-        optim = dataclasses.replace(optim_settings(cfg), lr=p.lr, backbone_lr=None, ema=False, mixup_alpha=0.0, cutmix_alpha=0.0,
-                                    scheduler="cosine" if cfg.optim.scheduler == "plateau" else cfg.optim.scheduler)
-        module = SimCLRModule(net, table.label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed)
+        module, red = simclr_module(cfg, table.label_space)
         fitted = fit(run_cfg, module, train_loader, val_loader, run_dir, ("loss", "min"), resume, callbacks)
         if not fitted.is_global_zero:
             return PretrainResult(run_dir, run_dir / "backbone.safetensors", {}, fitted.history, fitted.train_time_s)
@@ -312,7 +318,7 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
             "backbone": cfg.model.backbone, "in_chans": int(cfg.data.channels), "image_size": int(cfg.data.image_size),
             "small_input": cfg.model.small_input, "stem_reduction": int(red), "epochs": int(p.epochs),
             "epochs_run": len(fitted.history), "rows": p.rows, "n_images": int(len(rows)), "source": table.source,
-            "method": "simclr", "temperature": p.temperature, "proj_dim": p.proj_dim, "strength": p.strength, "flip": p.flip,
+            "method": "simclr", "batch_size": int(bs), "lr": p.lr, "temperature": p.temperature, "proj_dim": p.proj_dim, "strength": p.strength, "flip": p.flip,
         }
         out = write_backbone(tensors, run_dir, info)
         info = {**info, "sha256": file_sha256(out), "file": out.name, "train_time_s": round(fitted.train_time_s, 2)}
@@ -324,4 +330,4 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
         lock.release()
 
 
-__all__ = ["PretrainResult", "SimCLRModule", "SimCLRNet", "ViewAugment", "nt_xent", "pretrain", "pretrain_rows", "pretrain_run_dir", "write_backbone"]
+__all__ = ["PretrainResult", "SimCLRModule", "SimCLRNet", "ViewAugment", "nt_xent", "pretrain", "pretrain_rows", "pretrain_run_dir", "simclr_module", "write_backbone"]

@@ -98,7 +98,9 @@ def test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory():
     assert float(m.patch_distances(torch.randn(2, 1, 28, 28)).mean()) > 0.1
     small = PatchCoreDetector("resnet10t", 1, 28, memory_size=50)
     small.fill_memory(small.patch_features(x))
-    assert small.memory.shape[0] == 50
+    assert small.memory.shape[0] == 50  # memory_size
+    deep = PatchCoreDetector("resnet10t", 1, 28, patch_layers=[3], memory_size=50)  # patch_layers: coarser patches, fewer channels
+    assert deep.patch_features(x).shape[-1] == 7 and deep.feature_dim < small.feature_dim
     idx = greedy_coreset(torch.cat([torch.zeros(100, 2), torch.ones(1, 2) * 10]), 2)
     assert 100 in idx.tolist()  # the farthest point is kept: an outlier patch is not thinned away
 

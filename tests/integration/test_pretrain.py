@@ -49,7 +49,9 @@ def test_resumed_pretraining_equals_uninterrupted(tmp_path):
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 0
     assert not (tmp_path / "runs" / "resumed" / "backbone.safetensors").exists()  # nothing half-done under the final name
     resumed = pretrain(config_from_dict(_raw(tmp_path, "resumed", trainer={"auto_resume": True}, output={"overwrite": False})))
-    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    assert [h["epoch"] for h in resumed.history] == [0, 1]  # pretrain.epochs: 2
+    n = resumed.info["n_images"]
+    assert resumed.history[-1]["step"] == 2 * (n // 16) and resumed.info["batch_size"] == 16  # pretrain.batch_size: 16, last partial batch dropped
     a, b = load_file(str(full.weights)), load_file(str(resumed.weights))
     assert a.keys() == b.keys()
     for k in a:
@@ -89,6 +91,26 @@ def test_pretraining_rows_never_include_test(tmp_path):
     t2, s2 = prepare_data(anomaly)
     normals = pretrain_rows(anomaly, t2, s2)
     assert len(normals) < len(s2.train) and np.all(t2.targets[normals, 0] == 1)  # the anomaly task's own rows: normals
+
+
+def test_pretrain_options_act(tmp_path):
+    from medlens.pretrain import pretrain_run_dir, simclr_module
+
+    base = config_from_dict(_raw(tmp_path))
+    cfg = config_from_dict(_raw(tmp_path, "mine", pretrain={"proj_dim": 8, "temperature": 0.5, "strength": 0.5, "flip": True, "lr": 0.01}))
+    space = prepare_data(base)[0].label_space
+    m0, _ = simclr_module(base, space)
+    m, red = simclr_module(cfg, space)
+    assert m.model.head[-1].out_features == 8 != m0.model.head[-1].out_features  # proj_dim
+    assert m.temperature == 0.5 and m.optim.lr == 0.01 != m0.optim.lr  # temperature, lr
+    assert m.augment.strength == 0.5 and m.augment.flip and not m0.augment.flip  # strength, flip
+    x = torch.randn(8, 1, 16, 16)
+    z = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    assert float(nt_xent(z, z, 0.5)) != float(nt_xent(z, z, 0.2))
+    flipped = ViewAugment(0.01, flip=True)(x, torch.Generator().manual_seed(0))
+    plain = ViewAugment(0.01, flip=False)(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(flipped, plain, atol=1e-2)
+    assert pretrain_run_dir(cfg).name == "mine" and pretrain_run_dir(config_from_dict(_raw(tmp_path, None))).name == "t-pretrain"  # name
 
 
 def test_objective_learns_on_tiny_data():

@@ -719,6 +719,18 @@ COVERED_BY: dict[str, str] = {
     "model.pretrained": "tests/unit/models/test_pretrained.py::test_true_loads_the_default_tag_from_the_hf_cache_offline",
     "tracking.mlflow_uri": "tests/unit/test_tracking.py::test_mlflow_uri_from_config_wins_over_environment",
     "tracking.experiment": "tests/unit/test_tracking.py::test_training_logs_to_mlflow_tensorboard_and_csv_at_once",
+    "model.detector": "tests/integration/test_patchcore.py::test_patchcore_options_are_checked",
+    "model.memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "model.patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "pretrain.epochs": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
+    "pretrain.batch_size": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
+    "pretrain.lr": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.temperature": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.proj_dim": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.strength": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.flip": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.name": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.rows": "tests/integration/test_pretrain.py::test_pretraining_rows_never_include_test",
 }
 
 #: pure metadata: accepted, acts on nothing but what is written (none left: name, intended_use, targets are checked above)

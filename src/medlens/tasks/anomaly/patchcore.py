@@ -43,8 +43,9 @@ class PatchCoreModule(ReconstructionModule):
             return None
         self.check_normal(batch)
         self.train_rows_seen += len(batch)
-        with torch.no_grad():
-            self.pending.append(self.model.patch_features(batch.images).float().cpu())
+        # float32 features, as at inference (Predictor, ONNX): a bf16/fp16 memory would put every normal patch off by rounding
+        with torch.no_grad(), torch.autocast(device_type=batch.images.device.type, enabled=False):
+            self.pending.append(self.model.patch_features(batch.images.float()).float().cpu())
         return None
 
     def build_memory(self) -> None:
@@ -63,8 +64,9 @@ class PatchCoreModule(ReconstructionModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch is None:
             return
-        x = batch.images
-        scores = scores_from_error_maps(error_map(x, self.model(x), self.score_spec), self.score_spec).detach()
+        x = batch.images.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            scores = scores_from_error_maps(error_map(x, self.model(x), self.score_spec), self.score_spec).detach()
         self._val["loss"].append(scores)  # checkpoints follow the normal images' mean score (lower: tighter fit)
         self._val["scores"].append(scores)
         self._val["targets"].append(batch.targets.detach())

@@ -2,12 +2,14 @@
 
     python benchmarks/anomaly.py                       # both datasets, the figures to report (CPU)
     python benchmarks/anomaly.py --quick               # a reduced check that it runs (few images, 1 epoch)
-    python benchmarks/anomaly.py --dataset pneumonia   # one dataset
+    python benchmarks/anomaly.py --dataset pneumonia   # one dataset (pneumonia, breast, nih)
     python benchmarks/anomaly.py --json out.json --figures figs/   # also write the numbers and histograms
 
-Datasets (../shared/data, official MedMNIST 28 px files and splits):
+Datasets (../shared/data, official MedMNIST 28 px files and splits; NIH1000's own train/valid/test folders):
   * PneumoniaMNIST: normal = ``normal`` (1214 training images), abnormal = ``pneumonia``.
   * BreastMNIST (ultrasound): normal = ``normal, benign`` (399 training images), abnormal = ``malignant``.
+  * NIH1000 (chest X-ray, 64 px, grey): normal = ``0_normal`` ("No Finding"), abnormal = ``1_abnormal`` (any of
+    the 14 findings). Autoencoder rows are run on the MedMNIST files only (their shipped configs).
 
 Protocol, per dataset (identical for every method):
   * Fit on the NORMAL images of the official training split only; the threshold is fitted on the validation
@@ -23,6 +25,12 @@ Protocol, per dataset (identical for every method):
     validation-normal threshold.
   * Validation AUROC (validation normals vs. abnormal, never used for any choice) is shown beside the test one:
     PneumoniaMNIST's validation images come from the training cohort, its test images from a separate one.
+  * Feature detector (``model.detector: patchcore``): ``medlens pretrain`` (SimCLR, ``--pretrain-epochs``) on the
+    training NORMALS only (``pretrain.rows: task_training``; no label beyond the normal-only protocol, no test
+    image), then one pass over the same normals fills the memory (coreset ``--memory-size`` patches). Image score =
+    the max patch distance (``percentile 100``, PatchCore's choice, fixed in advance) and, as a second row, the
+    mean; wall time includes the pretraining. A reference row does the same with a randomly initialised backbone
+    (no pretraining): the library refuses that configuration, the row shows why (or whether it beats PCA).
   * Reference rows, not anomaly detectors: minus the image's own pixel standard deviation, and minus its
     fine-detail energy (image minus its 1 px Gaussian blur), which need no model. They show how much of a score
     can come from global image statistics (smooth, low-contrast image = "abnormal").
@@ -50,6 +58,8 @@ DATASETS = {
                   "path": DATA / "medmnist_pneumoniamnist" / "pneumoniamnist.npz"},
     "breast": {"flag": "breastmnist", "normal": "normal, benign", "title": "BreastMNIST: normal/benign vs malignant",
                "path": DATA / "medmnist_breastmnist" / "breastmnist.npz"},
+    "nih": {"folder": True, "normal": "0_normal", "title": "NIH1000 (64 px): no finding vs any finding", "size": 64,
+            "path": DATA / "nih_chestxray14_nih1000_64px"},
 }
 CONFIGS = {"unet_ae": ROOT / "configs" / "anomaly_pneumoniamnist.yaml", "reversed_ae": ROOT / "configs" / "anomaly_pneumoniamnist_reversed.yaml"}
 MAPS = ("mse", "ssim")
@@ -163,15 +173,93 @@ def run_autoencoder(name: str, ds: dict, out_dir: Path, epochs: int | None, max_
     return score(splits.val), score(splits.test), seconds, info
 
 
-# ------------------------------------------------------------------------------------------ main
-def load_split(path: Path, normal_label: str, flag: str, max_samples: int | None):
-    """[0, 1] images: training normals; validation and test images with their abnormal flags."""
-    from medlens.config import MedMNISTData
-    from medlens.data.readers import read_dataset
+def data_section(ds: dict, max_samples: int | None) -> dict:
+    """The medlens ``data`` section of a benchmark dataset (anomaly view, grey, its own splits)."""
+    if ds.get("folder"):
+        d = {"kind": "folder", "root": str(ds["path"])}
+    else:
+        d = {"kind": "medmnist", "path": str(ds["path"]), "flag": ds["flag"], "download": False}
+    d.update({"task": "anomaly", "normal_label": ds["normal"], "image_size": ds.get("size", 28), "channels": 1, "augment": "none"})
+    if max_samples is not None:
+        d["max_samples"] = max_samples
+    return d
 
-    table = read_dataset(MedMNISTData(kind="medmnist", path=str(path), flag=flag, task="anomaly", normal_label=normal_label, max_samples=max_samples, download=False))
+
+def run_patchcore(ds: dict, out_dir: Path, args, pretrained: bool = True) -> tuple[dict, dict, float, dict]:
+    """``medlens pretrain`` on the training normals, then the patchcore detector; (val, test) scores for max and mean."""
+    import torch
+
+    from medlens import config_from_dict, train
+    from medlens.bundle import load_bundle
+    from medlens.data.io import load_image
+    from medlens.data.transforms import make_transform
+    from medlens.evaluation import dataset_splits
+    from medlens.models.classifier import build_backbone
+    from medlens.pretrain import pretrain, write_backbone
+
+    size = ds.get("size", 28)
+    tag = f"{'ssl' if pretrained else 'random'}_{ds.get('flag', 'nih')}"
+    raw = {
+        "seed": 0, "data": {**data_section(ds, args.max_samples), "batch_size": 64},
+        "model": {"backbone": args.backbone, "detector": "patchcore", "memory_size": args.memory_size,
+                  "anomaly_score": "percentile", "score_percentile": 100.0, "anomaly_fpr": args.fpr},
+        "trainer": {"max_epochs": 1, "progress_bar": False},
+        "pretrain": {"epochs": args.pretrain_epochs, "batch_size": 128, "rows": "task_training", "name": f"pretrain_{tag}"},
+        "tracking": {"backends": ["csv"]},
+        "output": {"dir": str(out_dir), "name": f"patchcore_{tag}", "overwrite": True},
+    }
+    t = time.perf_counter()
+    if pretrained:
+        weights = pretrain(config_from_dict(raw)).weights
+    else:
+        torch.manual_seed(0)
+        net, red, _ = build_backbone(args.backbone, 1, size)
+        weights = write_backbone(net.state_dict(), out_dir / f"random_{tag}", {"backbone": args.backbone, "in_chans": 1, "stem_reduction": red})
+    raw["model"]["pretrained"] = str(weights)
+    cfg = config_from_dict(raw)
+    result = train(cfg)
+    seconds = time.perf_counter() - t
+    bundle = load_bundle(result.bundle_dir)
+    table, splits = dataset_splits(cfg)
+    tf = make_transform(bundle.manifest.preprocessing)
+
+    def score(rows: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"max": [], "mean": []}
+        for i in range(0, len(rows), 128):
+            imgs = [table.images[j] if table.in_memory else load_image(table.images[j]) for j in rows[i : i + 128]]
+            with torch.inference_mode():
+                maps = bundle.model(torch.from_numpy(np.stack([tf(im) for im in imgs]))).flatten(1)
+            out["max"].append(maps.max(1).values.numpy())
+            out["mean"].append(maps.mean(1).numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    info = {"memory": int(bundle.model.memory.shape[0]), "bundle_test_auroc": result.metrics.get("test", {}).get("auroc"),
+            "pretrain_epochs": args.pretrain_epochs if pretrained else 0}
+    return score(splits.val), score(splits.test), seconds, info
+
+
+# ------------------------------------------------------------------------------------------ main
+def load_split(ds: dict, max_samples: int | None):
+    """[0, 1] grey images at the dataset's size: training normals; validation and test images with their abnormal flags."""
+    import cv2
+
+    from medlens.config import config_from_dict
+    from medlens.data.io import load_image
+    from medlens.tasks import read_table
+
+    data = config_from_dict({"data": data_section(ds, max_samples)}).data
+    table = read_table(data)  # the anomaly view: column 0 = normal
     normal = table.targets[:, 0] == 1
-    x = table.images.astype(np.float32) / 255.0
+    size = data.image_size
+    if table.in_memory:
+        x = table.images.astype(np.float32) / 255.0
+    else:
+        def grey(p: str) -> np.ndarray:
+            im = load_image(p)
+            im = cv2.cvtColor(im[..., :3], cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im
+            return cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape != (size, size) else im
+
+        x = np.stack([grey(p) for p in table.images]).astype(np.float32) / 255.0
     tr = (table.splits == "train") & normal
     va = table.splits == "val"
     te = table.splits == "test"
@@ -180,14 +268,19 @@ def load_split(path: Path, normal_label: str, flag: str, max_samples: int | None
 
 def benchmark(key: str, args, out_dir: Path) -> dict:
     ds = DATASETS[key]
-    if not ds["path"].is_file():
+    if not ds["path"].exists():
         raise SystemExit(f"{ds['path']} not found (set MEDLENS_SHARED_DATA)")
-    xtr, xva, yv, xte, y = load_split(ds["path"], ds["normal"], ds["flag"], args.max_samples)
+    xtr, xva, yv, xte, y = load_split(ds, args.max_samples)
     rows: list[dict] = []
     val, test, sec, k = run_pca(xtr, xva, xte, args.pca_variance)
     for m in MAPS:
         rows.append({"method": f"PCA (k={k}, {args.pca_variance:.0%} var.)", "map": m, "seconds": sec, "_scores": test[m], **_summary(val[m], yv, test[m], y, args.boot, args.fpr)})
-    for name in args.models:
+    for kind in args.detectors:
+        val, test, sec, info = run_patchcore(ds, out_dir, args, pretrained=kind == "ssl")
+        label = (f"PatchCore, SimCLR backbone ({info['pretrain_epochs']} ep.)" if kind == "ssl" else "reference: PatchCore, random-init backbone") + f" [{info['memory']} patches]"
+        for m in ("max", "mean"):
+            rows.append({"method": label, "map": f"patch dist., {m}", "seconds": sec, **info, "_scores": test[m], **_summary(val[m], yv, test[m], y, args.boot, args.fpr)})
+    for name in ([] if ds.get("folder") else args.models):
         val, test, sec, info = run_autoencoder(name, ds, out_dir, args.epochs, args.max_samples)
         label = {"unet_ae": "U-Net AE", "reversed_ae": "reversed AE"}[name] + f" ({info['epochs_run']} ep.)"
         for m in MAPS:
@@ -247,13 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pca-variance", type=float, default=0.90)
     ap.add_argument("--fpr", type=float, default=0.05, help="threshold: this false-positive rate on val normals")
     ap.add_argument("--boot", type=int, default=1000)
-    ap.add_argument("--quick", action="store_true", help="a reduced run: 1 epoch, 600 rows, 100 bootstrap draws")
+    ap.add_argument("--detectors", nargs="*", choices=["ssl", "random"], default=["ssl", "random"],
+                    help="feature-detector rows: SimCLR-pretrained backbone, random-init reference (none: skip)")
+    ap.add_argument("--backbone", default="resnet18", help="timm backbone of the feature detector")
+    ap.add_argument("--pretrain-epochs", type=int, default=30, help="SimCLR epochs on the training normals")
+    ap.add_argument("--memory-size", type=int, default=4096, help="feature detector: coreset size (patches)")
+    ap.add_argument("--quick", action="store_true", help="a reduced run: 1 epoch, 600 rows, 100 bootstrap draws, resnet10t, 1 pretraining epoch")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--figures", type=Path, default=None, help="write score histograms (PNG) here")
     ap.add_argument("--runs", type=Path, default=None, help="where the autoencoder runs go (default: a temp folder)")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.max_samples, args.boot = 1, args.max_samples or 600, min(args.boot, 100)
+        args.pretrain_epochs, args.memory_size, args.backbone = 1, min(args.memory_size, 512), "resnet10t"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "medlens"):

@@ -11,6 +11,16 @@ on the test split. Wall time is the whole run: data loading, training, calibrati
 evaluation and writing the bundle.
 
 Published MedMNIST v2 test figures (Yang et al., Scientific Data 2023, Table 3) are printed beside ours.
+
+Selection mode (choices on validation only; the test split is read ONCE, for the chosen config)::
+
+    python benchmarks/medmnist.py --select                 # compare CANDIDATES on validation, then test the winner
+    python benchmarks/medmnist.py --select --with-pretrain # also a candidate fine-tuned from `medlens pretrain` weights
+    python benchmarks/medmnist.py --select --quick         # 1 epoch, 1 seed, 600 rows: checks that it runs
+
+Every candidate is trained with the test rows removed from its splits (``train(cfg, splits=...)`` with an empty
+test split), so no test metric exists while choosing; the winner is the highest mean validation AUROC over the
+seeds; then ``medlens.evaluate(bundle, split="test")`` reads the test split once per seed of the winner only.
 """
 
 from __future__ import annotations
@@ -77,6 +87,67 @@ def run_one(dataset: str, seed: int, data_dir: Path, out_dir: Path, quick: bool)
             "weights": json.loads((result.bundle_dir / "manifest.json").read_text()).get("weights_source", "raw")}
 
 
+#: candidate configs for --select: name -> overrides on the shipped config (fixed before any result was seen)
+CANDIDATES: dict[str, list[str]] = {
+    "shipped": [],
+    "lr 1e-3": ["optim.lr=0.001"],
+    "augment strong": ["data.augment=strong"],
+    "small_input 4": ["model.small_input=4"],
+}
+
+
+def _val_only(cfg):
+    """The config's table and splits with the test rows removed: nothing can be measured on test."""
+    import numpy as np
+
+    from medlens.data.splits import Splits
+    from medlens.training import prepare_data
+
+    table, sp = prepare_data(cfg)
+    return table, Splits(sp.train, sp.val, np.zeros(0, dtype=np.int64), sp.method, [*sp.notes, "test rows withheld for selection"])
+
+
+def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick: bool, with_pretrain: bool) -> dict:
+    """Train every candidate without test rows, choose on mean validation AUROC, read test once for the winner."""
+    from medlens.config import load_config
+    from medlens.evaluation import evaluate
+    from medlens.training import train
+
+    config, rel = DATASETS[dataset]
+    candidates = dict(CANDIDATES)
+    base = [f"data.path={data_dir / rel}", f"output.dir={out_dir}", "output.overwrite=true", "trainer.progress_bar=false"]
+    if quick:
+        base += ["trainer.max_epochs=1", "data.max_samples=600"]
+    if with_pretrain:
+        from medlens.pretrain import pretrain
+
+        pcfg = load_config(ROOT / config, [*base, f"pretrain.name={dataset}-ssl", "pretrain.rows=train_val"] + (["pretrain.epochs=1"] if quick else []))
+        candidates["ssl-pretrained"] = [f"model.pretrained={pretrain(pcfg).weights}"]
+    runs: dict[str, list[dict]] = {}
+    for name, over in candidates.items():
+        for seed in seeds:
+            tag = f"{dataset}-{name.replace(' ', '_')}-s{seed}"
+            cfg = load_config(ROOT / config, [*base, *over, f"seed={seed}", f"output.name={tag}"])
+            table, splits = _val_only(cfg)
+            res = train(cfg, splits=splits, table=table)
+            assert "test" not in res.metrics  # the invariant of the protocol
+            runs.setdefault(name, []).append({"seed": seed, "val_auroc": float(res.metrics["val"]["auroc_macro"]), "bundle": str(res.bundle_dir), "config": cfg})
+            print(f"{dataset} {name} seed {seed}: val AUROC {runs[name][-1]['val_auroc']:.4f}", flush=True)
+    chosen = max(runs, key=lambda k: statistics.mean(r["val_auroc"] for r in runs[k]))
+    tests = [evaluate(r["bundle"], r["config"], split="test", record=False).metrics for r in runs[chosen]]  # test, read once
+    return {"dataset": dataset, "chosen": chosen, "val": {k: [r["val_auroc"] for r in v] for k, v in runs.items()},
+            "test_auroc": [float(m["auroc_macro"]) for m in tests], "test_accuracy": [float(m["accuracy"]) for m in tests]}
+
+
+def select_table(res: dict) -> str:
+    lines = [f"### {res['dataset']}: selection on validation, test read once for the chosen config", "",
+             "| candidate | val AUROC | test AUROC | test ACC |", "|---|---|---|---|"]
+    for name, vals in res["val"].items():
+        test = (_mean_sd(res["test_auroc"]), _mean_sd(res["test_accuracy"])) if name == res["chosen"] else ("not read", "not read")
+        lines.append(f"| {'**' + name + '** (chosen)' if name == res['chosen'] else name} | {_mean_sd(vals)} | {test[0]} | {test[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def _mean_sd(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.3f}"
@@ -121,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="the shared data folder (default ../shared/data or $MEDLENS_SHARED_DATA)")
     ap.add_argument("--out", default=None, help="where runs go (default: a temporary folder, removed)")
     ap.add_argument("--json", default=None, help="also write every run's figures to this JSON file")
-    ap.add_argument("--quick", action="store_true", help="1 epoch and the first seed only")
+    ap.add_argument("--quick", action="store_true", help="1 epoch and the first seed only (with --select: also 600 rows)")
+    ap.add_argument("--select", action="store_true", help="compare CANDIDATES on validation; read test once for the chosen one")
+    ap.add_argument("--with-pretrain", action="store_true", help="--select: add a candidate fine-tuned from `medlens pretrain` weights")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -136,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; data {data_dir}")
+    if args.select:
+        chosen = [select(ds, seeds, data_dir, out, args.quick, args.with_pretrain) for ds in args.datasets]
+        print()
+        for res in chosen:
+            print(select_table(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(chosen, indent=2))
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     runs: dict[str, list[dict]] = {}
     for ds in args.datasets:
         for seed in seeds:

@@ -24,6 +24,8 @@ _EXPORTS = {
     "config_from_dict": "medlens.config",
     "ConfigError": "medlens.config",
     "train": "medlens.training",
+    "pretrain": "medlens.pretrain",
+    "PretrainResult": "medlens.pretrain",
     "RunResult": "medlens.training",
     "evaluate": "medlens.evaluation",
     "EvalResult": "medlens.evaluation",

@@ -576,3 +576,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+from medlens.cli_pretrain import pretrain_command  # noqa: E402 - a command of its own module, registered here
+
+app.command("pretrain")(pretrain_command)

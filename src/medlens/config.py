@@ -290,6 +290,25 @@ class ModelConfig(StrictModel):
     anomaly_map: Literal["mse", "ssim"] = "mse"  # pixel error map: squared error, or local SSIM dissimilarity
     score_percentile: float = Field(99.0, gt=0.0, le=100.0)
     anomaly_fpr: float = Field(0.05, gt=0.0, lt=1.0)  # threshold: this false-positive rate on val normals
+    # Feature-based anomaly detection (task: anomaly, detector: patchcore): nearest-normal-patch distances
+    detector: Literal["autoencoder", "patchcore"] = "autoencoder"  # patchcore needs model.pretrained (e.g. `medlens pretrain`)
+    memory_size: int = Field(4096, ge=16)  # patchcore: coreset size, normal patch features kept (bounds memory and time)
+    patch_layers: list[int] = Field(default_factory=lambda: [2, 3])  # patchcore: timm feature levels (2 = stride 8 in a stock ResNet)
+
+
+# -------------------------------------------------------------------------------------------- pretrain
+class PretrainConfig(StrictModel):
+    """``medlens pretrain``: SimCLR self-supervised pretraining of ``model.backbone`` on the data's images (labels ignored)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=4)
+    lr: float = Field(1e-3, gt=0.0)
+    temperature: float = Field(0.2, gt=0.0)  # NT-Xent softmax temperature
+    proj_dim: int = Field(64, ge=2)  # projection-head output size (the head is dropped after pretraining)
+    strength: float = Field(1.0, ge=0.0, le=2.0)  # scales every augmentation range (0: identical views)
+    flip: bool = False  # horizontal flips (off: laterality carries meaning in chest X-rays)
+    rows: Literal["train_val", "train", "task_training"] = "train_val"  # task_training: the task's own (normals for anomaly)
+    name: str | None = None  # run folder name under output.dir (default: <output.name or name>-pretrain)
 
 
 # -------------------------------------------------------------------------------------------- optim
@@ -433,6 +452,7 @@ class RunConfig(StrictModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     # e.g. {auroc_macro: 0.86} (a lower bound; an upper one for ece/brier/loss) or {auroc_macro: [0.86, 0.92]}
     targets: dict[str, float | TargetRange] = Field(default_factory=dict)
     intended_use: str = (

@@ -172,7 +172,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     # ---- checks that can fail fast do so before any data is read
     if cfg.data.task:
         get_task(cfg.data.task).check_config(cfg)
-    if cfg.model.pretrained and (not cfg.data.task or get_task(cfg.data.task).uses_backbone):
+    if cfg.model.pretrained and (not cfg.data.task or get_task(cfg.data.task).uses_pretrained(cfg)):
         from medlens.models.pretrained import check_pretrained_available
 
         check_pretrained_available(cfg.model.backbone, cfg.model.pretrained)
@@ -238,7 +238,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
 
     # ---- fit (one engine for every task)
     arch = task.architecture(cfg, space, meta_encoder)
-    model = create_model({**arch, "pretrained": cfg.model.pretrained} if cfg.model.pretrained and task.uses_backbone else arch)
+    model = create_model({**arch, "pretrained": cfg.model.pretrained} if cfg.model.pretrained and task.uses_pretrained(cfg) else arch)
     if getattr(model, "pretrained_info", None):  # provenance of the loaded weights: source and sha256
         arch["pretrained_weights"] = model.pretrained_info
     if cfg.model.checkpoint:

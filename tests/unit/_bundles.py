@@ -33,6 +33,9 @@ def random_bundle(
     k = 1 if task in ("binary", "anomaly") else len(names)
     arch = arch or {"type": "classifier", "backbone": backbone, "num_outputs": k, "in_chans": channels, "image_size": image_size}
     model = create_model(arch).eval()
+    if hasattr(model, "fill_memory"):  # a feature detector: its memory from random images' patches
+        with torch.no_grad():
+            model.fill_memory(model.patch_features(torch.randn(4, arch["in_chans"], arch["image_size"], arch["image_size"])))
     if thresholds is None:
         thresholds = [] if task == "multiclass" else [0.5] * k
     manifest = Manifest(

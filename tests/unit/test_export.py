@@ -64,7 +64,7 @@ def _bundle_for(arch: dict, task: str, path: Path) -> Path:
     if task == "anomaly":
         from medlens.models.autoencoder import ScoreSpec
 
-        spec = ScoreSpec(mean=(0.5,) * arch["in_chans"], std=(0.5,) * arch["in_chans"]).to_dict()
+        spec = ScoreSpec(error_map="distance" if arch["type"] == "patchcore" else "mse", mean=(0.5,) * arch["in_chans"], std=(0.5,) * arch["in_chans"]).to_dict()
         return random_bundle(path, arch=arch, task="anomaly", names=("normal", "abnormal"), channels=arch["in_chans"],
                              image_size=arch["image_size"], thresholds=[1.0], anomaly=spec)
     k = arch["num_outputs"]

@@ -741,6 +741,18 @@ COVERED_BY: dict[str, str] = {
     "data(sql).schema_.labels.table": "tests/unit/data/test_sql_schema_mapping.py::",
     "targets.max": "tests/unit/test_targets_dotenv.py::test_targets_accept_ranges_and_bounds_and_print_met_lines",
     "trainer.orientation_check": "tests/unit/test_tta_orientation.py::test_orientation_check_flips_an_inverted_binary_model",
+    "model.detector": "tests/integration/test_patchcore.py::test_patchcore_options_are_checked",
+    "model.memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "model.patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "pretrain.epochs": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
+    "pretrain.batch_size": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
+    "pretrain.lr": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.temperature": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.proj_dim": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.strength": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.flip": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.name": "tests/integration/test_pretrain.py::test_pretrain_options_act",
+    "pretrain.rows": "tests/integration/test_pretrain.py::test_pretraining_rows_never_include_test",
 }
 
 #: pure metadata: accepted, acts on nothing but what is written (none left: name, intended_use, targets are checked above)

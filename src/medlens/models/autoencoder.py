@@ -31,7 +31,7 @@ from torch import nn
 from medlens.models import MODELS
 
 SCORE_METHODS = ("mean", "percentile")
-ERROR_MAPS = ("mse", "ssim")
+ERROR_MAPS = ("mse", "ssim", "distance")  # distance: the model outputs the map (feature detectors)
 
 
 def _conv_block(cin: int, cout: int, n_convs: int) -> nn.Sequential:
@@ -327,13 +327,18 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: 
 def error_map(x: torch.Tensor, recon: torch.Tensor, spec: ScoreSpec | None = None) -> torch.Tensor:
     """Pixel error map at the input's size: (N, C, H, W) -> (N, 1, H, W), averaged over channels.
 
-    ``mse``: squared error in model-input units; ``ssim``: ``(1 - SSIM) / 2`` in [0, 1].
+    ``mse``: squared error in model-input units; ``ssim``: ``(1 - SSIM) / 2`` in [0, 1]; ``distance``: ``recon``
+    is already the map (a feature detector's patch distances, see :mod:`medlens.models.patchcore`).
 
     Example:
         >>> error_map(torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)).shape
         torch.Size([1, 1, 4, 4])
     """
     spec = spec or ScoreSpec()
+    if spec.error_map == "distance":  # a feature detector's output already is the (N, 1, H, W) anomaly map
+        if recon.ndim != 4 or recon.shape[1] != 1 or recon.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"a distance map must be (N, 1, {x.shape[-2]}, {x.shape[-1]}), got {tuple(recon.shape)}")
+        return recon.float()
     if x.shape != recon.shape:
         raise ValueError(f"input {tuple(x.shape)} and reconstruction {tuple(recon.shape)} differ in shape")
     if spec.error_map == "ssim":

@@ -102,6 +102,8 @@ class ImageClassifier(nn.Module):
 
         from medlens.models.pretrained import (
             PretrainedWeightsError,
+            load_medlens_backbone,
+            medlens_backbone_info,
             missing_backbone_weights,
             pretrained_record,
             resolve_pretrained,
@@ -111,7 +113,9 @@ class ImageClassifier(nn.Module):
         info = resolve_pretrained(backbone, pretrained)
         #: ``{"source", "revision", "sha256"}`` of the pretrained weights loaded, or None (random initialisation)
         self.pretrained_info: dict[str, Any] | None = pretrained_record(info)
-        if info is None:
+        red = stem_reduction(image_size, small_input)
+        own = info is not None and medlens_backbone_info(info["file"]) is not None  # written by `medlens pretrain`
+        if info is None or own:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
         else:
             if not timm.is_model(backbone):
@@ -131,11 +135,13 @@ class ImageClassifier(nn.Module):
                     "for checkpoints with other tensor names (module./encoder. prefixes) use model.checkpoint"
                 )
             log.info("backbone %s: pretrained weights %s (sha256 %s)", backbone, info["source"], info["sha256"][:12])
-        red = stem_reduction(image_size, small_input)
         before = dict(self.backbone.named_parameters())
         if red > 1 and not adapt_stem(self.backbone, red):
             log.warning("small-input stem adaptation is not supported for %s; using the stock stem", backbone)
-        if info is not None:
+        if own:  # built exactly as pretrained (stem included), then every tensor must match the file
+            load_medlens_backbone(self.backbone, info["file"], backbone, in_chans, red)
+            log.info("backbone %s: medlens-pretrained weights %s (sha256 %s)", backbone, info["source"], info["sha256"][:12])
+        elif info is not None:
             fresh = [n for n, p in self.backbone.named_parameters() if before.get(n) is not p]
             if fresh:  # e.g. ResNet's 7x7 stem conv replaced by a 3x3 stride-1 conv for 28-32 px inputs
                 log.info("backbone %s: the small-input stem replaced %s (newly initialised); every other layer is pretrained", backbone, fresh)
@@ -241,3 +247,32 @@ def load_backbone_checkpoint(model: ImageClassifier, path: str | Path) -> dict[s
     if unexpected:
         log.warning("checkpoint %s: unexpected keys (ignored): %s", path, unexpected[:10])
     return report
+
+
+def build_backbone(backbone: str, in_chans: int, image_size: int, small_input: bool | str | int = "auto",
+                   pretrained: bool | str = False) -> tuple[nn.Module, int, dict[str, Any] | None]:
+    """A timm backbone without classifier, stem adapted to the image size, optionally with pretrained weights.
+
+    What ``medlens pretrain`` trains and what the feature detector (``patchcore``) reads: the backbone of an
+    :class:`ImageClassifier` built with the same arguments, so the weights move between them unchanged.
+
+    Returns:
+        (backbone, the stem reduction actually applied (1 when the family has no small-input stem),
+        ``{"source", "revision", "sha256"}`` of the pretrained weights or None).
+
+    Example:
+        >>> net, red, _ = build_backbone("resnet10t", 1, 28)
+        >>> red
+        4
+    """
+    clf = ImageClassifier(backbone, 1, in_chans, pretrained, image_size, small_input)
+    red = stem_reduction(image_size, small_input)
+    net = clf.backbone
+    return net, red if _stem_adapted(net, red) else 1, clf.pretrained_info
+
+
+def _stem_adapted(net: nn.Module, reduction: int) -> bool:
+    """Whether :func:`adapt_stem` supports this family (so ``reduction`` was applied)."""
+    import copy
+
+    return reduction <= 1 or adapt_stem(copy.deepcopy(net), reduction)

@@ -298,3 +298,58 @@ def pretrained_record(info: dict[str, Any] | None) -> dict[str, Any] | None:
     if info is None:
         return None
     return {k: info[k] for k in ("source", "revision", "sha256")}
+
+
+# ------------------------------------------------------------------------------------------ medlens-pretrained backbones
+#: key of the safetensors header metadata that marks a backbone written by ``medlens pretrain``
+MEDLENS_BACKBONE_KEY = "medlens_backbone"
+
+
+def medlens_backbone_info(path: str | Path) -> dict[str, Any] | None:
+    """The record ``medlens pretrain`` wrote into a ``.safetensors`` header (backbone, in_chans, stem reduction), else None.
+
+    Example:
+        >>> medlens_backbone_info(__file__) is None
+        True
+    """
+    p = str(path)
+    if not p.endswith(".safetensors") or not os.path.isfile(p):
+        return None
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(p, framework="pt") as f:
+        meta = f.metadata() or {}
+    raw = meta.get(MEDLENS_BACKBONE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def load_medlens_backbone(net: Any, path: str | Path, backbone: str, in_chans: int, stem_reduction: int) -> dict[str, Any]:
+    """Load a ``medlens pretrain`` file into a built (stem-adapted) timm backbone, every tensor, strictly.
+
+    The small-input stem changes the first convolution's shape (a 3x3 stride-1 conv instead of ResNet's 7x7),
+    so timm's own loader cannot read these files; here the network is built exactly as it was pretrained and
+    then must match the file tensor for tensor.
+
+    Raises:
+        PretrainedWeightsError: another backbone, channel count or stem, or any missing/extra/misshapen tensor.
+    """
+    from safetensors.torch import load_file
+
+    info = medlens_backbone_info(path) or {}
+    want = {"backbone": backbone, "in_chans": int(in_chans), "stem_reduction": int(stem_reduction)}
+    diff = [f"{k} {info.get(k)!r} (this model: {v!r})" for k, v in want.items() if info.get(k) != v]
+    if diff:
+        raise PretrainedWeightsError(f"model.pretrained: {path} was pretrained with a different network: {'; '.join(diff)}; "
+                                     "pretrain again with this config's model.backbone, data.channels, data.image_size and model.small_input")
+    sd = load_file(str(path))
+    target = net.state_dict()
+    missing = [k for k in target if k not in sd]
+    extra = [k for k in sd if k not in target]
+    shape = [f"{k} {tuple(sd[k].shape)}->{tuple(t.shape)}" for k, t in target.items() if k in sd and sd[k].shape != t.shape]
+    if missing or extra or shape:
+        raise PretrainedWeightsError(f"model.pretrained: {path} does not match backbone {backbone!r}: {len(missing)} missing "
+                                     f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), {len(shape)} misshapen (e.g. {shape[:3]})")
+    net.load_state_dict(sd, strict=True)
+    return info

@@ -193,6 +193,10 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind!r})"
 
+    def uses_pretrained(self, cfg: Any) -> bool:
+        """Whether ``model.pretrained`` is loaded into this config's network (default: when it has a timm backbone)."""
+        return self.uses_backbone
+
     # ------------------------------------------------------------------ config and data
     def check_config(self, cfg: Any) -> None:
         """Refuse config keys that cannot act for this task (one clear message)."""

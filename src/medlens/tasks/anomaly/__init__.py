@@ -66,9 +66,19 @@ class AnomalyScoreHead(nn.Module):
         return scores_from_error_maps(maps, self.spec)[:, None]
 
 
+#: autoencoder keys a feature detector cannot use, and the feature detector's keys an autoencoder cannot use
+AUTOENCODER_KEYS = ("model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
+                    "model.anomaly_map", "optim.loss")
+DETECTOR_KEYS = ("model.memory_size", "model.patch_layers")
+PATCHCORE = "patchcore"
+
+
 def architecture_for_anomaly(cfg: Any) -> dict[str, Any]:
-    """The manifest's architecture dict of an autoencoder config."""
+    """The manifest's architecture dict of an anomaly config (an autoencoder, or the ``patchcore`` feature detector)."""
     m = cfg.model
+    if m.detector == PATCHCORE:
+        return {"type": "patchcore", "backbone": m.backbone, "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
+                "small_input": m.small_input, "patch_layers": list(m.patch_layers), "memory_size": m.memory_size}
     arch: dict[str, Any] = {
         "type": ARCHITECTURES[m.autoencoder], "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
         "depth": m.ae_depth, "width": m.ae_width, "latent_dim": m.latent_dim,
@@ -84,7 +94,7 @@ def score_spec_for(cfg: Any, pp: Any) -> ScoreSpec:
     """The score settings of a config (with the preprocessing's standardisation, for SSIM on [0, 1] pixels)."""
     m = cfg.model
     return ScoreSpec(
-        error_map=m.anomaly_map, method=m.anomaly_score, percentile=m.score_percentile,
+        error_map="distance" if m.detector == PATCHCORE else m.anomaly_map, method=m.anomaly_score, percentile=m.score_percentile,
         mean=tuple(pp.mean), std=tuple(pp.std), ssim_window=11 if cfg.data.image_size >= 64 else 7,
     )
 
@@ -110,6 +120,9 @@ class AnomalyTask(Task):
     def default_monitor(self) -> tuple[str, str]:
         return "loss", "min"
 
+    def uses_pretrained(self, cfg: Any) -> bool:
+        return cfg.model.detector == PATCHCORE  # the feature detector's backbone; autoencoders start from scratch
+
     # ------------------------------------------------------------------ config and data
     def check_config(self, cfg: Any) -> None:
         if cfg.data.metadata is not None:
@@ -120,8 +133,18 @@ class AnomalyTask(Task):
                                    ("optim.cutmix_alpha", cfg.optim.cutmix_alpha > 0), ("trainer.tta", cfg.trainer.tta)) if on]
         if refused:
             raise ValueError(f"{', '.join(refused)}: not applicable to task: anomaly (reconstruction training); remove {'them' if len(refused) > 1 else 'it'}")
-        if cfg.model.pretrained:
-            raise ValueError("model.pretrained: autoencoders are trained from scratch; remove it for task: anomaly")
+        if cfg.model.detector == PATCHCORE:
+            if not cfg.model.pretrained:
+                raise ValueError("model.detector: patchcore describes patches with a pretrained backbone; set model.pretrained "
+                                 "(e.g. the backbone.safetensors of `medlens pretrain CONFIG`): random features are not a detector")
+            if cfg.trainer.max_epochs != 1:
+                raise ValueError("trainer.max_epochs: patchcore fills its memory in one pass over the training normals; set it to 1")
+            refuse_keys(changed_keys(cfg, AUTOENCODER_KEYS), "autoencoder options do not act for model.detector: patchcore")
+        else:
+            if cfg.model.pretrained:
+                raise ValueError("model.pretrained: autoencoders are trained from scratch; remove it for task: anomaly "
+                                 "(or use model.detector: patchcore)")
+            refuse_keys(changed_keys(cfg, DETECTOR_KEYS), "feature-detector options act only with model.detector: patchcore")
         if cfg.model.ae_skip_levels and cfg.model.autoencoder != "unet":
             raise ValueError("model.ae_skip_levels: the reversed autoencoder has no skip connections; use autoencoder: unet")
         refuse_keys(changed_keys(cfg, CLASSIFIER_KEYS), "classifier options do not act for task: anomaly (an autoencoder whose "
@@ -161,6 +184,11 @@ class AnomalyTask(Task):
         from medlens.engine.module import optim_settings
         from medlens.tasks.anomaly.module import ReconstructionModule
 
+        if cfg.model.detector == PATCHCORE:
+            from medlens.tasks.anomaly.patchcore import PatchCoreModule
+
+            return PatchCoreModule(model=model, label_space=space, loss=loss, optim=optim_settings(cfg), monitor_metric=monitor[0],
+                                   seed=cfg.seed, score=score_spec_for(cfg, preprocessing))
         return ReconstructionModule(model=model, label_space=space, loss=loss, optim=optim_settings(cfg), monitor_metric=monitor[0],
                                     seed=cfg.seed, score=score_spec_for(cfg, preprocessing))
 

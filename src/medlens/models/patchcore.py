@@ -1,0 +1,147 @@
+"""PatchCore-style feature anomaly detector: distance of each image patch to its nearest normal patch.
+
+A frozen timm backbone (weights from ``model.pretrained``, e.g. ``medlens pretrain``'s ``backbone.safetensors``)
+describes every patch of an image by its mid-level features (levels ``patch_layers``, each averaged over a 3x3
+neighbourhood, the deeper ones upsampled to the finest, concatenated). A memory bank holds the features of the
+training normals' patches, thinned by greedy k-centre coreset selection to at most ``memory_size`` rows. The
+anomaly map of an image is, per patch, the Euclidean distance to the nearest memory row, upsampled bilinearly
+to the input size: ``forward(x) -> (N, 1, H, W)``. The memory is a buffer, so it travels in the bundle's
+safetensors and in the ONNX graph; the image score is the task's reduction of the map (mean or percentile;
+``score_percentile: 100`` is the max patch distance).
+
+Reference: Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlens.models import MODELS
+
+
+def greedy_coreset(feats: torch.Tensor, size: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
+    """Indices of ``size`` rows of ``feats`` (M, C) chosen by greedy k-centre selection (farthest point first).
+
+    Distances are computed on a fixed random projection to ``proj_dim`` dimensions (as in PatchCore), so the
+    cost is ``size * M * proj_dim``. Returns all rows when ``M <= size``.
+
+    Example:
+        >>> greedy_coreset(torch.randn(100, 8), 10).shape
+        torch.Size([10])
+    """
+    m = feats.shape[0]
+    if m <= size:
+        return torch.arange(m)
+    g = torch.Generator().manual_seed(seed)
+    z = feats.float()
+    if z.shape[1] > proj_dim:
+        z = z @ (torch.randn(z.shape[1], proj_dim, generator=g) / proj_dim**0.5)
+    idx = torch.empty(size, dtype=torch.long)
+    idx[0] = int(torch.randint(0, m, (1,), generator=g))
+    dist = (z - z[idx[0]]).pow(2).sum(1)
+    for i in range(1, size):
+        idx[i] = int(torch.argmax(dist))
+        dist = torch.minimum(dist, (z - z[idx[i]]).pow(2).sum(1))
+    return idx
+
+
+class PatchCoreDetector(nn.Module):
+    """Frozen backbone + memory bank of normal patch features; ``forward(x)`` is the patch-distance map.
+
+    Args:
+        backbone: timm model name.
+        in_chans: input channels.
+        image_size: square input side (selects the small-input stem, as for classifiers).
+        small_input: ``auto``/True/False/1/2/4, as ``model.small_input``.
+        patch_layers: timm feature levels to describe patches with (``feature_info`` indices).
+        memory_size: most memory rows kept by the coreset.
+        pretrained: backbone weights (``model.pretrained``), only when building the model to train.
+
+    Example:
+        >>> m = PatchCoreDetector("resnet10t", 1, 28, memory_size=32)
+        >>> m.fill_memory(m.patch_features(torch.randn(4, 1, 28, 28)))
+        >>> m(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 1, 28, 28])
+    """
+
+    def __init__(self, backbone: str = "resnet18", in_chans: int = 1, image_size: int = 64, small_input: bool | str | int = "auto",
+                 patch_layers: Sequence[int] = (2, 3), memory_size: int = 4096, pretrained: bool | str = False) -> None:
+        super().__init__()
+        from medlens.models.classifier import build_backbone
+
+        self.backbone, self.stem_reduction, self.pretrained_info = build_backbone(backbone, in_chans, image_size, small_input, pretrained)
+        self.backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        levels = len(self.backbone.feature_info)
+        bad = [i for i in patch_layers if not 0 <= int(i) < levels]
+        if bad or not patch_layers:
+            raise ValueError(f"model.patch_layers {list(patch_layers)}: backbone {backbone!r} has feature levels 0..{levels - 1}")
+        self.patch_layers = sorted(int(i) for i in patch_layers)
+        self.image_size = int(image_size)
+        self.in_chans = int(in_chans)
+        self.memory_size = int(memory_size)
+        self.feature_dim = sum(int(self.backbone.feature_info[i]["num_chs"]) for i in self.patch_layers)
+        self.register_buffer("memory", torch.zeros(0, self.feature_dim))
+
+    def train(self, mode: bool = True) -> PatchCoreDetector:
+        super().train(mode)
+        self.backbone.eval()  # frozen: BatchNorm statistics are the pretrained ones, always
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "memory"
+        if key in state_dict and state_dict[key].ndim == 2 and state_dict[key].shape[1] == self.feature_dim:
+            self.memory = torch.empty_like(state_dict[key], device=self.memory.device)  # the bank's size is data-dependent
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch descriptors (N, feature_dim, h, w) at the finest chosen level's resolution."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (N, {self.in_chans}, H, W), got {tuple(x.shape)}; images must go through the bundle's preprocessing")
+        feats = self.backbone.forward_intermediates(x, indices=self.patch_layers, intermediates_only=True)
+        size = feats[0].shape[-2:]
+        out = []
+        for f in feats:
+            f = F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)  # local neighbourhood
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            out.append(f)
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def fill_memory(self, feats: torch.Tensor | Sequence[torch.Tensor], seed: int = 0) -> None:
+        """Set the memory from patch features (N, C, h, w) of normal images (or a list of such batches), coreset-thinned."""
+        if not isinstance(feats, torch.Tensor):
+            feats = torch.cat([f.float().cpu() for f in feats])
+        flat = feats.float().permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu()
+        if len(flat) == 0:
+            raise ValueError("patchcore: no normal training patches to fill the memory with")
+        self.memory = flat[greedy_coreset(flat, self.memory_size, seed)].contiguous().to(self.memory.device)
+
+    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance of each patch to its nearest memory row, (N, 1, h, w)."""
+        if self.memory.shape[0] == 0:
+            raise RuntimeError("patchcore: the memory bank is empty; train the model (one pass over normal images) first")
+        f = self.patch_features(x).float()
+        n, c, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        mem = self.memory.float()
+        # ||q - m||^2 = ||q||^2 - 2 q.m + ||m||^2, as matmuls (exports to ONNX, no cdist)
+        d2 = q.pow(2).sum(-1, keepdim=True) - 2.0 * q @ mem.t() + mem.pow(2).sum(-1)[None, None, :]
+        d = d2.min(dim=-1).values.clamp_min(0.0).sqrt()
+        return d.reshape(n, 1, h, w)
+
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        d = self.patch_distances(x)
+        return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@MODELS.register("patchcore")
+def _make_patchcore(**kw: Any) -> nn.Module:
+    return PatchCoreDetector(**kw)

@@ -19,14 +19,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from medlens._atomic import chmod_as_created, jsonable, write_json_atomic
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import Preprocessing
 from medlens.runfolder import replace_dir_atomically, restore_interrupted_replace
+
+if TYPE_CHECKING:  # torch is imported only where a network is built or saved (the ONNX path needs none)
+    from torch import nn
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"

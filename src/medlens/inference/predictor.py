@@ -7,19 +7,15 @@ and decisions come from the bundle's task.
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medlens._atomic import atomic_open
 from medlens.bundle import WEIGHTS, Bundle, Manifest, load_bundle
-from medlens.inference.base import BasePredictor, ImageInput
-from medlens.tasks import Prediction
+from medlens.inference.base import BasePredictor
 
 log = logging.getLogger("medlens.predict")
 
@@ -84,46 +80,3 @@ class Predictor(BasePredictor):
             xt = torch.from_numpy(x).to(self.device)
             mt = None if meta is None else torch.from_numpy(meta.astype(np.float32)).to(self.device)
             return self.head(xt, mt).float().cpu().numpy()
-
-
-def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path, manifest: Manifest | None = None) -> Path:
-    """One row per input: source, one probability column per label, per finding its threshold and decision,
-    the predicted labels and the error (plain words). Atomic write.
-
-    Args:
-        preds: the predictions.
-        label_names: the model's labels.
-        path: the CSV file.
-        manifest: the bundle manifest (its task names the findings); default: every thresholded label.
-
-    Example:
-        >>> write_predictions_csv(preds, predictor.label_names, "preds.csv", predictor.manifest)  # doctest: +SKIP
-    """
-    from medlens.inference.table import prediction_rows
-
-    path = Path(path)
-    header, rows = prediction_rows(preds, label_names, manifest)
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def predict(bundle: str | Path | Bundle, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool | str = False, backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
-    """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
-
-    Per-image clinical reports: :func:`medlens.clinical_report.predict_with_reports`.
-
-    Example:
-        >>> preds = predict("runs/demo/bundle", ["a.png", "b.dcm"], out="preds.csv")  # doctest: +SKIP
-    """
-    cal = {} if calibrated else {"calibrated": False}
-    if isinstance(bundle, Bundle):
-        predictor: BasePredictor = Predictor(bundle, batch_size=batch_size, tta=tta, **cal)
-    else:
-        predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=batch_size, tta=tta, **cal)
-    preds = predictor.predict(images, metadata=metadata, progress=progress)
-    if out is not None:
-        write_predictions_csv(preds, predictor.label_names, out)
-    return preds

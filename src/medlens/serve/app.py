@@ -48,7 +48,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlens.inference import BasePredictor, Predictor
+from medlens.inference import BasePredictor, load_predictor
 from medlens.tasks import task_of
 
 log = logging.getLogger("medlens.serve")
@@ -360,7 +360,7 @@ def _parse_metadata(text: str | None, n: int) -> list[dict | None] | None:
     raise ApiError(422, "bad_metadata", f"metadata must be a JSON object or a list of {n} objects")
 
 
-def _encode_metadata(predictor: Predictor, rows: list[dict | None] | None, n: int) -> np.ndarray | None:
+def _encode_metadata(predictor: BasePredictor, rows: list[dict | None] | None, n: int) -> np.ndarray | None:
     """The encoded metadata of a fusion model (None otherwise); a value of the wrong type is the client's 422."""
     from medlens.data.metadata import MetadataError
 
@@ -399,7 +399,7 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     from contextlib import asynccontextmanager
 
     settings = settings or ServeSettings(api_key=os.environ.get("MEDLENS_API_KEY") or None)
-    predictor = Predictor.from_bundle(bundle, backend=backend, batch_size=settings.max_batch)
+    predictor = load_predictor(bundle, backend, batch_size=settings.max_batch)  # ONNX: no torch import
     manifest = predictor.manifest
     task = task_of(manifest)
     methods = task.explain_methods()
@@ -410,15 +410,15 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     model_name = manifest.architecture.get("backbone", manifest.architecture.get("type"))
     state: dict[str, Any] = {"explain_predictor": None, "started": time.time(), "requests": 0, "errors": 0}
 
-    def explain_predictor() -> Predictor:
+    def explain_predictor() -> BasePredictor:
         # A separate torch copy for explanations, so their hooks never touch the batched predictions.
         if state["explain_predictor"] is None:
             if backend == "torch":
                 import copy
 
-                state["explain_predictor"] = Predictor(copy.deepcopy(predictor.bundle), batch_size=1)
+                state["explain_predictor"] = load_predictor(copy.deepcopy(predictor.bundle), batch_size=1)
             else:
-                state["explain_predictor"] = Predictor.from_bundle(bundle, backend="torch", batch_size=1)
+                state["explain_predictor"] = load_predictor(bundle, "torch", batch_size=1)
         return state["explain_predictor"]
 
     @asynccontextmanager
@@ -519,6 +519,8 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         d["backend"] = predictor.backend
         d["explain_methods"] = methods
         d["presentation"] = task.presentation(manifest).to_dict()
+        if "target_layers" not in state and backend != "torch":
+            state["target_layers"] = []  # an ONNX server lists no layers: it stays torch-free until an explanation is asked
         if "target_layers" not in state:
             try:
                 state["target_layers"] = task.target_layers(explain_predictor().model)

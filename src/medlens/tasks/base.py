@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:  # no torch at import: ONNX Runtime predicts without it
+    from torch import nn
 
 #: the decision vocabulary shared by the page, the CLI and the reports
 POSITIVE = "positive"

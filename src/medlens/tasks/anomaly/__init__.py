@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from medlens.data.readers import read_dataset
-from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
 from medlens.tasks.anomaly.data import to_anomaly_table
-from medlens.tasks.anomaly.explain import ERROR_MAP, error_map_explanation, pixel_error_reference
-from medlens.tasks.anomaly.loss import RECON_LOSSES, create_reconstruction_loss
+from medlens.tasks.anomaly.explain import ERROR_MAP
 from medlens.tasks.anomaly.metrics import anomaly_metrics
 from medlens.tasks.anomaly.threshold import fit_threshold
 from medlens.tasks.base import (
@@ -40,7 +36,14 @@ from medlens.tasks.base import (
     refuse_keys,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from medlens.models.autoencoder import ScoreSpec
+
 log = logging.getLogger("medlens.anomaly")
+#: reconstruction losses (``optim.loss``); the registry lives with the torch code in :mod:`.loss`
+RECON_LOSS_NAMES = ("mse", "mse_ssim")
 
 ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
 
@@ -51,19 +54,6 @@ CLASSIFIER_KEYS = (
     "optim.backbone_lr", "optim.freeze_backbone", "optim.freeze_epochs", "data.sampler",
     "trainer.threshold_method", "trainer.fixed_threshold", "trainer.calibrate",
 )
-
-
-class AnomalyScoreHead(nn.Module):
-    """``(image, metadata) -> anomaly score (N, 1)``: reconstruct, error map, reduce. Exported to ONNX as is."""
-
-    def __init__(self, model: nn.Module, spec: ScoreSpec) -> None:
-        super().__init__()
-        self.model = model
-        self.spec = spec
-
-    def forward(self, image, metadata=None):  # noqa: ARG002 - autoencoders use images only
-        maps = error_map(image, self.model(image), self.spec)
-        return scores_from_error_maps(maps, self.spec)[:, None]
 
 
 #: autoencoder keys a feature detector cannot use, and the feature detector's keys an autoencoder cannot use
@@ -92,6 +82,8 @@ def architecture_for_anomaly(cfg: Any) -> dict[str, Any]:
 
 def score_spec_for(cfg: Any, pp: Any) -> ScoreSpec:
     """The score settings of a config (with the preprocessing's standardisation, for SSIM on [0, 1] pixels)."""
+    from medlens.models.autoencoder import ScoreSpec
+
     m = cfg.model
     return ScoreSpec(
         error_map="distance" if m.detector == PATCHCORE else m.anomaly_map, method=m.anomaly_score, percentile=m.score_percentile,
@@ -127,8 +119,8 @@ class AnomalyTask(Task):
     def check_config(self, cfg: Any) -> None:
         if cfg.data.metadata is not None:
             raise ValueError("data.metadata: autoencoders use images only; remove the metadata section for task: anomaly")
-        if cfg.optim.loss not in ("auto", *RECON_LOSSES.names()):
-            raise ValueError(f"optim.loss {cfg.optim.loss!r} is a classification loss; task: anomaly uses {', '.join(['auto', *RECON_LOSSES.names()])}")
+        if cfg.optim.loss not in ("auto", *RECON_LOSS_NAMES):
+            raise ValueError(f"optim.loss {cfg.optim.loss!r} is a classification loss; task: anomaly uses {', '.join(['auto', *RECON_LOSS_NAMES])}")
         refused = [k for k, on in (("optim.ema", cfg.optim.ema), ("optim.mixup_alpha", cfg.optim.mixup_alpha > 0),
                                    ("optim.cutmix_alpha", cfg.optim.cutmix_alpha > 0), ("trainer.tta", cfg.trainer.tta)) if on]
         if refused:
@@ -153,6 +145,8 @@ class AnomalyTask(Task):
     @classmethod
     def read(cls, data_cfg: Any):
         """Read the source's own labels, then relabel normal vs abnormal."""
+        from medlens.data.readers import read_dataset
+
         return to_anomaly_table(read_dataset(data_cfg.model_copy(update={"task": None})), data_cfg.normal_label)
 
     def prepare_table(self, table: Any, data_cfg: Any) -> Any:
@@ -178,6 +172,8 @@ class AnomalyTask(Task):
         return architecture_for_anomaly(cfg)
 
     def create_loss(self, cfg: Any, train_table: Any, preprocessing: Any) -> nn.Module:
+        from medlens.tasks.anomaly.loss import create_reconstruction_loss
+
         return create_reconstruction_loss(cfg.optim.loss, spec=score_spec_for(cfg, preprocessing))
 
     def create_module(self, cfg: Any, model: nn.Module, space: Any, loss: nn.Module, preprocessing: Any, monitor: tuple[str, str]) -> Any:
@@ -197,6 +193,9 @@ class AnomalyTask(Task):
 
     # ------------------------------------------------------------------ outputs
     def inference_head(self, model: nn.Module, manifest: Any) -> nn.Module:
+        from medlens.models.autoencoder import ScoreSpec
+        from medlens.tasks.anomaly.head import AnomalyScoreHead
+
         return AnomalyScoreHead(model, ScoreSpec.from_dict(manifest.anomaly))
 
     def num_outputs(self, manifest: Any) -> int:
@@ -212,6 +211,8 @@ class AnomalyTask(Task):
         if not normal.any():
             raise ValueError(f"{val_table.source}: the validation split has no {manifest.label_names[0]!r} images to fit the threshold on")
         thr, got_fpr = fit_threshold(raw_val[normal, 0], cfg.model.anomaly_fpr)
+        from medlens.tasks.anomaly.explain import pixel_error_reference
+
         pixel_scale = pixel_error_reference(predictor, val_table.subset(np.flatnonzero(normal)))
         manifest.thresholds = [thr]
         manifest.anomaly = {**(manifest.anomaly or {}),
@@ -258,6 +259,8 @@ class AnomalyTask(Task):
         for lab in labels or []:
             if lab not in names:
                 raise ValueError(f"unknown label {lab!r}; this model's labels: {', '.join(names)}")
+        from medlens.tasks.anomaly.explain import error_map_explanation
+
         return [error_map_explanation(predictor, image)]
 
     def caption(self, method: str) -> str:

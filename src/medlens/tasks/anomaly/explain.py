@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from medlens.data.io import load_image
-from medlens.data.samples import SampleTable
 from medlens.explanation import Explanation, explanation_from_map
-from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
 from medlens.tasks.base import PredictorLike
+
+if TYPE_CHECKING:
+    from medlens.data.samples import SampleTable
 
 ERROR_MAP = "error_map"
 
@@ -42,6 +44,9 @@ def error_map_array(predictor: PredictorLike, image: np.ndarray) -> tuple[np.nda
         >>> emap, score = error_map_array(predictor, load_image("chest.png"))  # doctest: +SKIP
     """
     import cv2
+    import torch
+
+    from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
 
     m = predictor.manifest
     spec = ScoreSpec.from_dict(m.anomaly)
@@ -59,6 +64,10 @@ def error_map_array(predictor: PredictorLike, image: np.ndarray) -> tuple[np.nda
 
 def pixel_error_reference(predictor: PredictorLike, normals: SampleTable, q: float = 99.5) -> float:
     """The ``q``-th percentile of pixel errors over a table of normal images (the error-map colour scale)."""
+    import torch
+
+    from medlens.models.autoencoder import ScoreSpec, error_map
+
     spec = ScoreSpec.from_dict(predictor.manifest.anomaly)
     vals = []
     for i in range(0, len(normals), predictor.batch_size):

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from medlens.data.readers import read_dataset
 from medlens.tasks.base import (
     Finding,
     Prediction,
@@ -25,8 +23,10 @@ from medlens.tasks.base import (
     refuse_keys,
 )
 from medlens.tasks.classification.calibration import fit_temperatures
-from medlens.tasks.classification.losses import create_loss, loss_kwargs
 from medlens.tasks.classification.metrics import binary_auroc, classification_metrics, tune_thresholds
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger("medlens.train")
 
@@ -35,18 +35,6 @@ ANOMALY_KEYS = (
     "data.normal_label", "model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
     "model.anomaly_score", "model.anomaly_map", "model.score_percentile", "model.anomaly_fpr",
 )
-
-
-class ClassifierHead(nn.Module):
-    """``(image, metadata) -> logits``: the graph the predictors run and ONNX exports."""
-
-    def __init__(self, model: nn.Module, with_metadata: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.with_metadata = with_metadata
-
-    def forward(self, image, metadata=None):
-        return self.model(image, metadata if self.with_metadata else None)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -95,6 +83,8 @@ class ClassificationTask(Task):
     @classmethod
     def read(cls, data_cfg: Any):
         """Read a classification dataset as its source labels it."""
+        from medlens.data.readers import read_dataset
+
         return read_dataset(data_cfg)
 
     # ------------------------------------------------------------------ network and training
@@ -112,6 +102,8 @@ class ClassificationTask(Task):
         return arch
 
     def create_loss(self, cfg: Any, train_table: Any, preprocessing: Any) -> nn.Module:
+        from medlens.tasks.classification.losses import create_loss, loss_kwargs
+
         known = (~np.isnan(train_table.targets)).sum(axis=0)
         kw = loss_kwargs(cfg.optim, self.kind, train_table.positives(), known)
         return create_loss(cfg.optim.loss, self.kind, **kw)
@@ -127,6 +119,8 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------------ outputs
     def inference_head(self, model: nn.Module, manifest: Any) -> nn.Module:
+        from medlens.tasks.classification.head import ClassifierHead
+
         return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")))
 
     def num_outputs(self, manifest: Any) -> int:
@@ -223,7 +217,7 @@ class ClassificationTask(Task):
         ]
 
     def presentation(self, manifest: Any) -> Presentation:
-        from medlens.tasks.classification.cam import list_methods
+        from medlens.tasks.classification.cam_methods import list_methods
 
         names = manifest.label_names
         what = {"binary": f"the probability of {names[-1]}", "multiclass": "one probability per class (the largest decides)",
@@ -236,7 +230,7 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------------ explanations
     def explain_methods(self) -> list[str]:
-        from medlens.tasks.classification.cam import list_methods
+        from medlens.tasks.classification.cam_methods import list_methods
 
         return list_methods()
 
@@ -247,7 +241,7 @@ class ClassificationTask(Task):
         return explain_cam(predictor, image, source, self.kind, labels, self.check_method(method), metadata, target_layer)
 
     def caption(self, method: str) -> str:
-        from medlens.tasks.classification.cam import CAPTIONS
+        from medlens.tasks.classification.cam_methods import CAPTIONS
 
         return CAPTIONS.get(method, "")
 

@@ -22,6 +22,7 @@ from torch import nn
 from medlens.explanation import Explanation, explanation_from_map
 from medlens.registry import Registry
 from medlens.tasks.base import Prediction, PredictorLike
+from medlens.tasks.classification.cam_methods import CAM_CLASSES, CAPTIONS, list_methods  # noqa: F401  (CAPTIONS, list_methods: public here too)
 
 log = logging.getLogger("medlens.explain")
 
@@ -40,26 +41,8 @@ def _cam_class(name: str) -> Callable[[], type]:
     return factory
 
 
-for _name, _cls in {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "layercam": "LayerCAM",
-    "xgradcam": "XGradCAM",
-    "eigencam": "EigenCAM",
-}.items():
+for _name, _cls in CAM_CLASSES.items():
     CAM_METHODS.register(_name)(_cam_class(_cls))
-
-
-def list_methods() -> list[str]:
-    """Names accepted by ``explain(method=...)`` for classifiers (anomaly bundles use ``error_map``).
-
-    Example:
-        >>> "gradcam" in list_methods()
-        True
-    """
-    names = CAM_METHODS.names()
-    return sorted(names, key=lambda n: (n != "gradcam", n))  # gradcam first: the default
 
 
 # ---------------------------------------------------------------------------------------------- target layer
@@ -239,23 +222,6 @@ def _targets_for(labels: Sequence[str], names: Sequence[str], task: str) -> list
         else:
             out.append(_LogitTarget(k))
     return out
-
-
-#: what each method's map shows, for report captions (true to the method: EigenCAM is class-agnostic)
-CAPTIONS = {
-    "gradcam": "Warm colours mark the regions whose activations most increased the model's score for the label "
-               "(gradient-weighted class activation map).",
-    "gradcam++": "Warm colours mark the regions whose activations most increased the model's score for the label "
-                 "(Grad-CAM++, which weights several instances of a finding more evenly).",
-    "hirescam": "Warm colours mark where the element-wise product of activations and gradients for the label is "
-                "largest (HiResCAM).",
-    "layercam": "Warm colours mark locations with positive gradients for the label, weighted per pixel (LayerCAM).",
-    "xgradcam": "Warm colours mark the regions whose activations most increased the model's score for the label "
-                "(axiom-based Grad-CAM).",
-    "eigencam": "Warm colours mark the dominant pattern of the network's last feature maps (first principal "
-                "component). EigenCAM uses no gradients and is the same for every label: it shows what the "
-                "network attends to, not evidence for one finding.",
-}
 
 
 def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, labels: Sequence[str] | None, method: str,

@@ -35,7 +35,9 @@ def _raw(tmp_path: Path, name: str, **sections) -> dict:
         "model": {"backbone": "resnet10t", "small_input": False, "drop_rate": 0.2},
         "optim": {"lr": 3e-3, "warmup_epochs": 0.5, "ema": True, "ema_decay": 0.9, "mixup_alpha": 0.4, "cutmix_alpha": 1.0,
                   "mix_prob": 0.5},
-        "trainer": {"max_epochs": 3, "progress_bar": False, "calibrate": True, "threshold_method": "youden"},
+        # the memory format is pinned: `auto` times both layouts, and two separate runs may choose differently
+        # (a resumed run reuses its own choice from the checkpoint)
+        "trainer": {"max_epochs": 3, "progress_bar": False, "calibrate": True, "threshold_method": "youden", "channels_last": False},
         "output": {"dir": str(tmp_path / "runs"), "name": name, "overwrite": True},
     }
     for k, v in sections.items():

@@ -288,7 +288,7 @@ def _operating_point(cfg: RunConfig) -> tuple:
     rng = np.random.default_rng(0)
     raw = (t.targets[:, 1:2] * 1.5 + rng.normal(0, 1.5, (len(t), 1))).astype(np.float32)
     man = Manifest({}, t.label_space, preprocessing_from_config(cfg.data))
-    import medlens.tasks.anomaly as anomaly
+    import medlens.tasks.anomaly.explain as anomaly
 
     orig = anomaly.pixel_error_reference  # the error-map colour scale needs a network; the threshold does not
     anomaly.pixel_error_reference = lambda *a, **k: 1.0

@@ -65,7 +65,7 @@ def prediction_rows(preds: Sequence[Prediction], label_names: Sequence[str], man
                 row += ["", ""]
             elif task is not None:
                 f = by_label.get(n)
-                row += ["" if f is None else ("argmax" if f.rule == "argmax" else f.threshold_text()),
+                row += ["" if f is None else ("argmax" if f.rule == "argmax" else "" if f.threshold is None else f"{f.threshold:.6g}"),
                         "" if f is None else f.decision]
             else:
                 thr = p.thresholds.get(n)

@@ -315,6 +315,7 @@ def serve(
     api_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Read the API key from this file's first line (not visible in ps).")] = None,
     max_upload_mb: Annotated[float, typer.Option(metavar="MIB", help="Largest request body in MiB.")] = 32.0,
     max_pixels: Annotated[int, typer.Option(metavar="PIXELS", help="Largest image (width x height) decoded.")] = 50_000_000,
+    tta: Annotated[str, typer.Option(metavar="PRESET", help="Test-time augmentation for every prediction: none, hflip, flips or d4.")] = "none",
 ) -> None:
     """Serve BUNDLE: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
     _setup_logging()
@@ -323,7 +324,7 @@ def serve(
         _need("onnx", "onnxruntime")
     from medlens.serve.app import serve as _serve
 
-    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels, api_key_file=api_key_file)
+    _run(_serve, bundle, host, port, backend, api_key, max_upload_mb, max_pixels, api_key_file=api_key_file, tta=tta)
 
 
 db_app = typer.Typer(help="Images and annotations in a SQL database (SQLite file or PostgreSQL).", no_args_is_help=True, rich_markup_mode=None)

@@ -81,6 +81,8 @@ class ServeSettings:
         max_files: most images in one predict request.
         max_batch: most images per forward pass when coalescing concurrent requests.
         max_wait_ms: how long the batcher waits for more requests before running a batch.
+        tta: test-time augmentation preset for every prediction (``none``, ``hflip``, ``flips``, ``d4``),
+            published by ``/v1/model``.
     """
 
     api_key: str | None = None
@@ -89,6 +91,7 @@ class ServeSettings:
     max_files: int = 64
     max_batch: int = 32
     max_wait_ms: float = 2.0
+    tta: str = "none"
 
 
 class ErrorDetail(BaseModel):
@@ -399,7 +402,8 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     from contextlib import asynccontextmanager
 
     settings = settings or ServeSettings(api_key=os.environ.get("MEDLENS_API_KEY") or None)
-    predictor = load_predictor(bundle, backend, batch_size=settings.max_batch)  # ONNX: no torch import
+    tta = False if settings.tta in ("none", "", None) else settings.tta
+    predictor = load_predictor(bundle, backend, batch_size=settings.max_batch, tta=tta)  # ONNX: no torch import
     manifest = predictor.manifest
     task = task_of(manifest)
     methods = task.explain_methods()
@@ -519,6 +523,7 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
         d["backend"] = predictor.backend
         d["explain_methods"] = methods
         d["presentation"] = task.presentation(manifest).to_dict()
+        d["tta"] = settings.tta
         if "target_layers" not in state and backend != "torch":
             state["target_layers"] = []  # an ONNX server lists no layers: it stays torch-free until an explanation is asked
         if "target_layers" not in state:
@@ -731,7 +736,7 @@ fetch("openapi.json").then(r => r.json()).then(spec => {
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0, max_pixels: int = 50_000_000,
-          api_key_file: str | Path | None = None) -> None:
+          api_key_file: str | Path | None = None, tta: str = "none") -> None:
     """Run the server (blocking). Binds to 127.0.0.1 unless told otherwise.
 
     The API key comes from ``api_key``, else the first line of ``api_key_file``, else ``$MEDLENS_API_KEY``
@@ -745,7 +750,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
     if api_key_file is not None and not api_key:
         api_key = read_api_key_file(api_key_file)
     settings = ServeSettings(api_key=api_key or os.environ.get("MEDLENS_API_KEY") or None,
-                             max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
+                             max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, tta=tta)
     app = create_app(bundle, backend, settings)
     log.info("serving %s on http://%s:%d (backend %s, api key %s)", bundle, host, port, backend, "on" if settings.api_key else "off")
     # no access log (a line per request costs ~10 % at hundreds of requests/s); http/loop "auto" take httptools

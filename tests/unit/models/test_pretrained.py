@@ -208,3 +208,42 @@ def test_a_file_with_other_tensor_names_is_not_silently_ignored(tmp_path: Path, 
     save_file({f"encoder.{k}": v for k, v in load_file(str(weights)).items()}, str(path))  # e.g. a MoCo export
     with pytest.raises(PretrainedWeightsError, match=r"lacks \d+ tensors of backbone 'resnet18'.*model.checkpoint"):
         ImageClassifier("resnet18", pretrained=str(path))
+
+
+@pytest.mark.slow
+def test_cli_train_offline_empty_cache_fails_before_data_and_populated_cache_trains_from_the_weights(
+    offline_home: Path, weights: Path, tmp_path: Path
+) -> None:
+    """`HF_HUB_OFFLINE=1 medlens train CFG --set model.pretrained=true`: one line before any data is read with an empty
+    cache; with the cache populated, the bundle's frozen backbone is the cached weights, and the manifest says so."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from medlens.bundle import load_bundle
+    from medlens.cli import app
+
+    def write(name: str, data: dict) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({
+            "seed": 0, "data": {**data, "image_size": 32, "channels": 3},
+            "model": {"backbone": "resnet18", "small_input": False},
+            "optim": {"freeze_backbone": True},
+            "trainer": {"max_epochs": 1, "progress_bar": False, "channels_last": False, "calibrate": False},
+            "output": {"dir": str(tmp_path / "runs"), "name": "pt", "overwrite": True},
+        }))
+        return path
+
+    # a data file that does not exist: reading data would fail with another message
+    cfg = write("missing-data.yaml", {"kind": "csv", "path": str(tmp_path / "never-read.csv"), "label_column": "label"})
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(cfg), "--set", "model.pretrained=true"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "resnet18" in lines[0] and "never-read" not in lines[0], lines
+
+    snapshot = make_hub_cache(offline_home, weights)
+    ok = runner.invoke(app, ["train", str(write("run.yaml", {"kind": "synthetic", "num_samples": 48})), "--set", "model.pretrained=true"])
+    assert ok.exit_code == 0, ok.output
+    bundle = load_bundle(tmp_path / "runs" / "pt" / "bundle")
+    _assert_backbone_equals_file(bundle.model, snapshot, skip=("fc.weight", "fc.bias"))
+    assert bundle.manifest.architecture["pretrained_weights"]["sha256"] == _sha(weights)

@@ -175,8 +175,19 @@ class ClassificationTask(Task):
             return -np.asarray(raw_val)
         return raw_val
 
+    #: bootstrap replicates of the headline interval that train and evaluate print (the report uses its own n_boot)
+    HEADLINE_BOOTSTRAP = 500
+
     def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Any, groups: Sequence | None = None) -> dict[str, Any]:
-        return classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups)
+        """Metrics at the bundle's thresholds, with a (patient-level when groups are given) bootstrap 95 % CI of the
+        headline AUROC, so every printed summary shows n and an interval."""
+        from medlens.tasks.classification.uncertainty import bootstrap_ci
+
+        m = classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups)
+        if len(scores) and m.get("auroc_macro") is not None:
+            m["ci"] = bootstrap_ci(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups,
+                                   n_boot=self.HEADLINE_BOOTSTRAP, metrics=("auroc_macro",), label_metrics=())
+        return m
 
     def epoch_metrics(self, scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         return classification_metrics(scores, targets, self.kind, names, warn=False)

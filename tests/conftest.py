@@ -91,7 +91,7 @@ def tiny_config(tmp_path: Path, data: dict, **sections) -> dict:
         "data": {"batch_size": 32, "augment": "none", **data},
         "model": {"backbone": "resnet10t", "small_input": "auto"},
         "optim": {"lr": 3e-3},
-        "trainer": {"max_epochs": 1, "progress_bar": False, "calibrate": True},
+        "trainer": {"max_epochs": 1, "progress_bar": False, "calibrate": True, "channels_last": False},  # pinned: `auto` is timed
         "output": {"dir": str(tmp_path / "runs"), "name": "t", "overwrite": True},
     }
     for k, v in sections.items():

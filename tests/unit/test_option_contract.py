@@ -66,7 +66,7 @@ def base(tmp: Path | None = None) -> dict:
         "seed": 0,
         "data": {"kind": "synthetic", "num_samples": 64, "image_size": SIZE, "channels": 1, "batch_size": 16, "augment": "none"},
         "model": {"backbone": "resnet10t", "small_input": False},
-        "trainer": {"max_epochs": 2, "progress_bar": False},
+        "trainer": {"max_epochs": 2, "progress_bar": False, "channels_last": False},  # pinned: `auto` is timed
         "output": {"dir": str(tmp or Path("/nonexistent")), "name": "t", "overwrite": True},
     }
 

@@ -26,7 +26,7 @@ def tiny_cfg(tmp_path: Path, **sections):
         "data": {"kind": "synthetic", "num_samples": 96, "image_size": SIZE, "channels": 1, "batch_size": 16, "augment": "none"},
         "model": {"backbone": "resnet10t", "small_input": False},
         "optim": {"lr": 3e-3},
-        "trainer": {"max_epochs": 2, "progress_bar": False, "log_every_n_steps": 1},
+        "trainer": {"max_epochs": 2, "progress_bar": False, "log_every_n_steps": 1, "channels_last": False},  # pinned: `auto` is timed
         "output": {"dir": str(tmp_path / "runs"), "name": "t", "overwrite": True},
     }
     for k, v in sections.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import socket
 import sys
 import tempfile
@@ -84,15 +85,51 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-async def load(url: str, blobs: list[bytes], clients: int, seconds: float) -> dict:
-    import httpx
+async def load(url: str, blobs: list[bytes], clients: int, seconds: float, client: str = "socket") -> dict:
+    """``clients`` concurrent keep-alive connections posting the images for ``seconds``.
 
+    ``client="socket"``: plain HTTP/1.1 over asyncio streams, each request's bytes built once, so the load
+    generator's CPU stays small (on a 2-core machine every cycle it takes is taken from the server; a real
+    deployment's clients run elsewhere). ``client="httpx"``: httpx.AsyncClient, as a Python user would call it.
+    The result includes ``client_cpu``: the CPU seconds per second this process spent generating the load.
+    """
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
     bodies = [multipart(f"{i}.png", b) for i, b in enumerate(blobs)]
+    requests = [(f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body, ctype in bodies]
     lat: list[float] = []
     failures = 0
     stop = time.perf_counter() + seconds
 
-    async def client(k: int) -> None:
+    async def socket_client(k: int) -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection(host, int(port))
+        i = k
+        try:
+            while time.perf_counter() < stop:
+                s = time.perf_counter()
+                try:
+                    writer.write(requests[i % len(requests)])
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status = int(head.split(b" ", 2)[1])
+                    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:"))
+                    payload = await reader.readexactly(length)
+                    if status != 200 or not payload.startswith(b"{"):
+                        failures += 1
+                    else:
+                        lat.append(time.perf_counter() - s)
+                except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                    failures += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                i += clients
+        finally:
+            writer.close()
+
+    async def httpx_client(k: int) -> None:
+        import httpx
+
         nonlocal failures
         async with httpx.AsyncClient(timeout=30) as c:
             i = k
@@ -109,12 +146,14 @@ async def load(url: str, blobs: list[bytes], clients: int, seconds: float) -> di
                     failures += 1
                 i += clients
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(clients)))
+    one = socket_client if client == "socket" else httpx_client
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(k) for k in range(clients)))
     wall = time.perf_counter() - t0
     return {"requests": len(lat), "failures": failures, "requests_per_s": len(lat) / wall,
             "p50_ms": 1000 * float(np.percentile(lat, 50)) if lat else float("nan"),
-            "p99_ms": 1000 * float(np.percentile(lat, 99)) if lat else float("nan")}
+            "p99_ms": 1000 * float(np.percentile(lat, 99)) if lat else float("nan"),
+            "client_cpu": (time.process_time() - c0) / wall}
 
 
 def free_port() -> int:
@@ -125,7 +164,18 @@ def free_port() -> int:
     return port
 
 
-def serve_rate(bundle: Path, backend: str, blobs: list[bytes], clients: int, seconds: float) -> dict:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc; NaN elsewhere)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def serve_rate(bundle: Path, backend: str, blobs: list[bytes], clients: int, seconds: float, client: str = "socket") -> dict:
     """`medlens serve --backend B` in its own process, loaded by ``clients`` concurrent clients in this one."""
     import subprocess
 
@@ -147,8 +197,11 @@ def serve_rate(bundle: Path, backend: str, blobs: list[bytes], clients: int, sec
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"medlens serve did not start: {server.stderr.read().decode(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        asyncio.run(load(url, blobs, clients, min(2.0, seconds)))  # warm-up
-        return asyncio.run(load(url, blobs, clients, seconds))
+        asyncio.run(load(url, blobs, clients, min(2.0, seconds), client))  # warm-up
+        cpu0, t0 = process_cpu(server.pid), time.perf_counter()
+        res = asyncio.run(load(url, blobs, clients, seconds, client))
+        res["server_cpu"] = (process_cpu(server.pid) - cpu0) / (time.perf_counter() - t0)
+        return res
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -160,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=30.0, help="load time per backend (the raw figure runs min(seconds, 10))")
     ap.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    ap.add_argument("--client", default="socket", choices=["socket", "httpx"],
+                    help="load generator: plain keep-alive sockets (default, least CPU) or httpx.AsyncClient")
     ap.add_argument("--quick", action="store_true", help="5 s per measurement: a smoke run, not for reporting")
     args = ap.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
@@ -174,16 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backend in args.backends:
         raw = raw_predictor_rate(bundle, images, min(seconds, 10.0), backend)
-        res = serve_rate(bundle, backend, blobs, args.clients, seconds)
+        res = serve_rate(bundle, backend, blobs, args.clients, seconds, args.client)
         rows.append((backend, raw, res))
 
-    print(f"# serve benchmark: {args.clients} clients, {seconds:.0f} s per backend, bundle {'(random ResNet-18, 28 px)' if args.bundle is None else bundle}\n")
-    print("| backend | raw Predictor, batch 1: img/s | p50 ms | HTTP /v1/predict: req/s | p50 ms | p99 ms | failures | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"# serve benchmark: {args.clients} {args.client} clients, {seconds:.0f} s per backend, "
+          f"bundle {'(random ResNet-18, 28 px)' if args.bundle is None else bundle}, {os.cpu_count()} CPUs\n")
+    print("| backend | raw Predictor, batch 1: img/s | p50 ms | HTTP /v1/predict: req/s | p50 ms | p99 ms | failures | server CPU | client CPU | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for backend, raw, res in rows:
         ratio = res["requests_per_s"] / raw["images_per_s"]
         print(f"| {backend} | {raw['images_per_s']:.1f} | {raw['p50_ms']:.2f} | {res['requests_per_s']:.1f} | {res['p50_ms']:.2f} | "
-              f"{res['p99_ms']:.2f} | {res['failures']} of {res['requests'] + res['failures']} | **{ratio:.2f}** |")
+              f"{res['p99_ms']:.2f} | {res['failures']} of {res['requests'] + res['failures']} | {res['server_cpu']:.2f} | "
+              f"{res['client_cpu']:.2f} | **{ratio:.2f}** |")
+    print("\n(server/client CPU: cores used while loaded, from /proc and the load generator's process time)")
     print()
     for backend, raw, res in rows:
         ratio = res["requests_per_s"] / raw["images_per_s"]

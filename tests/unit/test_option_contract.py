@@ -670,6 +670,7 @@ REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
 
 #: key -> "tests/...py::test_name": the test that proves the key's effect (it must exist and name the key)
 COVERED_BY: dict[str, str] = {
+    "trainer.tune_allocator": "tests/unit/engine/test_allocator.py::test_fit_tunes_the_allocator_only_when_the_key_is_on",
     "data.cache_mb": "tests/unit/data/test_dataset_cache.py::test_cache_mb_caps_the_cached_count_train_first",
     "data.unknown_labels": "tests/unit/data/test_sql.py::test_absent_annotation_is_unknown_or_negative_on_request",
     "data.kind": "tests/unit/data/test_readers_core.py::test_core_kinds_are_registered",

@@ -105,6 +105,10 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
 
     if resume is not None:
         check_resume_checkpoint(resume, module)
+    if cfg.trainer.tune_allocator:
+        from medlens.engine.allocator import tune_allocator
+
+        tune_allocator()
     if cfg.trainer.compile:
         module.model = torch.compile(module.model)
     loggers = build_loggers(cfg, run_dir, resume)

@@ -421,6 +421,23 @@ class TaskModule(L.LightningModule):
         self._mix_gen.manual_seed(s)
 
     # ----------------------------------------------------------------- optimisation
+    def _optimizer(self, cls, groups: list, **kw):
+        """``cls(groups, fused=True, **kw)`` where torch has a fused kernel for it on these parameters' device,
+        else the default (foreach) implementation. Fused AdamW is the same update in one kernel per step: on the
+        2-core VM its step took 8 ms against 25 ms for ResNet-18 (about 5 % of a 64 px training step). Not with
+        fp16 loss scaling, where Lightning unscales gradients before the step (fused optimizers unscale inside)."""
+        trainer = getattr(self, "_trainer", None)
+        precision = str(getattr(trainer, "precision", "32")) if trainer is not None else "32"
+        self.fused_optimizer = False
+        if not precision.startswith("16"):
+            try:
+                opt = cls([dict(g) for g in groups], fused=True, **kw)  # copies: the constructor fills in defaults
+                self.fused_optimizer = True
+                return opt
+            except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device, dtype or torch version
+                pass
+        return cls(groups, **kw)
+
     def configure_optimizers(self):
         o = self.optim
         named = [(n.replace("_orig_mod.", ""), p) for n, p in self.model.named_parameters()]  # torch.compile prefix
@@ -440,11 +457,11 @@ class TaskModule(L.LightningModule):
             if nd:
                 groups.append({"params": nd, "lr": lr, "weight_decay": 0.0})
         if o.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=o.lr)
+            opt = self._optimizer(torch.optim.AdamW, groups, lr=o.lr)
         elif o.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=o.lr)
+            opt = self._optimizer(torch.optim.Adam, groups, lr=o.lr)
         elif o.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+            opt = self._optimizer(torch.optim.SGD, groups, lr=o.lr, momentum=o.momentum, nesterov=True)
         else:
             raise ValueError(f"unknown optimizer {o.optimizer!r}; valid: adamw, adam, sgd")
         if o.scheduler == "none":

@@ -16,6 +16,7 @@ Selection mode (choices on validation only; the test split is read ONCE, for the
 
     python benchmarks/medmnist.py --select                 # compare CANDIDATES on validation, then test the winner
     python benchmarks/medmnist.py --select --with-pretrain # also a candidate fine-tuned from `medlens pretrain` weights
+    python benchmarks/medmnist.py --select --choose-seeds 0  # choose on seed 0, then seeds 1 2 of the winner
     python benchmarks/medmnist.py --select --quick         # 1 epoch, 1 seed, 600 rows: checks that it runs
 
 Every candidate is trained with the test rows removed from its splits (``train(cfg, splits=...)`` with an empty
@@ -87,13 +88,20 @@ def run_one(dataset: str, seed: int, data_dir: Path, out_dir: Path, quick: bool)
             "weights": json.loads((result.bundle_dir / "manifest.json").read_text()).get("weights_source", "raw")}
 
 
-#: candidate configs for --select: name -> overrides on the shipped config (fixed before any result was seen)
+#: candidate configs for --select: name -> overrides on the shipped config, fixed before any --select run. The
+#: stem candidate is the other stride of the two the configs use (stride 8 where 16 ships, 16 where 8 ships).
 CANDIDATES: dict[str, list[str]] = {
     "shipped": [],
     "lr 1e-3": ["optim.lr=0.001"],
     "augment strong": ["data.augment=strong"],
-    "small_input 4": ["model.small_input=4"],
 }
+STEM_CANDIDATE = {"pneumoniamnist": ("small_input 4", ["model.small_input=4"]),
+                  "breastmnist": ("small_input 2", ["model.small_input=2"])}
+
+
+def candidates_for(dataset: str) -> dict[str, list[str]]:
+    name, over = STEM_CANDIDATE[dataset]
+    return {**CANDIDATES, name: over}
 
 
 def _val_only(cfg):
@@ -107,14 +115,21 @@ def _val_only(cfg):
     return table, Splits(sp.train, sp.val, np.zeros(0, dtype=np.int64), sp.method, [*sp.notes, "test rows withheld for selection"])
 
 
-def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick: bool, with_pretrain: bool) -> dict:
-    """Train every candidate without test rows, choose on mean validation AUROC, read test once for the winner."""
+def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick: bool, with_pretrain: bool,
+           choose_seeds: list[int] | None = None) -> dict:
+    """Train every candidate without test rows, choose on mean validation AUROC, read test once for the winner.
+
+    ``choose_seeds``: the seeds every candidate is trained with (default: ``seeds``); the winner is then also
+    trained with the rest of ``seeds`` (test rows still withheld), and the test split is read once per seed of
+    the winner, after the choice.
+    """
     from medlens.config import load_config
     from medlens.evaluation import evaluate
     from medlens.training import train
 
     config, rel = DATASETS[dataset]
-    candidates = dict(CANDIDATES)
+    candidates = candidates_for(dataset)
+    choose_seeds = list(choose_seeds or seeds)
     base = [f"data.path={data_dir / rel}", f"output.dir={out_dir}", "output.overwrite=true", "trainer.progress_bar=false"]
     if quick:
         base += ["trainer.max_epochs=1", "data.max_samples=600"]
@@ -124,27 +139,54 @@ def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick:
         pcfg = load_config(ROOT / config, [*base, f"pretrain.name={dataset}-ssl", "pretrain.rows=train_val"] + (["pretrain.epochs=1"] if quick else []))
         candidates["ssl-pretrained"] = [f"model.pretrained={pretrain(pcfg).weights}"]
     runs: dict[str, list[dict]] = {}
-    for name, over in candidates.items():
-        for seed in seeds:
-            tag = f"{dataset}-{name.replace(' ', '_')}-s{seed}"
-            cfg = load_config(ROOT / config, [*base, *over, f"seed={seed}", f"output.name={tag}"])
-            table, splits = _val_only(cfg)
-            res = train(cfg, splits=splits, table=table)
-            assert "test" not in res.metrics  # the invariant of the protocol
-            runs.setdefault(name, []).append({"seed": seed, "val_auroc": float(res.metrics["val"]["auroc_macro"]), "bundle": str(res.bundle_dir), "config": cfg})
-            print(f"{dataset} {name} seed {seed}: val AUROC {runs[name][-1]['val_auroc']:.4f}", flush=True)
+
+    def run(name: str, seed: int) -> None:
+        tag = f"{dataset}-{name.replace(' ', '_')}-s{seed}"
+        cfg = load_config(ROOT / config, [*base, *candidates[name], f"seed={seed}", f"output.name={tag}"])
+        t0 = time.perf_counter()
+        table, splits = _val_only(cfg)
+        res = train(cfg, splits=splits, table=table)
+        assert "test" not in res.metrics  # the invariant of the protocol
+        runs.setdefault(name, []).append({"seed": seed, "val_auroc": float(res.metrics["val"]["auroc_macro"]), "bundle": str(res.bundle_dir),
+                                          "config": cfg, "wall_s": time.perf_counter() - t0, "epochs": len(res.history)})
+        print(f"{dataset} {name} seed {seed}: val AUROC {runs[name][-1]['val_auroc']:.4f} ({runs[name][-1]['wall_s']:.0f} s)", flush=True)
+
+    for name in candidates:
+        for seed in choose_seeds:
+            run(name, seed)
     chosen = max(runs, key=lambda k: statistics.mean(r["val_auroc"] for r in runs[k]))
-    tests = [evaluate(r["bundle"], r["config"], split="test", record=False).metrics for r in runs[chosen]]  # test, read once
-    return {"dataset": dataset, "chosen": chosen, "val": {k: [r["val_auroc"] for r in v] for k, v in runs.items()},
+    val_at_choice = {k: [r["val_auroc"] for r in v] for k, v in runs.items()}
+    for seed in seeds:  # the winner's remaining seeds, trained after the choice (test still withheld)
+        if seed not in choose_seeds:
+            run(chosen, seed)
+    final = [r for r in runs[chosen] if r["seed"] in seeds]
+    t_eval = time.perf_counter()
+    tests = [evaluate(r["bundle"], r["config"], split="test", record=False).metrics for r in final]  # test, read once
+    print(f"{dataset}: chose {chosen!r}; test read once for {len(final)} bundles ({time.perf_counter() - t_eval:.0f} s)", flush=True)
+    return {"dataset": dataset, "chosen": chosen, "candidates": candidates, "choose_seeds": choose_seeds, "val": val_at_choice,
+            "final_seeds": [r["seed"] for r in final], "final_val_auroc": [r["val_auroc"] for r in final],
+            "wall_s": [r["wall_s"] for r in final], "epochs": [r["epochs"] for r in final],
+            "cand_wall_s": {k: statistics.mean(r["wall_s"] for r in v if r["seed"] in choose_seeds) for k, v in runs.items()},
             "test_auroc": [float(m["auroc_macro"]) for m in tests], "test_accuracy": [float(m["accuracy"]) for m in tests]}
 
 
 def select_table(res: dict) -> str:
-    lines = [f"### {res['dataset']}: selection on validation, test read once for the chosen config", "",
-             "| candidate | val AUROC | test AUROC | test ACC |", "|---|---|---|---|"]
+    seeds = ", ".join(str(x) for x in res["choose_seeds"])
+    lines = [f"### {res['dataset']}: selection on validation (seed {seeds}), test read once for the chosen config", "",
+             "| candidate | overrides | val AUROC (choice) | wall time per run |", "|---|---|---|---|"]
     for name, vals in res["val"].items():
-        test = (_mean_sd(res["test_auroc"]), _mean_sd(res["test_accuracy"])) if name == res["chosen"] else ("not read", "not read")
-        lines.append(f"| {'**' + name + '** (chosen)' if name == res['chosen'] else name} | {_mean_sd(vals)} | {test[0]} | {test[1]} |")
+        label = f"**{name}** (chosen)" if name == res["chosen"] else name
+        lines.append(f"| {label} | {' '.join(res['candidates'][name]) or '-'} | {_mean_sd(vals)} | {res['cand_wall_s'][name]:.0f} s |")
+    n = len(res["final_seeds"])
+    lines += ["", f"Chosen config, seeds {', '.join(str(x) for x in res['final_seeds'])} (test split read once per bundle):", "",
+              "| | val AUROC | test AUC | test ACC | wall time per run |", "|---|---|---|---|---|",
+              f"| **{res['chosen']}** ({n} seed{'s' if n > 1 else ''}, mean ± sd) | {_mean_sd(res['final_val_auroc'])} | "
+              f"**{_mean_sd(res['test_auroc'])}** | **{_mean_sd(res['test_accuracy'])}** | "
+              f"{statistics.mean(res['wall_s']):.0f} s (max {max(res['wall_s']):.0f} s) |"]
+    for sd, v, a, c, w in zip(res["final_seeds"], res["final_val_auroc"], res["test_auroc"], res["test_accuracy"], res["wall_s"], strict=True):
+        lines.append(f"| ... seed {sd} | {v:.3f} | {a:.3f} | {c:.3f} | {w:.0f} s |")
+    for name, auc, acc in PUBLISHED[res["dataset"]]:
+        lines.append(f"| {name} (published) | — | {auc:.3f} | {'—' if acc is None else f'{acc:.3f}'} | — |")
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write every run's figures to this JSON file")
     ap.add_argument("--quick", action="store_true", help="1 epoch and the first seed only (with --select: also 600 rows)")
     ap.add_argument("--select", action="store_true", help="compare CANDIDATES on validation; read test once for the chosen one")
+    ap.add_argument("--choose-seeds", nargs="+", type=int, default=None,
+                    help="--select: seeds every candidate is trained with (default: --seeds); the winner then runs the other --seeds")
     ap.add_argument("--with-pretrain", action="store_true", help="--select: add a candidate fine-tuned from `medlens pretrain` weights")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -210,12 +254,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; data {data_dir}")
     if args.select:
-        chosen = [select(ds, seeds, data_dir, out, args.quick, args.with_pretrain) for ds in args.datasets]
-        print()
-        for res in chosen:
-            print(select_table(res))
-        if args.json:
-            Path(args.json).write_text(json.dumps(chosen, indent=2))
+        chosen = []
+        for ds in args.datasets:
+            chosen.append(select(ds, seeds, data_dir, out, args.quick, args.with_pretrain, args.choose_seeds))
+            print(select_table(chosen[-1]), flush=True)
+            if args.json:  # after each dataset: a long run keeps what it has
+                Path(args.json).write_text(json.dumps(chosen, indent=2, default=str))
         if tmp is not None:
             tmp.cleanup()
         return 0

@@ -370,12 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## 1. matmul\n4096x4096 float32: {peak:.1f} GFLOP/s\n")
 
     from medlens.config import TrainerConfig
-    from medlens.engine.trainer import cpu_has_bf16, precision_arg
+    from medlens.engine.trainer import cpu_bf16_support, precision_arg
 
     d = TrainerConfig()
     print("## 2. training (ResNet-18, stock stem, batch 64, in-memory data, no augmentation)\n")
     print(f"defaults on this machine: trainer.precision {d.precision!r} -> {precision_arg(d.precision, 'cpu')} "
-          f"(precision: auto would pick {precision_arg('auto', 'cpu')}; CPU bf16 units: {'yes' if cpu_has_bf16() else 'no'}); "
+          f"(precision: auto would pick {precision_arg('auto', 'cpu')}; CPU bf16 support: {cpu_bf16_support()}); "
           f"trainer.channels_last {d.channels_last!r} (measured per run, below)\n")
     print("| size | memory format chosen (probe ms: contiguous / channels-last) | hand-written loop img/s, same choices | medlens train img/s | ratio | achieved GFLOP/s | % of matmul |")
     print("|---:|---|---:|---:|---:|---:|---:|")

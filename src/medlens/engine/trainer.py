@@ -31,14 +31,18 @@ def _uses_cuda(accelerator: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 matrix units (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``).
+def cpu_bf16_support() -> str:
+    """What this CPU offers for bfloat16, from the ``/proc/cpuinfo`` flags (read once per process).
 
-    Read once per process. False when the flags cannot be read (no ``/proc/cpuinfo``: macOS, Windows), so an
-    unknown CPU is treated as one without bf16 units.
+    * ``"matrix"``: AMX tiles (``amx_bf16``): bf16 matrix units; bf16 autocast trained ResNet-18 1.44-1.76x
+      faster than float32 on such a machine.
+    * ``"vector"``: ``avx512_bf16`` only (dot-product instructions, no AMX): bf16 autocast measured 0.78-0.83x
+      float32 on the 2-core VM of 2026-11-28 (benchmarks/README.md), so it is not a speed-up.
+    * ``"none"``: neither; bf16 is emulated and several times slower. Also where the flags cannot be read (no
+      ``/proc/cpuinfo``: macOS, Windows), so an unknown CPU is treated as one without bf16 units.
 
     Example:
-        >>> isinstance(cpu_has_bf16(), bool)
+        >>> cpu_bf16_support() in ("matrix", "vector", "none")
         True
     """
     try:
@@ -46,21 +50,31 @@ def cpu_has_bf16() -> bool:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.partition(":")[2].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return "matrix" if "amx_bf16" in flags else "vector" if "avx512_bf16" in flags else "none"
     except OSError:
-        return False
-    return False
+        return "none"
+    return "none"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX), the only CPUs where bf16 autocast was measured faster.
+
+    Example:
+        >>> isinstance(cpu_has_bf16(), bool)
+        True
+    """
+    return cpu_bf16_support() == "matrix"
 
 
 def precision_arg(p: str, accelerator: str) -> str:
     """Lightning's precision string for ``trainer.precision``.
 
     * ``32``: float32.
-    * ``bf16``: bfloat16 autocast (CPU and recent GPUs). On a CPU without bf16 units (no ``avx512_bf16`` /
-      ``amx_bf16``, see :func:`cpu_has_bf16`) bf16 is emulated and runs several times slower than float32;
-      it is still honoured, with one warning.
+    * ``bf16``: bfloat16 autocast (CPU and recent GPUs). On a CPU without bf16 matrix units (see
+      :func:`cpu_bf16_support`) it is honoured with one warning: emulated (no bf16 instructions) it runs several
+      times slower than float32, and with ``avx512_bf16`` but no AMX it measured 0.8x float32.
     * ``16``: float16 autocast with loss scaling (CUDA only).
-    * ``auto``: ``16`` on a CUDA GPU; on CPU ``bf16`` when the CPU has bf16 units -- measured 1.44-1.76x the
+    * ``auto``: ``16`` on a CUDA GPU; on CPU ``bf16`` when the CPU has AMX bf16 units -- measured 1.44-1.76x the
       float32 training throughput on such a CPU (ResNet-18, 64 px; ``benchmarks/README.md``) -- else ``32``.
 
     Losses are always computed in float32.
@@ -71,10 +85,16 @@ def precision_arg(p: str, accelerator: str) -> str:
     """
     cuda = p != "32" and _uses_cuda(accelerator)
     if p == "bf16":
-        if not cuda and not cpu_has_bf16():
+        support = "cuda" if cuda else cpu_bf16_support()
+        if support == "none":
             log.warning(
                 "trainer.precision: bf16 on a CPU without bf16 units (no avx512_bf16/amx_bf16) runs several times "
                 "slower than 32; use precision: 32 (or auto, which picks bf16 only where it is faster)"
+            )
+        elif support == "vector":
+            log.warning(
+                "trainer.precision: bf16 on a CPU with avx512_bf16 but no AMX bf16 units measured about 0.8x the "
+                "speed of 32; use precision: 32 (or auto, which picks bf16 only where it is faster)"
             )
         return "bf16-mixed"
     if p == "16":

@@ -41,39 +41,45 @@ def _fit(tmp_path, optim=None, trainer=None, n=64, small_input=False):
 
 
 def test_precision_mapping(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(trainer_mod, "cpu_bf16_support", lambda: "none")
     assert precision_arg("32", "cpu") == "32-true"
     assert precision_arg("auto", "cpu") == "32-true"
     with pytest.raises(ValueError, match="precision: 16 .* needs a CUDA GPU; use precision: bf16 on CPU"):
         precision_arg("16", "cpu")
 
 
-def test_auto_picks_bf16_only_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
-    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: True)
+@pytest.mark.parametrize(("support", "warning"), [
+    ("none", "trainer.precision: bf16 on a CPU without bf16 units (no avx512_bf16/amx_bf16) runs several times slower than 32"),
+    ("vector", "trainer.precision: bf16 on a CPU with avx512_bf16 but no AMX bf16 units measured about 0.8x the speed of 32"),
+])
+def test_auto_picks_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, support, warning):
+    monkeypatch.setattr(trainer_mod, "cpu_bf16_support", lambda: "matrix")
     with caplog.at_level(logging.WARNING, logger="medlens"):
         assert precision_arg("auto", "cpu") == "bf16-mixed"
         assert precision_arg("bf16", "cpu") == "bf16-mixed"
     assert caplog.records == []  # bf16 on a CPU that has the units: no warning
-    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(trainer_mod, "cpu_bf16_support", lambda: support)
     with caplog.at_level(logging.WARNING, logger="medlens"):
-        assert precision_arg("auto", "cpu") == "32-true"  # never bf16 where it is emulated
+        assert precision_arg("auto", "cpu") == "32-true"  # never bf16 where it is emulated or measured slower
         assert caplog.records == []
         assert precision_arg("bf16", "cpu") == "bf16-mixed"  # forced: honoured, with one warning line
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "\n" not in msgs[0]
-    assert msgs[0].startswith("trainer.precision: bf16 on a CPU without bf16 units (no avx512_bf16/amx_bf16) runs several times slower than 32")
+    assert msgs[0].startswith(warning)
 
 
-def test_cpu_has_bf16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_path):
+def test_cpu_bf16_support_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_path):
     import builtins
 
     real_open = builtins.open
-    for flags, expected in (("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True)):
+    for flags, expected in (("fpu sse avx2 avx512f", "none"), ("fpu avx512f avx512_bf16", "vector"),
+                            ("fpu avx512_bf16 amx_tile amx_bf16", "matrix")):
         info = tmp_path / "cpuinfo"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(builtins, "open", lambda f, *a, _i=info, **k: real_open(_i if f == "/proc/cpuinfo" else f, *a, **k))
-        trainer_mod.cpu_has_bf16.cache_clear()
-        assert trainer_mod.cpu_has_bf16() is expected
+        trainer_mod.cpu_bf16_support.cache_clear()
+        assert trainer_mod.cpu_bf16_support() == expected
+        assert trainer_mod.cpu_has_bf16() is (expected == "matrix")
 
     def no_proc(f, *a, **k):
         if f == "/proc/cpuinfo":
@@ -81,10 +87,10 @@ def test_cpu_has_bf16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_p
         return real_open(f, *a, **k)
 
     monkeypatch.setattr(builtins, "open", no_proc)
-    trainer_mod.cpu_has_bf16.cache_clear()
-    assert trainer_mod.cpu_has_bf16() is False  # unknown CPU: treated as without bf16 units
+    trainer_mod.cpu_bf16_support.cache_clear()
+    assert trainer_mod.cpu_bf16_support() == "none"  # unknown CPU: treated as without bf16 units
     monkeypatch.undo()
-    trainer_mod.cpu_has_bf16.cache_clear()
+    trainer_mod.cpu_bf16_support.cache_clear()
 
 
 @pytest.mark.slow

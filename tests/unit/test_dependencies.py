@@ -26,6 +26,8 @@ NOT_IMPORTED = {
     "torchvision": "timm imports it; declared beside torch so pip resolves the matching pair",
     "python-multipart": "FastAPI imports it to parse the multipart uploads of /v1/predict",
     "httpx": "FastAPI's TestClient, for checking a served model",
+    "httptools": "uvicorn's http='auto' parses requests with it when installed (the serving benchmark ran with it)",
+    "uvloop": "uvicorn's loop='auto' runs on it when installed (the serving benchmark ran with it)",
     "onnx": "torch.onnx.export writes the model with it",
     "onnxscript": "torch.onnx.export (dynamo exporter) needs it",
     "psycopg": "SQLAlchemy's postgresql+psycopg driver",

@@ -8,7 +8,9 @@ Arms, per dataset and seed (fine-tuning = ``medlens.train`` on the shipped ``con
 except ``model.pretrained``; the same epochs, schedule, threshold rule and official splits for every arm):
 
   * ``scratch``: the shipped config, random initialisation.
-  * ``ssl (in-domain)``: ``medlens pretrain`` (SimCLR, ``--pretrain-epochs``) on the dataset's train + val images
+  * ``ssl (in-domain)``: ``medlens pretrain`` (SimCLR; by default ``--pretrain-images 15000``: epochs chosen so that
+    pretraining sees about 15,000 images, two views each -- about the forward/backward passes of one fine-tuning
+    run; a budget fixed before any result) on the dataset's train + val images
     WITHOUT labels (``pretrain.rows: train_val``; the test split is never read), then fine-tune.
   * ``ssl (cross-dataset)``: pretrain on the OTHER dataset's train + val images (PneumoniaMNIST <-> BreastMNIST,
     both 28 px grey, same backbone and stem), then fine-tune.
@@ -60,13 +62,26 @@ def _timed(fn, *a, **kw):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
+def pretrain_epochs(source: str, data_dir: Path, args) -> int:
+    """``--pretrain-epochs`` if given, else as many epochs as show ``--pretrain-images`` images (train + val of ``source``)."""
+    if args.pretrain_epochs:
+        return args.pretrain_epochs
+    import numpy as np
+
+    with np.load(data_dir / DATASETS[source][1]) as z:
+        n = len(z["train_labels"]) + len(z["val_labels"])
+    if args.max_samples:
+        n = min(n, args.max_samples)
+    return max(1, round(args.pretrain_images / n))
+
+
 def pretrain_weights(target: str, source: str, seed: int, data_dir: Path, out: Path, args) -> tuple[Path, float, float]:
     """SimCLR on ``source``'s train+val images with ``target``'s model section (so the weights fit its network)."""
     from medlens.config import load_config
     from medlens.pretrain import pretrain
 
     over = _overrides(target, seed, data_dir, out, f"{target}-s{seed}", args)
-    over += [f"data.path={data_dir / DATASETS[source][1]}", f"data.flag={source}", f"pretrain.epochs={args.pretrain_epochs}",
+    over += [f"data.path={data_dir / DATASETS[source][1]}", f"data.flag={source}", f"pretrain.epochs={pretrain_epochs(source, data_dir, args)}",
              "pretrain.rows=train_val", f"pretrain.name=ssl-{source}-for-{target}-s{seed}", f"pretrain.batch_size={args.pretrain_batch}"]
     cfg = load_config(ROOT / DATASETS[target][0], over)
     res, wall, cpu = _timed(pretrain, cfg)
@@ -95,11 +110,13 @@ def run(ds: str, seed: int, data_dir: Path, out: Path, args) -> list[dict]:
     rows.append({"arm": "scratch", **scratch, "wall_s": w0, "cpu_s": c0})
     weights, wp, cp = pretrain_weights(ds, ds, seed, data_dir, out, args)
     ssl, w1, c1 = finetune(ds, seed, data_dir, out, f"{ds}-ssl-s{seed}", args, [f"model.pretrained={weights}"])
-    rows.append({"arm": "ssl (in-domain)", **ssl, "wall_s": wp + w1, "cpu_s": cp + c1, "pretrain_cpu_s": cp})
+    rows.append({"arm": "ssl (in-domain)", **ssl, "wall_s": wp + w1, "cpu_s": cp + c1, "pretrain_cpu_s": cp,
+                 "pretrain_epochs": pretrain_epochs(ds, data_dir, args)})
     if OTHER[ds] in args.cross_from:
         cross, wxp, cxp = pretrain_weights(ds, OTHER[ds], seed, data_dir, out, args)
         res, w2, c2 = finetune(ds, seed, data_dir, out, f"{ds}-cross-s{seed}", args, [f"model.pretrained={cross}"])
-        rows.append({"arm": f"ssl (cross-dataset, from {OTHER[ds]})", **res, "wall_s": wxp + w2, "cpu_s": cxp + c2, "pretrain_cpu_s": cxp})
+        rows.append({"arm": f"ssl (cross-dataset, from {OTHER[ds]})", **res, "wall_s": wxp + w2, "cpu_s": cxp + c2, "pretrain_cpu_s": cxp,
+                     "pretrain_epochs": pretrain_epochs(OTHER[ds], data_dir, args)})
     shipped = 1 if args.quick else load_config(ROOT / DATASETS[ds][0]).trainer.max_epochs
     epochs = max(shipped, math.floor(shipped * (cp + c1) / max(c0, 1e-9)))  # whole epochs within the in-domain arm's CPU time
     eq, w3, c3 = finetune(ds, seed, data_dir, out, f"{ds}-scratch-eq-s{seed}", args, [f"trainer.max_epochs={epochs}"] if not args.quick else [])
@@ -130,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--cross-from", nargs="*", default=list(DATASETS), choices=list(DATASETS), help="datasets to pretrain on for the cross-dataset arm")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--pretrain-epochs", type=int, default=20)
+    ap.add_argument("--pretrain-images", type=int, default=15000,
+                    help="pretraining budget: epochs = round(N / train+val images of the source), about one fine-tuning run's images")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="fixed pretraining epochs instead of --pretrain-images")
     ap.add_argument("--pretrain-batch", type=int, default=256)
     ap.add_argument("--max-samples", type=int, default=None, help="first N rows of each file, split shares kept")
     ap.add_argument("--data-dir", default=None)

@@ -294,6 +294,9 @@ class ModelConfig(StrictModel):
     detector: Literal["autoencoder", "patchcore"] = "autoencoder"  # patchcore needs model.pretrained (e.g. `medlens pretrain`)
     memory_size: int = Field(4096, ge=16)  # patchcore: coreset size, normal patch features kept (bounds memory and time)
     patch_layers: list[int] = Field(default_factory=lambda: [2, 3])  # patchcore: timm feature levels (2 = stride 8 in a stock ResNet)
+    # patchcore: "image" standardises each image by its own mean and std inside the network (after data.mean/std), so
+    # a brightness or contrast shift between cohorts or scanners does not move its features; "dataset": data.mean/std only
+    input_norm: Literal["dataset", "image"] = "dataset"
 
 
 # -------------------------------------------------------------------------------------------- pretrain

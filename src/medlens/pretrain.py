@@ -123,13 +123,18 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
 class SimCLRNet(nn.Module):
     """Backbone (``backbone.*``, what is kept) + projection head (``head.*``, dropped after pretraining)."""
 
-    def __init__(self, backbone: nn.Module, proj_dim: int = 64) -> None:
+    def __init__(self, backbone: nn.Module, proj_dim: int = 64, input_norm: str = "dataset") -> None:
         super().__init__()
         self.backbone = backbone
+        self.input_norm = input_norm  # "image": the views are standardised per image, as the patchcore detector will see them
         width = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim))
 
     def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        if self.input_norm == "image":
+            from medlens.models.patchcore import standardize_images
+
+            x = standardize_images(x)
         return self.head(self.backbone(x))
 
 
@@ -235,7 +240,7 @@ def simclr_module(cfg: Any, label_space: Any) -> tuple[SimCLRModule, int]:
     backbone, red, _ = build_backbone(cfg.model.backbone, cfg.data.channels, cfg.data.image_size, cfg.model.small_input)
     optim = dataclasses.replace(optim_settings(cfg), lr=p.lr, backbone_lr=None, ema=False, mixup_alpha=0.0, cutmix_alpha=0.0,
                                 scheduler="cosine" if cfg.optim.scheduler == "plateau" else cfg.optim.scheduler)
-    return SimCLRModule(SimCLRNet(backbone, p.proj_dim), label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed), red
+    return SimCLRModule(SimCLRNet(backbone, p.proj_dim, cfg.model.input_norm), label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed), red
 
 
 def pretrain_run_dir(cfg: Any) -> Path:
@@ -319,6 +324,7 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
             "small_input": cfg.model.small_input, "stem_reduction": int(red), "epochs": int(p.epochs),
             "epochs_run": len(fitted.history), "rows": p.rows, "n_images": int(len(rows)), "source": table.source,
             "method": "simclr", "batch_size": int(bs), "lr": p.lr, "temperature": p.temperature, "proj_dim": p.proj_dim, "strength": p.strength, "flip": p.flip,
+            "input_norm": cfg.model.input_norm,
         }
         out = write_backbone(tensors, run_dir, info)
         info = {**info, "sha256": file_sha256(out), "file": out.name, "train_time_s": round(fitted.train_time_s, 2)}

@@ -16,7 +16,7 @@ import torch
 from medlens.bundle import load_bundle
 from medlens.config import config_from_dict
 from medlens.models.classifier import build_backbone
-from medlens.models.patchcore import PatchCoreDetector, greedy_coreset
+from medlens.models.patchcore import PatchCoreDetector, greedy_coreset, standardize_images
 from medlens.pretrain import write_backbone
 from medlens.training import train
 
@@ -75,6 +75,48 @@ def test_bundle_round_trip_and_onnx_scores_equal_torch(trained, tmp_path):
     np.testing.assert_allclose(o, a, atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def trained_image_norm(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("patchcore_image_norm")
+    return train(config_from_dict(_raw(tmp, _weights(tmp), model={"input_norm": "image"})))
+
+
+def test_image_norm_bundle_detects_and_exports(trained_image_norm, tmp_path):
+    from medlens.export import export_onnx
+    from medlens.inference import Predictor
+    from medlens.inference.onnx import OnnxPredictor
+
+    assert trained_image_norm.metrics["test"]["auroc"] > 0.9
+    b = load_bundle(trained_image_norm.bundle_dir)
+    assert b.manifest.architecture["input_norm"] == "image" and b.model.input_norm == "image"
+    export_onnx(trained_image_norm.bundle_dir, tmp_path / "onnx")
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(6)]
+    a = Predictor.from_bundle(trained_image_norm.bundle_dir).predict_arrays(imgs)
+    o = OnnxPredictor.from_bundle(tmp_path / "onnx").predict_arrays(imgs)
+    np.testing.assert_allclose(o, a, atol=1e-4, rtol=1e-4)  # the per-image standardisation is in the graph
+    # a darker, lower-contrast copy of each image (another scanner) gets the same score
+    dim = [(0.5 * im + 20).astype(np.uint8) for im in imgs]
+    np.testing.assert_allclose(Predictor.from_bundle(trained_image_norm.bundle_dir).predict_arrays(dim), a, rtol=0.05, atol=0.05)
+
+
+def test_image_norm_makes_distances_indifferent_to_brightness_and_contrast():
+    x = torch.rand(4, 1, 28, 28)
+    shifted = 0.4 * x + 0.3  # the same images, dimmer and brighter: a cohort or scanner shift
+    assert torch.allclose(standardize_images(shifted), standardize_images(x), atol=1e-4)
+    other = torch.rand(4, 1, 28, 28)  # new images of the same kind
+    dist, new = {}, {}
+    for norm in ("dataset", "image"):
+        torch.manual_seed(0)
+        m = PatchCoreDetector("resnet10t", 1, 28, memory_size=10_000, input_norm=norm)
+        m.fill_memory(m.patch_features(x))
+        dist[norm], new[norm] = float(m.patch_distances(shifted).mean()), float(m.patch_distances(other).mean())
+    assert dist["image"] < 0.05 * new["image"]  # the shifted copies are still their own nearest neighbours
+    assert dist["dataset"] > new["dataset"]  # without it they look more anomalous than new images do
+    with pytest.raises(ValueError, match="model.input_norm"):
+        PatchCoreDetector("resnet10t", 1, 28, input_norm="patch")
+
+
 def test_error_map_marks_the_blob(trained):
     from medlens.data.readers.synthetic import make_synthetic
     from medlens.inference import Predictor
@@ -115,6 +157,8 @@ def test_patchcore_options_are_checked(tmp_path):
         train(config_from_dict(_raw(tmp_path, w, model={"ae_depth": 4})))
     with pytest.raises(ValueError, match="model.memory_size"):  # an autoencoder refuses the detector's keys
         train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder"})))
+    with pytest.raises(ValueError, match="model.input_norm"):
+        train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder", "memory_size": 4096, "input_norm": "image"})))
     other = _weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match="different network"):
         train(config_from_dict(_raw(tmp_path, other)))

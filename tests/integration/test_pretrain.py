@@ -113,6 +113,27 @@ def test_pretrain_options_act(tmp_path):
     assert pretrain_run_dir(cfg).name == "mine" and pretrain_run_dir(config_from_dict(_raw(tmp_path, None))).name == "t-pretrain"  # name
 
 
+def test_pretraining_for_an_image_norm_detector_sees_standardised_views(tmp_path):
+    from medlens.pretrain import simclr_module
+
+    raw = _raw(tmp_path, "pc", data={"task": "anomaly", "normal_label": "negative"},
+               model={"detector": "patchcore", "input_norm": "image"}, trainer={"max_epochs": 1}, pretrain={"epochs": 1, "rows": "task_training"})
+    cfg = config_from_dict(raw)
+    m, _ = simclr_module(cfg, prepare_data(cfg)[0].label_space)
+    plain, _ = simclr_module(config_from_dict(_raw(tmp_path)), prepare_data(cfg)[0].label_space)
+    m.eval()
+    plain.eval()
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        def change(net):  # how far a dimmer, lower-contrast copy moves the embedding, relative to its size
+            return float((net(0.5 * x + 0.2) - net(x)).norm() / net(x).norm())
+
+        assert change(m.model) < 1e-3  # the views are standardised, as the detector will see them
+        assert change(plain.model) > 100 * change(m.model)
+    res = pretrain(cfg)
+    assert res.info["input_norm"] == "image"
+
+
 def test_objective_learns_on_tiny_data():
     torch.manual_seed(0)
     from medlens.models.classifier import build_backbone

@@ -745,6 +745,7 @@ COVERED_BY: dict[str, str] = {
     "model.detector": "tests/integration/test_patchcore.py::test_patchcore_options_are_checked",
     "model.memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
     "model.patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "model.input_norm": "tests/integration/test_patchcore.py::test_image_norm_makes_distances_indifferent_to_brightness_and_contrast",
     "pretrain.epochs": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
     "pretrain.batch_size": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
     "pretrain.lr": "tests/integration/test_pretrain.py::test_pretrain_options_act",
@@ -822,9 +823,10 @@ def test_classifier_options_are_refused_for_anomaly(key: str) -> None:
     refused(key, ANOMALY_REFUSALS[key], raw=_anomaly_raw())
 
 
-@pytest.mark.parametrize("override", ["model.ae_depth=4", "model.anomaly_fpr=0.1", "data.normal_label=negative", "model.autoencoder=reversed"])
-def test_autoencoder_options_are_refused_for_classifiers(override: str) -> None:
-    refused("autoencoder options act only with data.task: anomaly", override)
+@pytest.mark.parametrize("override", ["model.ae_depth=4", "model.anomaly_fpr=0.1", "data.normal_label=negative", "model.autoencoder=reversed",
+                                      "model.detector=patchcore", "model.memory_size=100", "model.input_norm=image"])
+def test_anomaly_options_are_refused_for_classifiers(override: str) -> None:
+    refused("anomaly-detection options act only with data.task: anomaly", override)
 
 
 def test_threshold_options_that_cannot_act_are_refused() -> None:

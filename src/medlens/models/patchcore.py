@@ -23,6 +23,25 @@ from torch import nn
 
 from medlens.models import MODELS
 
+INPUT_NORMS = ("dataset", "image")
+
+
+def standardize_images(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each image and channel of ``x`` (N, C, H, W) minus its own mean, divided by its own standard deviation.
+
+    A brightness change (``x + b``) or a contrast change (``a * x``, ``a > 0``) of an image leaves the result
+    unchanged. Written with means and powers only, so it exports to ONNX as it runs here.
+
+    Example:
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> torch.allclose(standardize_images(3 * x + 5), standardize_images(x), atol=1e-4)
+        True
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centred = x - mean
+    var = centred.pow(2).mean(dim=(2, 3), keepdim=True)
+    return centred / torch.sqrt(var + eps)
+
 
 def greedy_coreset(feats: torch.Tensor, size: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
     """Indices of ``size`` rows of ``feats`` (M, C) chosen by greedy k-centre selection (farthest point first).
@@ -61,6 +80,8 @@ class PatchCoreDetector(nn.Module):
         patch_layers: timm feature levels to describe patches with (``feature_info`` indices).
         memory_size: most memory rows kept by the coreset.
         pretrained: backbone weights (``model.pretrained``), only when building the model to train.
+        input_norm: ``dataset`` (the input as preprocessed) or ``image`` (each image standardised by its own
+            mean and std first, see :func:`standardize_images`: robust to brightness/contrast shifts).
 
     Example:
         >>> m = PatchCoreDetector("resnet10t", 1, 28, memory_size=32)
@@ -70,8 +91,12 @@ class PatchCoreDetector(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet18", in_chans: int = 1, image_size: int = 64, small_input: bool | str | int = "auto",
-                 patch_layers: Sequence[int] = (2, 3), memory_size: int = 4096, pretrained: bool | str = False) -> None:
+                 patch_layers: Sequence[int] = (2, 3), memory_size: int = 4096, pretrained: bool | str = False,
+                 input_norm: str = "dataset") -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"model.input_norm {input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
+        self.input_norm = input_norm
         from medlens.models.classifier import build_backbone
 
         self.backbone, self.stem_reduction, self.pretrained_info = build_backbone(backbone, in_chans, image_size, small_input, pretrained)
@@ -104,6 +129,8 @@ class PatchCoreDetector(nn.Module):
         """Patch descriptors (N, feature_dim, h, w) at the finest chosen level's resolution."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input (N, {self.in_chans}, H, W), got {tuple(x.shape)}; images must go through the bundle's preprocessing")
+        if self.input_norm == "image":
+            x = standardize_images(x)
         feats = self.backbone.forward_intermediates(x, indices=self.patch_layers, intermediates_only=True)
         size = feats[0].shape[-2:]
         out = []

@@ -59,7 +59,7 @@ CLASSIFIER_KEYS = (
 #: autoencoder keys a feature detector cannot use, and the feature detector's keys an autoencoder cannot use
 AUTOENCODER_KEYS = ("model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
                     "model.anomaly_map", "optim.loss")
-DETECTOR_KEYS = ("model.memory_size", "model.patch_layers")
+DETECTOR_KEYS = ("model.memory_size", "model.patch_layers", "model.input_norm")
 PATCHCORE = "patchcore"
 
 
@@ -68,7 +68,8 @@ def architecture_for_anomaly(cfg: Any) -> dict[str, Any]:
     m = cfg.model
     if m.detector == PATCHCORE:
         return {"type": "patchcore", "backbone": m.backbone, "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
-                "small_input": m.small_input, "patch_layers": list(m.patch_layers), "memory_size": m.memory_size}
+                "small_input": m.small_input, "patch_layers": list(m.patch_layers), "memory_size": m.memory_size,
+                "input_norm": m.input_norm}
     arch: dict[str, Any] = {
         "type": ARCHITECTURES[m.autoencoder], "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
         "depth": m.ae_depth, "width": m.ae_width, "latent_dim": m.latent_dim,

@@ -34,6 +34,7 @@ log = logging.getLogger("medlens.train")
 ANOMALY_KEYS = (
     "data.normal_label", "model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
     "model.anomaly_score", "model.anomaly_map", "model.score_percentile", "model.anomaly_fpr",
+    "model.detector", "model.memory_size", "model.patch_layers", "model.input_norm",
 )
 
 
@@ -72,7 +73,7 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ config and data
     def check_config(self, cfg: Any) -> None:
         """Refuse autoencoder keys, and threshold keys that cannot act (arg-max decisions, a tuned method)."""
-        refuse_keys(changed_keys(cfg, ANOMALY_KEYS), "autoencoder options act only with data.task: anomaly")
+        refuse_keys(changed_keys(cfg, ANOMALY_KEYS), "anomaly-detection options act only with data.task: anomaly")
         if not self.thresholded:
             refuse_keys(changed_keys(cfg, ("trainer.threshold_method", "trainer.fixed_threshold")),
                         "a multiclass model decides by arg-max and has no thresholds")

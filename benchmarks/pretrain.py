@@ -105,24 +105,29 @@ def finetune(ds: str, seed: int, data_dir: Path, out: Path, name: str, args, ext
 def run(ds: str, seed: int, data_dir: Path, out: Path, args) -> list[dict]:
     from medlens.config import load_config
 
-    rows = []
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:  # printed as soon as the arm is done: a later failure does not lose it
+        row.update({"dataset": ds, "seed": seed})
+        print(f"{ds} seed {seed} {row['arm']}: val AUROC {row['val_auroc']:.4f}, test AUROC {row['test_auroc']:.4f}, "
+              f"test ACC {row['test_accuracy']:.4f}, {row['cpu_s']:.0f} CPU s, {row['wall_s']:.0f} s", flush=True)
+        rows.append(row)
+
     scratch, w0, c0 = finetune(ds, seed, data_dir, out, f"{ds}-scratch-s{seed}", args, [])
-    rows.append({"arm": "scratch", **scratch, "wall_s": w0, "cpu_s": c0})
+    add({"arm": "scratch", **scratch, "wall_s": w0, "cpu_s": c0})
     weights, wp, cp = pretrain_weights(ds, ds, seed, data_dir, out, args)
     ssl, w1, c1 = finetune(ds, seed, data_dir, out, f"{ds}-ssl-s{seed}", args, [f"model.pretrained={weights}"])
-    rows.append({"arm": "ssl (in-domain)", **ssl, "wall_s": wp + w1, "cpu_s": cp + c1, "pretrain_cpu_s": cp,
+    add({"arm": "ssl (in-domain)", **ssl, "wall_s": wp + w1, "cpu_s": cp + c1, "pretrain_cpu_s": cp,
                  "pretrain_epochs": pretrain_epochs(ds, data_dir, args)})
     if OTHER[ds] in args.cross_from:
         cross, wxp, cxp = pretrain_weights(ds, OTHER[ds], seed, data_dir, out, args)
         res, w2, c2 = finetune(ds, seed, data_dir, out, f"{ds}-cross-s{seed}", args, [f"model.pretrained={cross}"])
-        rows.append({"arm": f"ssl (cross-dataset, from {OTHER[ds]})", **res, "wall_s": wxp + w2, "cpu_s": cxp + c2, "pretrain_cpu_s": cxp,
+        add({"arm": f"ssl (cross-dataset, from {OTHER[ds]})", **res, "wall_s": wxp + w2, "cpu_s": cxp + c2, "pretrain_cpu_s": cxp,
                      "pretrain_epochs": pretrain_epochs(OTHER[ds], data_dir, args)})
     shipped = 1 if args.quick else load_config(ROOT / DATASETS[ds][0]).trainer.max_epochs
     epochs = max(shipped, math.floor(shipped * (cp + c1) / max(c0, 1e-9)))  # whole epochs within the in-domain arm's CPU time
     eq, w3, c3 = finetune(ds, seed, data_dir, out, f"{ds}-scratch-eq-s{seed}", args, [f"trainer.max_epochs={epochs}"] if not args.quick else [])
-    rows.append({"arm": f"scratch, equal CPU time ({eq['epochs']} ep.)", **eq, "wall_s": w3, "cpu_s": c3})
-    for r in rows:
-        r.update({"dataset": ds, "seed": seed})
+    add({"arm": f"scratch, equal CPU time ({eq['epochs']} ep.)", **eq, "wall_s": w3, "cpu_s": c3})
     return rows
 
 
@@ -171,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     for ds in args.datasets:
         for seed in args.seeds:
-            for r in run(ds, seed, data_dir, out, args):
-                print(f"{ds} seed {seed} {r['arm']}: val AUROC {r['val_auroc']:.4f}, test AUROC {r['test_auroc']:.4f}, {r['cpu_s']:.0f} CPU s", flush=True)
-                results.setdefault(ds, []).append(r)
+            results.setdefault(ds, []).extend(run(ds, seed, data_dir, out, args))
     print()
     for ds, rows in results.items():
         print(table(ds, rows))

@@ -173,9 +173,10 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     if cfg.data.task:
         get_task(cfg.data.task).check_config(cfg)
     if cfg.model.pretrained and (not cfg.data.task or get_task(cfg.data.task).uses_pretrained(cfg)):
-        from medlens.models.pretrained import check_pretrained_available
+        from medlens.models.pretrained import check_input_norm, check_pretrained_available
 
         check_pretrained_available(cfg.model.backbone, cfg.model.pretrained)
+        check_input_norm(cfg.model.pretrained, cfg.model.input_norm)
     check_backbone_exists(cfg)
     check_writable(cfg.output.dir)
     lock = None

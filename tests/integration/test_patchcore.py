@@ -159,6 +159,11 @@ def test_patchcore_options_are_checked(tmp_path):
         train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder"})))
     with pytest.raises(ValueError, match="model.input_norm"):
         train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder", "memory_size": 4096, "input_norm": "image"})))
+    torch.manual_seed(0)
+    net, red, _ = build_backbone("resnet10t", 1, 28)
+    std_views = write_backbone(net.state_dict(), tmp_path / "std_views", {"backbone": "resnet10t", "in_chans": 1, "stem_reduction": red, "input_norm": "image"})
+    with pytest.raises(ValueError, match="pretrained with model.input_norm: image, this model uses dataset"):
+        train(config_from_dict(_raw(tmp_path, std_views)))
     other = _weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match="different network"):
         train(config_from_dict(_raw(tmp_path, other)))

@@ -325,6 +325,23 @@ def medlens_backbone_info(path: str | Path) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def check_input_norm(pretrained: bool | str | None, input_norm: str) -> None:
+    """Refuse a ``medlens pretrain`` file whose views were normalised otherwise than this model's inputs will be.
+
+    ``medlens pretrain`` records ``model.input_norm`` in the file: a backbone pretrained on per-image
+    standardised views (``image``) describes other inputs badly, and the reverse. Files without the record pass.
+
+    Raises:
+        PretrainedWeightsError: the file's ``input_norm`` differs from ``input_norm``.
+    """
+    if not isinstance(pretrained, str):
+        return
+    info = medlens_backbone_info(pretrained) or {}
+    if "input_norm" in info and info["input_norm"] != input_norm:
+        raise PretrainedWeightsError(f"model.pretrained: {pretrained} was pretrained with model.input_norm: {info['input_norm']}, "
+                                     f"this model uses {input_norm}; pretrain again with this config (or set model.input_norm: {info['input_norm']})")
+
+
 def load_medlens_backbone(net: Any, path: str | Path, backbone: str, in_chans: int, stem_reduction: int) -> dict[str, Any]:
     """Load a ``medlens pretrain`` file into a built (stem-adapted) timm backbone, every tensor, strictly.
 

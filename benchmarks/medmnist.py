@@ -17,6 +17,8 @@ Selection mode (choices on validation only; the test split is read ONCE, for the
     python benchmarks/medmnist.py --select                 # compare CANDIDATES on validation, then test the winner
     python benchmarks/medmnist.py --select --with-pretrain # also a candidate fine-tuned from `medlens pretrain` weights
     python benchmarks/medmnist.py --select --choose-seeds 0  # choose on seed 0, then seeds 1 2 of the winner
+    python benchmarks/medmnist.py --select --validation-only --seeds 1 2 --candidates "lr 1e-3"
+                                                           # more seeds of some candidates: validation only, no test
     python benchmarks/medmnist.py --select --quick         # 1 epoch, 1 seed, 600 rows: checks that it runs
 
 Every candidate is trained with the test rows removed from its splits (``train(cfg, splits=...)`` with an empty
@@ -88,20 +90,24 @@ def run_one(dataset: str, seed: int, data_dir: Path, out_dir: Path, quick: bool)
             "weights": json.loads((result.bundle_dir / "manifest.json").read_text()).get("weights_source", "raw")}
 
 
-#: candidate configs for --select: name -> overrides on the shipped config, fixed before any --select run. The
-#: stem candidate is the other stride of the two the configs use (stride 8 where 16 ships, 16 where 8 ships).
+#: candidate configs for --select: name -> overrides on the config as it was before the selection, fixed before
+#: any --select run. The stem candidate is the other stride of the two the configs use (stride 8 where 16 was
+#: shipped, 16 where 8 was).
 CANDIDATES: dict[str, list[str]] = {
-    "shipped": [],
+    "earlier config": [],
     "lr 1e-3": ["optim.lr=0.001"],
     "augment strong": ["data.augment=strong"],
 }
 STEM_CANDIDATE = {"pneumoniamnist": ("small_input 4", ["model.small_input=4"]),
                   "breastmnist": ("small_input 2", ["model.small_input=2"])}
+#: the shipped config before the selection, as overrides on today's file: the selection chose PneumoniaMNIST's
+#: stride-8 stem (small_input 4), so re-running a candidate (more seeds) starts from the stride-16 one it replaced
+SELECTION_BASE = {"pneumoniamnist": ["model.small_input=2"], "breastmnist": []}
 
 
 def candidates_for(dataset: str) -> dict[str, list[str]]:
     name, over = STEM_CANDIDATE[dataset]
-    return {**CANDIDATES, name: over}
+    return {k: [*SELECTION_BASE[dataset], *v] for k, v in {**CANDIDATES, name: over}.items()}
 
 
 def _val_only(cfg):
@@ -116,12 +122,13 @@ def _val_only(cfg):
 
 
 def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick: bool, with_pretrain: bool,
-           choose_seeds: list[int] | None = None) -> dict:
+           choose_seeds: list[int] | None = None, only: list[str] | None = None, validation_only: bool = False) -> dict:
     """Train every candidate without test rows, choose on mean validation AUROC, read test once for the winner.
 
     ``choose_seeds``: the seeds every candidate is trained with (default: ``seeds``); the winner is then also
     trained with the rest of ``seeds`` (test rows still withheld), and the test split is read once per seed of
-    the winner, after the choice.
+    the winner, after the choice. ``only``: train just these candidates. ``validation_only``: stop after the
+    candidates' validation figures (no winner runs, test never read), e.g. to add seeds to a selection table.
     """
     from medlens.config import load_config
     from medlens.evaluation import evaluate
@@ -130,14 +137,19 @@ def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick:
     config, rel = DATASETS[dataset]
     candidates = candidates_for(dataset)
     choose_seeds = list(choose_seeds or seeds)
+    if only:
+        unknown = [n for n in only if n not in candidates and not (n == "ssl-pretrained" and with_pretrain)]
+        if unknown:
+            raise ValueError(f"unknown candidate {unknown[0]!r} for {dataset}; valid: {', '.join(candidates)}")
     base = [f"data.path={data_dir / rel}", f"output.dir={out_dir}", "output.overwrite=true", "trainer.progress_bar=false"]
     if quick:
         base += ["trainer.max_epochs=1", "data.max_samples=600"]
     if with_pretrain:
         from medlens.pretrain import pretrain
 
-        pcfg = load_config(ROOT / config, [*base, f"pretrain.name={dataset}-ssl", "pretrain.rows=train_val"] + (["pretrain.epochs=1"] if quick else []))
-        candidates["ssl-pretrained"] = [f"model.pretrained={pretrain(pcfg).weights}"]
+        pcfg = load_config(ROOT / config, [*base, *SELECTION_BASE[dataset], f"pretrain.name={dataset}-ssl", "pretrain.rows=train_val"]
+                           + (["pretrain.epochs=1"] if quick else []))
+        candidates["ssl-pretrained"] = [*SELECTION_BASE[dataset], f"model.pretrained={pretrain(pcfg).weights}"]
     runs: dict[str, list[dict]] = {}
 
     def run(name: str, seed: int) -> None:
@@ -152,8 +164,15 @@ def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick:
         print(f"{dataset} {name} seed {seed}: val AUROC {runs[name][-1]['val_auroc']:.4f} ({runs[name][-1]['wall_s']:.0f} s)", flush=True)
 
     for name in candidates:
+        if only and name not in only:
+            continue
         for seed in choose_seeds:
             run(name, seed)
+    if validation_only:
+        return {"dataset": dataset, "validation_only": True, "candidates": candidates, "choose_seeds": choose_seeds,
+                "val": {k: [r["val_auroc"] for r in v] for k, v in runs.items()},
+                "val_by_seed": {k: {r["seed"]: r["val_auroc"] for r in v} for k, v in runs.items()},
+                "cand_wall_s": {k: statistics.mean(r["wall_s"] for r in v) for k, v in runs.items()}}
     chosen = max(runs, key=lambda k: statistics.mean(r["val_auroc"] for r in runs[k]))
     val_at_choice = {k: [r["val_auroc"] for r in v] for k, v in runs.items()}
     for seed in seeds:  # the winner's remaining seeds, trained after the choice (test still withheld)
@@ -172,6 +191,12 @@ def select(dataset: str, seeds: list[int], data_dir: Path, out_dir: Path, quick:
 
 def select_table(res: dict) -> str:
     seeds = ", ".join(str(x) for x in res["choose_seeds"])
+    if res.get("validation_only"):
+        lines = [f"### {res['dataset']}: candidates on validation (seed {seeds}); no choice made, test not read", "",
+                 "| candidate | overrides | val AUROC | wall time per run |", "|---|---|---|---|"]
+        for name, vals in res["val"].items():
+            lines.append(f"| {name} | {' '.join(res['candidates'][name]) or '-'} | {_mean_sd(vals)} | {res['cand_wall_s'][name]:.0f} s |")
+        return "\n".join(lines) + "\n"
     lines = [f"### {res['dataset']}: selection on validation (seed {seeds}), test read once for the chosen config", "",
              "| candidate | overrides | val AUROC (choice) | wall time per run |", "|---|---|---|---|"]
     for name, vals in res["val"].items():
@@ -239,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--choose-seeds", nargs="+", type=int, default=None,
                     help="--select: seeds every candidate is trained with (default: --seeds); the winner then runs the other --seeds")
     ap.add_argument("--with-pretrain", action="store_true", help="--select: add a candidate fine-tuned from `medlens pretrain` weights")
+    ap.add_argument("--candidates", nargs="+", default=None, help="--select: train only these candidates (names as in CANDIDATES)")
+    ap.add_argument("--validation-only", action="store_true",
+                    help="--select: report the candidates' validation AUROC and stop (no choice, test never read)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -256,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.select:
         chosen = []
         for ds in args.datasets:
-            chosen.append(select(ds, seeds, data_dir, out, args.quick, args.with_pretrain, args.choose_seeds))
+            try:
+                chosen.append(select(ds, seeds, data_dir, out, args.quick, args.with_pretrain, args.choose_seeds,
+                                     args.candidates, args.validation_only))
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             print(select_table(chosen[-1]), flush=True)
             if args.json:  # after each dataset: a long run keeps what it has
                 Path(args.json).write_text(json.dumps(chosen, indent=2, default=str))

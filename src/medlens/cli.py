@@ -513,6 +513,7 @@ def cv(
     folds: Annotated[Optional[int], typer.Option(metavar="K", help="Number of folds (default: data.split.folds).")] = None,
     out: Annotated[Optional[Path], typer.Option(metavar="FOLDER", help="Output folder (default: output.dir/name).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Also save the folds' models as one bundle (mean of their probabilities): FOLDER/ensemble.")] = False,
 ) -> None:
     """Group-aware stratified k-fold cross-validation of CONFIG: one model per fold, mean +- std report."""
     _setup_logging()
@@ -520,9 +521,11 @@ def cv(
     from medlens.cv import cross_validate
 
     cfg = _run(load_config, config, set_ or [])
-    r = _run(cross_validate, cfg, folds, out)
+    r = _run(cross_validate, cfg, folds, out, ensemble=ensemble)
     typer.echo(f"report:  {r.report}")
     typer.echo(f"metrics: {r.json_path}")
+    if r.extra.get("ensemble"):
+        typer.echo(f"ensemble bundle: {r.extra['ensemble']}")
     for m in ("auroc_macro", "f1_macro", "accuracy"):
         s = r.summary.get(m)
         if s and s["mean"] is not None:

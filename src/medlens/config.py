@@ -53,6 +53,10 @@ class SplitConfig(StrictModel):
     # k-fold cross-validation (medlens cv): number of folds and which fold is validation.
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
+    # medlens cv: "none" folds over every row; a split method (auto, predefined, stratified, group) first splits
+    # the data that way and folds over its train + val rows, so its test rows stay out of every fold and can be
+    # read once at the end (the --ensemble bundle of the folds is evaluated on them).
+    cv_holdout: Literal["none", "auto", "predefined", "stratified", "group"] = "none"
 
 
 class MetadataConfig(StrictModel):

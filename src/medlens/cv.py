@@ -6,13 +6,22 @@ remaining rows are split once more, group-wise, into training and an inner valid
 (``data.split.val_fraction`` of them) that picks the checkpoint, fits the temperature and tunes thresholds --
 so the held-out fold is scored like a test set, never used for any choice.
 
-The folds cover all rows of the dataset (``data.max_samples`` applies); a dataset's own train/val/test split
-is ignored. A fold's bundle saves ``data.split: {method: kfold, folds: k, fold: i}``, so ``medlens evaluate``
-and ``medlens report`` on it re-create exactly that fold (:func:`fold_splits`).
+By default (``data.split.cv_holdout: none``) the folds cover all rows of the dataset (``data.max_samples``
+applies) and a dataset's own train/val/test split is ignored. ``cv_holdout: auto`` (or another split method)
+splits the data that way first and folds over its train + val rows only: its test rows stay out of every fold,
+for one final reading. A fold's bundle saves ``data.split: {method: kfold, folds: k, fold: i, cv_holdout}``, so
+``medlens evaluate`` and ``medlens report`` on it re-create exactly that fold (:func:`fold_splits`).
+
+``ensemble=True`` (``medlens cv --ensemble``) also writes the folds' models as one bundle, ``ensemble/``: the
+mean of the members' calibrated probabilities, thresholds by ``trainer.threshold_method`` on the pooled
+out-of-fold probabilities (:mod:`medlens.ensemble`). With a held-out split its ``data.split`` is that split, so
+``medlens evaluate ensemble --split test`` reads the held-out rows, which no member saw; without one every row
+trained a member, and evaluating it on its own data is refused.
 
 Output (``<output.dir>/<name>/``)::
 
     fold0/ ... fold{k-1}/   ordinary run folders (bundle/, metrics.json, ...)
+    ensemble/               with --ensemble: the folds' models as one bundle
     cv.json                 per-fold metrics, mean and std per metric, pooled out-of-fold metrics, fold plan
     report.html             one self-contained report
 """
@@ -29,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from medlens.config import RunConfig
-from medlens.data.splits import check_disjoint_folds, fold_plan, groups_of
+from medlens.data.splits import check_disjoint_folds, cv_plan, groups_of
 
 log = logging.getLogger("medlens.cv")
 
@@ -81,6 +90,7 @@ def cross_validate(
     folds: int | None = None,
     out: str | Path | None = None,
     report: bool = True,
+    ensemble: bool = False,
 ) -> CVResult:
     """Train and score one model per fold; summarise as mean +- std and write ``cv.json`` and ``report.html``.
 
@@ -89,6 +99,7 @@ def cross_validate(
         folds: number of folds (default ``data.split.folds``).
         out: the cross-validation folder (default ``<output.dir>/<output.name or name>``).
         report: write the HTML report.
+        ensemble: also write ``ensemble/``, the folds' models as one bundle (:func:`medlens.ensemble.build_ensemble`).
 
     Returns:
         :class:`CVResult`.
@@ -111,8 +122,12 @@ def cross_validate(
     task_obj = task_of(table)
     if not task_obj.supports_cv:
         raise ValueError(f"medlens cv does not support task {task_obj.name!r}")
-    plan = fold_plan(table, k, s.seed, s.val_fraction)
-    log.info("cv: %d folds over %d samples (%s groups)", k, len(table), "no" if table.groups is None else len(set(table.groups.tolist())))
+    if ensemble and task_obj.ensemble_activation is None:
+        raise ValueError(f"medlens cv --ensemble: {task_obj.name} models cannot be ensembled")
+    plan, held = cv_plan(table, k, s.seed, s.val_fraction, s.cv_holdout, s.test_fraction, s.allow_group_leakage)
+    n_cv = len(table) if held is None else len(held.train) + len(held.val)
+    log.info("cv: %d folds over %d samples (%s groups)%s", k, n_cv, "no" if table.groups is None else len(set(table.groups.tolist())),
+             "" if held is None else f"; {len(held.test)} test rows held out ({s.cv_holdout} split)")
     fold_rows: list[dict[str, Any]] = []
     oof_probs: list[np.ndarray] = []
     oof_targets: list[np.ndarray] = []
@@ -147,13 +162,21 @@ def cross_validate(
     # its own threshold, so pooled threshold metrics use 0.5 and mainly AUROC/AP are meaningful here)
     pooled = task_obj.epoch_metrics(np.concatenate(oof_probs), np.concatenate(oof_targets), names)
     check_disjoint_folds(table, [plan[f].test for f in range(k)])
+    ensemble_dir = None
+    if ensemble:
+        ensemble_dir = _write_ensemble(cfg, cv_dir, fold_rows, np.concatenate(oof_probs), np.concatenate(oof_targets), pooled, held)
     result = CVResult(cv_dir, fold_rows, summary, per_label, pooled, wall_time_s=time.perf_counter() - t0)
+    if ensemble_dir is not None:
+        result.extra["ensemble"] = ensemble_dir
     doc = {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config_name": cfg.name or cfg.output.name, "task": task, "label_names": names, "folds": k,
         "seed": s.seed, "inner_val_fraction": s.val_fraction, "num_samples": len(table),
         "num_groups": None if table.groups is None else int(len(set(table.groups.tolist()))),
         "group_disjoint_folds": True,
+        "held_out": None if held is None else {"method": held.method, "cv_holdout": s.cv_holdout, "rows": int(len(held.test)),
+                                               "note": "in no fold; read only by evaluating the ensemble bundle"},
+        "ensemble": None if ensemble_dir is None else str(ensemble_dir),
         "summary": summary, "per_label": per_label, "pooled_out_of_fold": pooled,
         "fold_results": fold_rows, "targets": _target_rows(cfg.targets, summary),
         "wall_time_s": round(result.wall_time_s, 2),
@@ -166,6 +189,24 @@ def cross_validate(
         result.report = write_cv_report(doc, cv_dir / "report.html")
     log.info("cv: done in %.1f s; %s", result.wall_time_s, result.json_path)
     return result
+
+
+def _write_ensemble(cfg: RunConfig, cv_dir: Path, fold_rows: list[dict[str, Any]], oof_probs: np.ndarray, oof_targets: np.ndarray,
+                    pooled: dict[str, Any], held: Any) -> Path:
+    """``cv_dir/ensemble``: the folds' bundles as one (see the module docstring for its data split)."""
+    from medlens.ensemble import build_ensemble
+
+    ec = cfg.model_copy(deep=True)
+    ec.output.dir, ec.output.name = str(cv_dir), "ensemble"
+    if held is not None:  # the ensemble's own data: the held-out split (its test rows were in no fold)
+        ec.data.split.method = ec.data.split.cv_holdout
+    else:  # every row trained a member: nothing of this data is left to test it on (evaluation refuses)
+        ec.data.split.method = "kfold"
+    metrics = {"cv_pooled_out_of_fold": pooled, "note": "out-of-fold figures of the members; the ensemble itself is not scored here"}
+    extra = {"name": "ensemble", "data_summary": {"folds": len(fold_rows), "held_out_rows": None if held is None else int(len(held.test))}}
+    trained_on = "all rows" if held is None else f"train + val rows of the {held.method} split (its test rows held out)"
+    return build_ensemble([r["bundle"] for r in fold_rows], cv_dir / "ensemble", ec, oof_probs, oof_targets, metrics, extra,
+                          provenance={"trained_on": trained_on, "held_out": held is not None})
 
 
 def _target_rows(targets: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from medlens._atomic import write_json_atomic
 from medlens.bundle import Bundle, load_bundle
 from medlens.config import RunConfig, config_from_dict, load_config
 from medlens.data.samples import SampleTable
-from medlens.data.splits import Splits, fold_splits, split_indices
+from medlens.data.splits import Splits, config_fold_splits, split_indices
 from medlens.inference import Predictor
 from medlens.tasks import read_table, task_of
 
@@ -37,12 +37,20 @@ class EvalResult:
     groups: list[str | None] | None = None
 
 
+def check_own_data_unseen(manifest: Any, path: Any) -> None:
+    """Refuse to score a k-fold ensemble on its saved config's data when every row of it trained a member."""
+    ens = (manifest.extra or {}).get("ensemble") or {}
+    if ens and not ens.get("held_out", False):
+        raise ValueError(f"{path}: this k-fold ensemble was trained on every row of its data, so no split of it is unseen; "
+                         "evaluate it on other data with --config, or build it with data.split.cv_holdout: auto")
+
+
 def dataset_splits(cfg: RunConfig, allow_group_leakage: bool | None = None) -> tuple[SampleTable, Splits]:
     """Read the dataset of a config and split it exactly as training did (deterministic by seed)."""
     table = read_table(cfg.data)
     s = cfg.data.split
     if s.method == "kfold":  # a cross-validation fold's bundle (medlens cv) re-creates its fold
-        return table, fold_splits(table, s.folds, s.fold, s.seed, s.val_fraction)
+        return table, config_fold_splits(table, s)
     splits = split_indices(
         table, method=s.method, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed,
         allow_group_leakage=s.allow_group_leakage if allow_group_leakage is None else allow_group_leakage,
@@ -167,6 +175,7 @@ def evaluate(
     if config is None:
         if not b.manifest.config:
             raise ValueError("this bundle has no saved config; pass --config")
+        check_own_data_unseen(b.manifest, b.path)
         cfg = config_from_dict(b.manifest.config, source=f"{b.path}/manifest.json:config", overrides=overrides)
     elif isinstance(config, RunConfig):
         cfg = config

@@ -226,7 +226,7 @@ def build_report(
     from medlens._atomic import write_json_atomic
     from medlens.bundle import load_bundle
     from medlens.config import config_from_dict, load_config
-    from medlens.evaluation import dataset_splits
+    from medlens.evaluation import check_own_data_unseen, dataset_splits
     from medlens.inference import Predictor
     from medlens.tasks.classification.calibration import calibration_summary
     from medlens.tasks.classification.metrics import classification_metrics, sweep_thresholds
@@ -241,6 +241,7 @@ def build_report(
     if config is not None:
         cfg = load_config(config, overrides)
     elif m.config:
+        check_own_data_unseen(m, bundle_dir)
         cfg = config_from_dict(m.config, source=f"{bundle_dir}/manifest.json:config", overrides=overrides)
     else:
         raise ValueError(f"{bundle_dir}: the bundle has no saved config; pass --config")

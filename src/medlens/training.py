@@ -36,7 +36,7 @@ from medlens.data.dataset import (
     weighted_sampler,
 )
 from medlens.data.samples import SampleTable
-from medlens.data.splits import LeakageError, Splits, find_group_leaks, fold_splits, split_indices
+from medlens.data.splits import LeakageError, Splits, config_fold_splits, find_group_leaks, split_indices
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
@@ -72,7 +72,7 @@ def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Split
     table = read_table(cfg.data) if table is None else table
     s = cfg.data.split
     if splits is None and s.method == "kfold":  # one fold of `medlens cv` (train/inner val/held-out as test)
-        splits = fold_splits(table, s.folds, s.fold, s.seed, s.val_fraction)
+        splits = config_fold_splits(table, s)
     if splits is None:
         splits = split_indices(table, s.method, s.val_fraction, s.test_fraction, s.seed, s.allow_group_leakage)
     leaks = find_group_leaks(table, splits)

@@ -97,3 +97,65 @@ def test_shipped_cv_and_nih_configs_load():
     nih = load_config(ROOT / "configs" / "nih_multilabel.yaml")
     assert nih.data.kind == "csv" and nih.data.group_column == "Patient ID" and nih.data.image_size == 64
     assert nih.data.split.method == "group" and Path(nih.data.path).name == "nih1000_labels.csv"
+
+
+def _synthetic_npz(path: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """A MedMNIST-format file whose positives carry a bright square: learnable in one epoch."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in sizes.items():
+        y = rng.integers(0, 2, n)
+        x = rng.integers(0, 90, (n, 28, 28)).astype(np.uint8)
+        x[y == 1, 8:20, 8:20] = 230
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None].astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_cv_ensemble_keeps_the_test_split_out_of_every_fold_and_reads_it_once(tmp_path):
+    """`medlens cv --ensemble` with data.split.cv_holdout: auto -- folds over train+val only; the ensemble bundle
+    is then evaluated on the dataset's own test split, which no member saw."""
+    from medlens.evaluation import evaluate
+
+    npz = _synthetic_npz(tmp_path / "syn.npz", {"train": 90, "val": 30, "test": 40})
+    raw = tiny_config(
+        tmp_path, {"kind": "medmnist", "flag": "pneumoniamnist", "path": str(npz), "image_size": 28, "channels": 1,
+                   "split": {"folds": 3, "cv_holdout": "auto"}},
+        model={"backbone": "resnet10t", "small_input": 2}, trainer={"threshold_method": "youden"},
+    )
+    raw["output"]["name"] = "ecv"
+    cfg_path = tmp_path / "cv.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["cv", str(cfg_path), "--ensemble"])
+    assert res.exit_code == 0, res.output
+    cv_dir = tmp_path / "runs" / "ecv"
+    assert f"ensemble bundle: {cv_dir / 'ensemble'}" in res.output
+    doc = json.loads((cv_dir / "cv.json").read_text())
+    test_ids = {f"pneumoniamnist/test/{i}" for i in range(40)}
+    held = [set(f["held_out_ids"]) for f in doc["fold_results"]]
+    assert set().union(*held) == {f"pneumoniamnist/{s}/{i}" for s, n in (("train", 90), ("val", 30)) for i in range(n)}
+    assert sum(len(h) for h in held) == 120 and doc["held_out"]["rows"] == 40
+    for f in doc["fold_results"]:  # no test row trained, validated or was scored in any fold
+        assert sum(f["sizes"].values()) == 120
+    # a fold's bundle still re-creates its fold (folds over train+val, from the saved cv_holdout)
+    f1 = doc["fold_results"][1]
+    assert sorted(evaluate(f1["bundle"], split="test", record=False).ids) == sorted(f1["held_out_ids"])
+    # the ensemble's own test split is the held-out one
+    r = evaluate(cv_dir / "ensemble", split="test", record=False)
+    assert set(r.ids) == test_ids
+    assert r.metrics["auroc_macro"] > 0.9  # the square is learnable: the mean of three 1-epoch members finds it
+    m = json.loads((cv_dir / "ensemble" / "manifest.json").read_text())
+    assert m["extra"]["ensemble"]["held_out"] is True and len(m["architecture"]["members"]) == 3
+    assert m["config"]["data"]["split"]["method"] == "auto"
+    assert len(m["thresholds"]) == 1  # youden on the pooled out-of-fold probabilities
+
+
+def test_cv_holdout_without_test_rows_is_refused(tmp_path):
+    npz = _synthetic_npz(tmp_path / "syn.npz", {"train": 40, "val": 20, "test": 0})
+    raw = tiny_config(tmp_path, {"kind": "medmnist", "flag": "pneumoniamnist", "path": str(npz), "image_size": 28, "channels": 1,
+                                 "split": {"folds": 2, "cv_holdout": "predefined"}})
+    cfg_path = tmp_path / "cv.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["cv", str(cfg_path), "--ensemble"])
+    assert res.exit_code != 0 and "cv_holdout: predefined leaves no test rows" in res.output
+    assert "Traceback" not in res.output

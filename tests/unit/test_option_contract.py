@@ -575,6 +575,7 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "data.split.seed": lambda tmp: differs(splits_of, "data.split.seed=5", default=("data.split.method=stratified",)),
     "data.split.folds": lambda tmp: differs(splits_of, "data.split.folds=3", default=("data.split.method=kfold",)),
     "data.split.fold": lambda tmp: differs(splits_of, "data.split.fold=1", default=("data.split.method=kfold",)),
+    "data.split.cv_holdout": lambda tmp: differs(splits_of, "data.split.cv_holdout=auto", default=("data.split.method=kfold",)),
     # ---- data.metadata: the encoder and the fused network
     "data.metadata.numeric": _metadata_effect("numeric", "[]"),
     "data.metadata.categorical": _metadata_effect("categorical", "[]"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -330,7 +331,41 @@ def check_disjoint_folds(table: SampleTable, held_out: list[np.ndarray]) -> None
             owner[g] = f
 
 
-def fold_splits(table: SampleTable, folds: int, fold: int, seed: int = 0, val_fraction: float = 0.15) -> Splits:
+def cv_plan(table: SampleTable, folds: int = 5, seed: int = 0, val_fraction: float = 0.15, holdout: str = "none",
+            test_fraction: float = 0.15, allow_group_leakage: bool = False) -> tuple[list[Splits], Splits | None]:
+    """The folds of ``medlens cv`` and the split whose test rows they keep out (``data.split.cv_holdout``).
+
+    ``holdout: none`` folds over every row (:func:`fold_plan`; no held-out split). Any split method (``auto``,
+    ``predefined``, ``stratified``, ``group``) first splits the table that way, as training would, and folds over
+    its train + validation rows only: its test rows are in no fold's training, inner validation or held-out part,
+    so they can be read once at the end (e.g. by the ``--ensemble`` bundle of the folds).
+
+    Returns:
+        (one :class:`Splits` per fold, row indices of the whole table; the held-out split or None).
+
+    Example:
+        >>> plan, held = cv_plan(table, folds=5, holdout="auto")  # doctest: +SKIP
+        >>> set(held.test.tolist()).isdisjoint(np.concatenate([s.train for s in plan]).tolist())  # doctest: +SKIP
+        True
+    """
+    if holdout == "none":
+        return fold_plan(table, folds, seed, val_fraction), None
+    base = split_indices(table, holdout, val_fraction, test_fraction, seed, allow_group_leakage)
+    if len(base.test) == 0:
+        raise ValueError(f"{table.source}: data.split.cv_holdout: {holdout} leaves no test rows to hold out "
+                         "(set data.split.test_fraction > 0, or cv_holdout: none)")
+    rows = np.sort(np.concatenate([base.train, base.val])).astype(np.int64)
+    sub = table.subset(rows)
+    sub.splits = None
+    note = f"{len(base.test)} test rows of the {base.method} split held out of every fold (data.split.cv_holdout: {holdout})"
+    plan = [Splits(rows[p.train], rows[p.val], rows[p.test], "kfold", [*p.notes, note]) for p in fold_plan(sub, folds, seed, val_fraction)]
+    if np.intersect1d(np.concatenate([np.concatenate([p.train, p.val, p.test]) for p in plan]), base.test).size:
+        raise FoldLeakError(f"{table.source}: a held-out test row is in a fold")  # the invariant the final reading rests on
+    return plan, base
+
+
+def fold_splits(table: SampleTable, folds: int, fold: int, seed: int = 0, val_fraction: float = 0.15, holdout: str = "none",
+                test_fraction: float = 0.15, allow_group_leakage: bool = False) -> Splits:
     """The splits of one fold (as training made them); used when a config says ``split.method: kfold``.
 
     Example:
@@ -338,4 +373,10 @@ def fold_splits(table: SampleTable, folds: int, fold: int, seed: int = 0, val_fr
     """
     if not 0 <= fold < folds:
         raise ValueError(f"data.split.fold must be in 0..{folds - 1}, not {fold}")
-    return fold_plan(table, folds, seed, val_fraction)[fold]
+    return cv_plan(table, folds, seed, val_fraction, holdout, test_fraction, allow_group_leakage)[0][fold]
+
+
+def config_fold_splits(table: SampleTable, split: Any) -> Splits:
+    """:func:`fold_splits` of a config's ``data.split`` section (a fold bundle re-creating its fold)."""
+    return fold_splits(table, split.folds, split.fold, split.seed, split.val_fraction, split.cv_holdout, split.test_fraction,
+                       split.allow_group_leakage)

@@ -1,7 +1,7 @@
 """Networks as plain ``nn.Module``s, built by name from a manifest's ``architecture`` dict.
 
 ``create_model(arch)`` dispatches on ``arch["type"]`` (``classifier``, ``fusion``, ``unet_ae``,
-``reversed_ae``, ``patchcore``); ``list_models()`` names the types. Backbones are timm names (``timm.list_models()``).
+``reversed_ae``, ``patchcore``, ``ensemble``); ``list_models()`` names the types. Backbones are timm names (``timm.list_models()``).
 
 Pretrained weights (``model.pretrained``, see :mod:`medlens.models.pretrained`): pass ``pretrained`` in the
 architecture dict when building the model to train, then store what was loaded, not the request, so that
@@ -35,6 +35,7 @@ _MODULES = {
     "unet_ae": "medlens.models.autoencoder",
     "reversed_ae": "medlens.models.autoencoder",
     "patchcore": "medlens.models.patchcore",
+    "ensemble": "medlens.models.ensemble",
 }
 
 

@@ -192,6 +192,12 @@ class Task:
         """Decisions compare each score with its own threshold (otherwise: arg-max)."""
         return True
 
+    @property
+    def ensemble_activation(self) -> str | None:
+        """How an ensemble of this task's bundles averages its members (``softmax`` or ``sigmoid`` probabilities),
+        None when bundles of this task cannot be ensembled."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind!r})"
 

@@ -154,11 +154,14 @@ def table_from_npz(data: dict[str, np.ndarray], flag: str, label_names: list[str
     info = MEDMNIST_INFO.get(flag)
     images, labels, splits, ids = [], [], [], []
     for key, split in _SPLITS:
-        if f"{key}_images" not in data:
-            raise ValueError(f"{source}: key {key}_images missing; keys are {sorted(data)}")
+        for part in ("images", "labels"):
+            if f"{key}_{part}" not in data:
+                raise ValueError(f"{source}: key {key}_{part} missing; keys are {sorted(data)}")
         x, y = data[f"{key}_images"], data[f"{key}_labels"]
+        if len(x) != len(y):
+            raise ValueError(f"{source}: {key}_images has {len(x)} images but {key}_labels {len(y)} labels")
         images.append(x)
-        labels.append(y.reshape(len(y), -1))
+        labels.append(y.reshape(len(y), int(np.prod(y.shape[1:])) if y.ndim > 1 else 1))  # an empty split keeps its columns
         splits += [split] * len(x)
         ids += [f"{flag}/{split}/{i}" for i in range(len(x))]
     x = np.concatenate(images).astype(np.uint8)

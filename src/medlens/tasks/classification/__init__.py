@@ -70,6 +70,11 @@ class ClassificationTask(Task):
         """Decisions at per-label thresholds (binary, multi-label)."""
         return self.kind != "multiclass"
 
+    @property
+    def ensemble_activation(self) -> str:
+        """Members' probabilities are averaged as the bundle's activation makes them: softmax or sigmoid."""
+        return "softmax" if self.exclusive else "sigmoid"
+
     # ------------------------------------------------------------------ config and data
     def check_config(self, cfg: Any) -> None:
         """Refuse autoencoder keys, and threshold keys that cannot act (arg-max decisions, a tuned method)."""

@@ -159,6 +159,32 @@ def find_target_layer(model: nn.Module, x: torch.Tensor | None = None, meta: tor
     return chosen, modules[chosen]
 
 
+def _members(model: nn.Module) -> nn.ModuleList | None:
+    """An ensemble's member networks (:class:`~medlens.models.ensemble.EnsembleNet`), else None."""
+    members = getattr(model, "members", None)
+    return members if isinstance(members, nn.ModuleList) else None
+
+
+def find_target_layers(model: nn.Module, x: torch.Tensor | None = None, meta: torch.Tensor | None = None,
+                       name: str | None = None) -> tuple[str, list[nn.Module]]:
+    """The layers to explain: one (:func:`find_target_layer`), or the same layer of every member of an ensemble.
+
+    For an ensemble ``name`` is a member's layer (``backbone.layer3``; a ``members.<i>.`` prefix is dropped), and
+    the map is the mean of the members' maps (pytorch-grad-cam averages its target layers).
+
+    Returns:
+        (a display name, ``members.*.backbone.layer4`` for an ensemble; the modules).
+    """
+    members = _members(model)
+    if members is None:
+        n, layer = find_target_layer(model, x, meta, name)
+        return n, [layer]
+    inner = re.sub(r"^members\.\d+\.", "", name) if name else None
+    found = [find_target_layer(m, x, meta, inner) for m in members]
+    names = sorted({n for n, _ in found})
+    return (f"members.*.{names[0]}" if len(names) == 1 else ", ".join(f"members.{i}.{n}" for i, (n, _) in enumerate(found))), [m for _, m in found]
+
+
 # ---------------------------------------------------------------------------------------------- CAM
 class _CamModel(nn.Module):
     """model(x) with fixed metadata, and an input that requires grad (the weights are frozen)."""
@@ -246,10 +272,10 @@ def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, 
     cam_cls = CAM_METHODS.create(method)
     with LOCK:
         net = _explain_network(predictor)
-        layer_name, layer = find_target_layer(net, x, meta, target_layer)
+        layer_name, layers = find_target_layers(net, x, meta, target_layer)
         wrapped = _CamModel(net, meta).eval()
         targets = _targets_for(labels, names, kind)
-        with cam_cls(model=wrapped, target_layers=[layer]) as cam:
+        with cam_cls(model=wrapped, target_layers=layers) as cam:
             # one forward/backward per label: the batch holds the same image once per requested label
             maps = cam(input_tensor=x.repeat(len(labels), 1, 1, 1), targets=targets)
     log.debug("%s: %s at %s for %s", src, method, layer_name, labels)
@@ -262,4 +288,7 @@ def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, 
 def layer_names(model: nn.Module) -> list[str]:
     """Names of the network's layers a user may pick as CAM target (convolutional stages and blocks)."""
     pat = re.compile(r"(layer\d|stages?\.\d+|blocks\.\d+|features\.\w+|bn2|conv_head|norm5)$")
+    members = _members(model)
+    if members is not None and len(members):  # an ensemble: a member's layer names (every member is explained there)
+        model = members[0]
     return [n for n, _ in model.named_modules() if n and pat.search(n)]

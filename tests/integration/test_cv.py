@@ -148,6 +148,10 @@ def test_cv_ensemble_keeps_the_test_split_out_of_every_fold_and_reads_it_once(tm
     assert m["extra"]["ensemble"]["held_out"] is True and len(m["architecture"]["members"]) == 3
     assert m["config"]["data"]["split"]["method"] == "auto"
     assert len(m["thresholds"]) == 1  # youden on the pooled out-of-fold probabilities
+    # the evaluation report of the ensemble reads the same held-out rows
+    rep = CliRunner().invoke(app, ["report", str(cv_dir / "ensemble"), "--split", "test", "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["data"]["n"] == 40
 
 
 def test_cv_holdout_without_test_rows_is_refused(tmp_path):

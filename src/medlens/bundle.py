@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medlens._atomic import chmod_as_created, jsonable, write_json_atomic
-from medlens.data.labels import LabelSpace
+from medlens.data.labels import LAYOUT, LabelSpace, layout_from_dict
 from medlens.data.transforms import Preprocessing
 from medlens.runfolder import replace_dir_atomically, restore_interrupted_replace
 
@@ -93,7 +93,8 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = "raw"  # "raw" or "ema": which weights were kept
     intended_use: str = ""
-    anomaly: dict[str, Any] | None = None
+    #: the task's own section (operating-point details, score settings, intervals): written and read by the task only
+    task_section: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -115,12 +116,13 @@ class Manifest:
             "created": self.created,
             "task": self.label_space.task,
             "label_names": list(self.label_space.names),
+            "label_layout": self.label_space.to_dict()["layout"],
             "architecture": self.architecture,
             "preprocessing": self.preprocessing.to_dict(),
             "thresholds": self.thresholds,
             "temperature": self.temperature,
             "metadata_encoder": self.metadata_encoder,
-            "anomaly": self.anomaly,
+            "task_section": self.task_section,
             "weights_source": self.weights_source,
             "weights_sha256": self.weights_sha256,
             "metrics": self.metrics,
@@ -138,7 +140,8 @@ class Manifest:
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise BundleError(f"{source}: bundle format {d.get('format_version')} is newer than this medlens supports ({FORMAT_VERSION})")
         try:
-            space = LabelSpace(tuple(d["label_names"]), d["task"])
+            d = migrate_manifest(d)
+            space = LabelSpace(tuple(d["label_names"]), d["task"], layout_from_dict(d["label_layout"]))
             arch = d["architecture"]
             if not isinstance(arch, dict):
                 raise BundleError(f"{source}: manifest field 'architecture' must be an object")
@@ -160,7 +163,7 @@ class Manifest:
                 config=d.get("config") or {},
                 weights_source=d.get("weights_source", "raw"),
                 intended_use=d.get("intended_use", ""),
-                anomaly=d.get("anomaly"),
+                task_section=d.get("task_section"),
                 extra=d.get("extra") or {},
                 versions=d.get("versions") or {},
                 created=d.get("created", ""),
@@ -173,6 +176,24 @@ class Manifest:
             raise BundleError(f"{source}: manifest field {e.args[0]!r} is missing") from None
         except (TypeError, ValueError) as e:  # wrong types, or a label space that contradicts its task
             raise BundleError(f"{source}: invalid manifest ({e})") from None
+
+
+def migrate_manifest(d: dict[str, Any]) -> dict[str, Any]:
+    """A manifest of an older layout in today's (a copy; the one place that knows the old layouts).
+
+    * ``anomaly`` (the detector's section, before tasks owned theirs) becomes ``task_section``;
+    * a manifest without ``label_layout`` predates it: the reader kinds have their known layout, and the one other
+      kind written then (the normal-vs-abnormal view) was laid out like ``binary``: two names, one output.
+    """
+    d = dict(d)
+    if "anomaly" in d:
+        section = d.pop("anomaly")
+        if d.get("task_section") is None:
+            d["task_section"] = section
+    if d.get("label_layout") is None:
+        lay = LAYOUT.get(d.get("task"), LAYOUT["binary"])  # type: ignore[arg-type]
+        d["label_layout"] = {"exclusive": lay.exclusive, "single_output": lay.single_output, "values": lay.values}
+    return d
 
 
 def _finite_number(x: Any) -> bool:

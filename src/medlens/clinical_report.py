@@ -210,8 +210,9 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         parts.append(f"<p class='err'>This image could not be analysed: {esc(str(prediction.error))}</p>")
     parts.append("<h2>Image and explanation</h2><div class='imgs'>")
     parts.append(f"<figure><img alt='input image' src='{_b64_png(image_png(image, 768))}'><figcaption>Input ({image.shape[1]}&times;{image.shape[0]} px)</figcaption></figure>")
+    symbol = "p" if task.presentation(manifest).value_kind == "probability" else "value"
     for e in explanations:
-        cap = f"{esc(e.label)}: {esc(e.method)}" + (f" at {esc(e.target_layer)}" if e.target_layer else "") + f" (p = {e.probability:.3f})"
+        cap = f"{esc(e.label)}: {esc(e.method)}" + (f" at {esc(e.target_layer)}" if e.target_layer else "") + f" ({symbol} = {e.probability:.4g})"
         parts.append(f"<figure><img alt='{esc(e.method)} overlay for {esc(e.label)}' src='{_b64_png(e.overlay_png)}'><figcaption>{cap}</figcaption></figure>")
     parts.append("</div>")
     for method in dict.fromkeys(e.method for e in explanations):
@@ -223,11 +224,11 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         for f in task.findings(prediction, manifest):
             p = f.value
             bar = "" if p is None or f.value_kind != "probability" else f"<span class='bar' style='width:{int(round(100 * max(0.0, min(1.0, p))))}px'></span> "
+            decision = f.decision or (f.text if f.text else "-")  # a task without decisions: its own words
             parts.append(f"<tr class='{'pos' if f.positive else ''}'><td>{esc(f.label)}</td><td>{bar}{esc(f.value_text())}</td>"
-                         f"<td>{esc(f.threshold_text())}</td><td>{esc(f.decision)}</td></tr>")
+                         f"<td>{esc(f.threshold_text())}</td><td>{esc(decision)}</td></tr>")
         parts.append("</tbody></table>")
-        summary = ", ".join(prediction.predicted) if prediction.predicted else "none"
-        parts.append(f"<p><strong>Model output:</strong> {esc(summary)}</p>")
+        parts.append(f"<p><strong>Model output:</strong> {esc(task.outcome(prediction, manifest))}</p>")
     parts.append("<h2>Intended use</h2>")
     parts.append(f"<p>{esc(manifest.intended_use or NO_INTENDED_USE)}</p>")
     parts.append("<h2>Model</h2><table class='meta'>")
@@ -263,7 +264,7 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     when = generated or _utc_now()
     fig.text(0.06, 0.935, "\n".join(textwrap.wrap("NOT A DIAGNOSIS. " + DISCLAIMER, 110)), fontsize=7.5, va="top", color="#8a4b00")
     panels = [(image, "Input")] + [
-        (cv2.imdecode(np.frombuffer(e.overlay_png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], f"{e.label}: {e.method} (p={e.probability:.3f})")
+        (cv2.imdecode(np.frombuffer(e.overlay_png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], f"{e.label}: {e.method} ({e.probability:.3g})")
         for e in list(explanations)[:3]
     ]
     w = 0.88 / len(panels)
@@ -277,9 +278,9 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
         lines.append(f"Could not be analysed: {prediction.error}")
     else:
         for f in task_of(manifest).findings(prediction, manifest):
-            lines.append(f"{f.label[:28]:<30}{f.value_text():>10}{f.threshold_text():>12}   {f.decision}")
+            lines.append(f"{f.label[:28]:<30}{f.value_text():>10}{f.threshold_text():>12}   {f.decision or f.text}")
     y = 0.56
-    value_name = "Score" if task_of(manifest).presentation(manifest).value_kind == "score" else "Prob."
+    value_name = {"score": "Score", "probability": "Prob."}.get(task_of(manifest).presentation(manifest).value_kind, "Value")
     fig.text(0.06, y, f"{'Finding':<30}{value_name:>10}{'Threshold':>12}   Decision", family="monospace", fontsize=8, weight="bold", va="top")
     for ln in lines[:25]:
         y -= 0.016
@@ -372,7 +373,7 @@ def write_reports(
             pp = out / f"{stem}.pdf"
             write_bytes_atomic(pp, image_report_pdf(img, pred, exps, predictor.manifest, metadata=meta, identifiers=ids, generated=when))
             written.append(pp)
-        status = "error" if not pred.ok else (", ".join(pred.predicted) or "none")
+        status = "error" if not pred.ok else task_of(predictor.manifest).outcome(pred, predictor.manifest)
         index_rows.append(f"<tr><td><a href='{html.escape(path.name)}'>{html.escape(str(pred.source))}</a></td><td>{html.escape(status)}</td></tr>")
     index = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medlens reports</title>"
@@ -402,6 +403,6 @@ def predict_with_reports(bundle: str | Path, images: Sequence[ImageInput], repor
     predictor = Predictor.from_bundle(bundle, **predictor_kw)
     preds = predictor.predict(images, metadata=metadata, progress=progress)
     if out is not None:
-        write_predictions_csv(preds, predictor.label_names, out)
+        write_predictions_csv(preds, predictor.label_names, out, predictor.manifest)
     write_reports(predictor, images, preds, report_dir, method=method, metadata=metadata, progress=progress)
     return preds

@@ -22,7 +22,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Task = Literal["binary", "multiclass", "multilabel", "anomaly"]
+#: ``data.task`` names a label kind some task serves (``medlens.tasks.list_kinds()``); the config layer does not know
+#: the tasks, so the name is checked when the task is looked up (``get_task``), with the valid ones listed.
+_KIND = r"^[a-z][a-z0-9_]*$"
 
 
 class ConfigError(ValueError):
@@ -73,9 +75,8 @@ class _DataBase(StrictModel):
     """Options common to every data source."""
 
     label_names: list[str] | None = None  # explicit label order; inferred (sorted) when omitted
-    task: Task | None = None  # inferred from the source when omitted
+    task: str | None = Field(None, pattern=_KIND)  # the label kind (binary, multilabel, anomaly, ...); inferred when omitted
     unknown_labels: Literal["ignore", "negative"] = "ignore"
-    normal_label: str | None = None  # anomaly task: the class the autoencoder is trained on
     image_size: int = Field(224, ge=8, le=4096)
     channels: Literal[1, 3] = 3
     mean: list[float] | None = None  # per channel, in [0, 1] units; ImageNet stats for 3 channels by default
@@ -86,6 +87,10 @@ class _DataBase(StrictModel):
     num_workers: int | None = Field(None, ge=0)  # None: chosen from the CPU count
     cache_images: bool | Literal["auto"] = "auto"  # auto: decoded images in memory up to cache_mb; true: all; false: none
     cache_mb: int | None = Field(None, ge=0)  # image cache budget, MB (None: min(25 % of available RAM, 4096); 0: no cache)
+    # decoded, resized images kept on disk between epochs and runs ($MEDLENS_CACHE_DIR or ~/.cache/medlens/images);
+    # auto: on for image files at least twice the model's size (see medlens.data.diskcache)
+    disk_cache: bool | Literal["auto"] = "auto"
+    disk_cache_mb: int | None = Field(None, ge=1)  # disk cache bound, MB (None: 10 % of the free disk, at most 20480)
     augment: Literal["none", "light", "strong"] = "light"
     color_augment: bool | None = None  # None: only for 3-channel images
     sampler: Literal["default", "weighted"] = "default"
@@ -95,10 +100,36 @@ class _DataBase(StrictModel):
 
 
 class FolderData(_DataBase):
-    """One sub-folder per class: ``root/<class>/*.png``; or ``root/<split>/<class>/*`` when splits exist."""
+    """One sub-folder per class: ``root/<class>/*.png``; or ``root/<split>/<class>/*`` when splits exist.
+
+    ``group_pattern``: a regular expression with exactly one capturing group that takes the patient (group) id out
+    of each file's path relative to ``root`` (``/``-separated, e.g. ``train/PNEUMONIA/person12_virus_40.jpeg``;
+    ``re.search``, so it may match anywhere). Images with one id are never split apart: a validation split carved
+    from ``train`` is carved by patient, and ``medlens split audit`` lists the ids found in two splits. Every file
+    must match; the first one that does not is named in the error. Kermany's chest X-rays
+    (``personN_bacteria_K.jpeg``, ``IM-NNNN-KKKK.jpeg``, ``NORMAL2-IM-NNNN-KKKK.jpeg``), in YAML:
+    ``group_pattern: '/((?:NORMAL2-)?IM-\\d+|person\\d+)[-_]'`` (single quotes keep the backslashes).
+    """
 
     kind: Literal["folder"] = "folder"
     root: str
+    group_pattern: str | None = None  # regex, one group: the patient id in each file's path below root
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _one_group(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import re
+
+        try:
+            n = re.compile(v).groups
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
+        if n != 1:
+            raise ValueError(f"needs exactly one capturing group (the patient id), {v!r} has {n}; "
+                             "write other parentheses as (?:...)")
+        return v
 
 
 class CsvData(_DataBase):
@@ -284,23 +315,6 @@ class ModelConfig(StrictModel):
     small_input: bool | Literal["auto", 1, 2, 4] = "auto"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    # Anomaly detection (task: anomaly)
-    autoencoder: Literal["unet", "reversed"] = "unet"
-    ae_depth: int = Field(3, ge=1, le=6)
-    ae_width: int = Field(32, ge=4)
-    latent_dim: int = Field(128, ge=2)
-    ae_skip_levels: list[int] | None = None  # U-Net AE: encoder levels with skips (0 = full res); None: deepest only
-    anomaly_score: Literal["mean", "percentile"] = "mean"
-    anomaly_map: Literal["mse", "ssim"] = "mse"  # pixel error map: squared error, or local SSIM dissimilarity
-    score_percentile: float = Field(99.0, gt=0.0, le=100.0)
-    anomaly_fpr: float = Field(0.05, gt=0.0, lt=1.0)  # threshold: this false-positive rate on val normals
-    # Feature-based anomaly detection (task: anomaly, detector: patchcore): nearest-normal-patch distances
-    detector: Literal["autoencoder", "patchcore"] = "autoencoder"  # patchcore needs model.pretrained (e.g. `medlens pretrain`)
-    memory_size: int = Field(4096, ge=16)  # patchcore: coreset size, normal patch features kept (bounds memory and time)
-    patch_layers: list[int] = Field(default_factory=lambda: [2, 3])  # patchcore: timm feature levels (2 = stride 8 in a stock ResNet)
-    # patchcore: "image" standardises each image by its own mean and std inside the network (after data.mean/std), so
-    # a brightness or contrast shift between cohorts or scanners does not move its features; "dataset": data.mean/std only
-    input_norm: Literal["dataset", "image"] = "dataset"
 
 
 # -------------------------------------------------------------------------------------------- pretrain
@@ -322,12 +336,6 @@ class PretrainConfig(StrictModel):
 class OptimConfig(StrictModel):
     """Loss, optimiser and learning-rate schedule."""
 
-    loss: Literal["auto", "bce", "ce", "focal", "mse", "mse_ssim"] = "auto"
-    focal_gamma: float = Field(2.0, ge=0.0)
-    focal_alpha: float | None = Field(None, ge=0.0, le=1.0)
-    class_weights: Literal["none", "auto"] | list[float] = "none"
-    pos_weight: Literal["none", "auto"] | list[float] = "none"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     backbone_lr: float | None = Field(None, gt=0.0)  # None: same as lr
@@ -358,7 +366,7 @@ class TrainerConfig(StrictModel):
     max_steps: int = -1
     max_time_s: float | None = None  # stop training after this many seconds (best checkpoint kept)
     limit_train_batches: float | int | None = None
-    precision: Literal["32", "bf16", "16", "auto"] = "32"
+    precision: Literal["32", "bf16", "16", "auto"] = "auto"  # auto: bf16 autocast on CPUs with AMX units, fp16 on CUDA, else 32
     channels_last: bool | Literal["auto"] = "auto"  # auto: a short measured probe on the first batch picks the faster layout
     compile: bool = False
     # keep freed activation buffers in the process (glibc mmap/trim thresholds): faster steps, RSS stays at its peak
@@ -370,13 +378,8 @@ class TrainerConfig(StrictModel):
     monitor: str = "auto"  # e.g. val/auroc_macro; auto picks by task
     monitor_mode: Literal["max", "min", "auto"] = "auto"
     early_stopping_patience: int | None = None
-    threshold_method: Literal["f1", "youden", "fixed"] = "f1"
-    fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    calibrate: bool = True  # fit temperature scaling on validation
     # test-time augmentation: none, hflip, flips (original + h + v), d4 (8 rotations/flips); true = hflip
     tta: bool | Literal["none", "hflip", "flips", "d4"] = False
-    # binary: flip the score (negate the logit) when validation AUROC < 0.5, recorded in the manifest
-    orientation_check: bool = False
     deterministic: bool = True
     log_every_n_steps: int = 20
     progress_bar: bool = True
@@ -462,6 +465,9 @@ class RunConfig(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    # the task's own options (loss, operating point, detector, ...): carried as given here and validated by the task
+    # that data.task selects (``Task.options_model``; ``medlens.tasks.get_task(kind).options(cfg)``)
+    task_options: dict[str, Any] = Field(default_factory=dict)
     # e.g. {auroc_macro: 0.86} (a lower bound; an upper one for ece/brier/loss) or {auroc_macro: [0.86, 0.92]}
     targets: dict[str, float | TargetRange] = Field(default_factory=dict)
     intended_use: str = (
@@ -633,9 +639,14 @@ def dotenv_overrides(env_file: str | Path | None = None, prefix: str = "MEDLENS_
     from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own .env parser
 
     items = []
-    for k, v in dotenv_values(p).items():
+    # interpolate=False: a ${VAR} in the file stays literal text (expanding it from the environment put a secret
+    # into a run-folder name); the file is announced, so its overrides are never applied without a word
+    for k, v in dotenv_values(p, interpolate=False).items():
         if k.startswith(prefix) and len(k) > len(prefix) and v is not None:
             items.append(k[len(prefix) :].lower().replace("__", ".") + "=" + v)
+    import logging
+
+    logging.getLogger("medlens.config").info("using .env: %s (%d overrides)", p, len(items))
     return sorted(items)
 
 
@@ -653,12 +664,54 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
+#: Keys that moved from the core sections into ``task_options`` (configs and bundles written before the move keep
+#: loading): old dotted key -> key in ``task_options``. This table is the one place that knows the old layout.
+LEGACY_TASK_KEYS: dict[str, str] = {
+    **{f"model.{k}": k for k in ("autoencoder", "ae_depth", "ae_width", "latent_dim", "ae_skip_levels", "anomaly_score",
+                                  "anomaly_map", "score_percentile", "anomaly_fpr", "detector", "memory_size",
+                                  "patch_layers", "input_norm")},
+    **{f"optim.{k}": k for k in ("loss", "focal_gamma", "focal_alpha", "class_weights", "pos_weight", "label_smoothing")},
+    **{f"trainer.{k}": k for k in ("threshold_method", "fixed_threshold", "calibrate", "orientation_check")},
+    "data.normal_label": "normal_label",
+}
+
+
+def migrate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """Move keys of the old layout (``model.ae_depth``, ``optim.loss``, ``trainer.threshold_method``, ...) into
+    ``task_options`` (a copy is returned; a key given in both places is an error naming both).
+
+    Example:
+        >>> migrate_legacy({"data": {"kind": "synthetic"}, "optim": {"loss": "focal", "lr": 0.01}})
+        {'data': {'kind': 'synthetic'}, 'optim': {'lr': 0.01}, 'task_options': {'loss': 'focal'}}
+    """
+    import copy
+
+    out = copy.deepcopy(raw)
+    moved: dict[str, Any] = {}
+    for old, new in LEGACY_TASK_KEYS.items():
+        section, leaf = old.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and leaf in node:
+            moved[new] = (old, node.pop(leaf))
+    if moved:
+        opts = out.get("task_options")
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict):
+            raise ConfigError("task_options must be a mapping")
+        for new, (old, value) in moved.items():
+            if new in opts:
+                raise ConfigError(f"{old} and task_options.{new} are the same option; keep task_options.{new}")
+            opts[new] = value
+        out["task_options"] = opts
+    return out
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None,
                      env_file: str | Path | None = None) -> RunConfig:
     """Validate a config dict (after ``.env``, environment and ``overrides``, in that order) into a :class:`RunConfig`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping with sections data, model, optim, ...")
-    merged = apply_overrides(raw, [*dotenv_overrides(env_file), *_env_overrides(), *(overrides or [])])
+    merged = migrate_legacy(apply_overrides(raw, [*dotenv_overrides(env_file), *_env_overrides(), *(overrides or [])]))
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as err:

@@ -39,6 +39,7 @@ import numpy as np
 
 from medlens.config import RunConfig
 from medlens.data.splits import check_disjoint_folds, cv_plan, groups_of
+from medlens.tasks import Task
 
 log = logging.getLogger("medlens.cv")
 
@@ -118,7 +119,7 @@ def cross_validate(
     s = cfg.data.split
     cv_dir = Path(out) if out is not None else run_dir_for(cfg)
     cv_dir.mkdir(parents=True, exist_ok=True)
-    table = read_table(cfg.data)
+    table = read_table(cfg)
     task_obj = task_of(table)
     if not task_obj.supports_cv:
         raise ValueError(f"medlens cv does not support task {task_obj.name!r}")
@@ -178,7 +179,7 @@ def cross_validate(
                                                "note": "in no fold; read only by evaluating the ensemble bundle"},
         "ensemble": None if ensemble_dir is None else str(ensemble_dir),
         "summary": summary, "per_label": per_label, "pooled_out_of_fold": pooled,
-        "fold_results": fold_rows, "targets": _target_rows(cfg.targets, summary),
+        "fold_results": fold_rows, "targets": _target_rows(cfg.targets, summary, task_obj),
         "wall_time_s": round(result.wall_time_s, 2),
     }
     result.json_path = cv_dir / "cv.json"
@@ -209,9 +210,9 @@ def _write_ensemble(cfg: RunConfig, cv_dir: Path, fold_rows: list[dict[str, Any]
                           provenance={"trained_on": trained_on, "held_out": held is not None})
 
 
-def _target_rows(targets: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _target_rows(targets: dict[str, Any], summary: dict[str, Any], task: Task) -> list[dict[str, Any]]:
     from medlens.targets import check_targets  # the one target rule (bounds and ranges)
 
     means = {name: (summary.get(name) or {}).get("mean") for name in targets}
     return [{k: r[k] for k in ("metric", "target", "min", "max", "value", "met", "direction")}
-            for r in check_targets(targets, {k: v for k, v in means.items() if v is not None})]
+            for r in check_targets(targets, {k: v for k, v in means.items() if v is not None}, task=task)]

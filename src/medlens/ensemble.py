@@ -3,7 +3,7 @@
 The network is :class:`~medlens.models.ensemble.EnsembleNet` (members' weights and calibration inside), so the
 bundle predicts, explains (class-activation maps through every member), exports to ONNX and is served like any
 classifier bundle. Its operating point comes from the pooled out-of-fold probabilities -- every row scored by
-the member that never saw it -- through the task's own threshold rule (``trainer.threshold_method``).
+the member that never saw it -- through the task's own threshold rule (``task_options.threshold_method``).
 
 Members must share task, labels, preprocessing and metadata encoding; anything else is refused with one line.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medlens.bundle import Bundle, BundleError, Manifest, load_bundle, read_temperature, save_bundle
+from medlens.tasks import task_of
 
 log = logging.getLogger("medlens.ensemble")
 
@@ -53,8 +54,8 @@ def _check_members(bundles: list[Bundle]) -> None:
     for b in bundles:
         if b.manifest.architecture.get("type") == "ensemble":
             raise BundleError(f"{b.path}: is an ensemble already")
-        if b.manifest.anomaly:
-            raise BundleError(f"{b.path}: anomaly bundles cannot be ensembled")
+        if task_of(b.manifest).ensemble_activation is None:
+            raise BundleError(f"{b.path}: {task_of(b.manifest).name} bundles cannot be ensembled")
 
 
 def build_ensemble(members: list[str | Path], out: str | Path, cfg: Any, oof_probs: np.ndarray, oof_targets: np.ndarray,
@@ -65,7 +66,7 @@ def build_ensemble(members: list[str | Path], out: str | Path, cfg: Any, oof_pro
     Args:
         members: bundle folders of one label space (the folds of ``medlens cv``).
         out: the new bundle folder (replaced atomically).
-        cfg: the run config; its ``trainer.threshold_method`` sets the thresholds; it is saved in the manifest.
+        cfg: the run config; its ``task_options.threshold_method`` sets the thresholds; it is saved in the manifest.
         oof_probs: pooled out-of-fold (calibrated) probabilities of the members, (N, K_out).
         oof_targets: their targets (N, K) as the task stores them.
         metrics: metrics to record in the manifest (the cross-validation's pooled ones).
@@ -113,9 +114,7 @@ def build_ensemble(members: list[str | Path], out: str | Path, cfg: Any, oof_pro
                             "combine": "mean of the members' calibrated probabilities", **(provenance or {})}, **(extra or {})},
     )
     # the operating point: the task's own rule on the pooled out-of-fold probabilities (members are calibrated)
-    trainer = cfg.trainer.model_copy(update={"calibrate": False, "orientation_check": False})
-    op_cfg = cfg.model_copy(update={"trainer": trainer})
-    op = task.fit_operating_point(op_cfg, manifest, probs_to_raw(oof_probs, activation), SimpleNamespace(targets=np.asarray(oof_targets)), None)
+    op = task.refit_thresholds(cfg, manifest, probs_to_raw(oof_probs, activation), SimpleNamespace(targets=np.asarray(oof_targets)), None) or {}
     manifest.extra["ensemble"]["operating_point"] = {**op, "fitted_on": f"{len(oof_probs)} pooled out-of-fold predictions"}
     dest = save_bundle(model, manifest, out)
     log.info("ensemble of %d members: %s", len(bundles), dest)

@@ -20,7 +20,7 @@ from medlens.config import RunConfig, config_from_dict, load_config
 from medlens.data.samples import SampleTable
 from medlens.data.splits import Splits, config_fold_splits, split_indices
 from medlens.inference import Predictor
-from medlens.tasks import read_table, task_of
+from medlens.tasks import Task, read_table, task_of
 
 log = logging.getLogger("medlens.evaluate")
 
@@ -47,7 +47,7 @@ def check_own_data_unseen(manifest: Any, path: Any) -> None:
 
 def dataset_splits(cfg: RunConfig, allow_group_leakage: bool | None = None) -> tuple[SampleTable, Splits]:
     """Read the dataset of a config and split it exactly as training did (deterministic by seed)."""
-    table = read_table(cfg.data)
+    table = read_table(cfg)
     s = cfg.data.split
     if s.method == "kfold":  # a cross-validation fold's bundle (medlens cv) re-creates its fold
         return table, config_fold_splits(table, s)
@@ -73,30 +73,24 @@ THRESHOLD_SOURCES = ("bundle", "val")
 
 
 def override_keys(overrides: list[str] | None) -> set[str]:
-    """The dotted keys that ``--set key=value`` overrides name (``trainer.fixed_threshold``, ...)."""
-    return {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+    """The dotted keys that ``--set key=value`` overrides name, old-layout keys under their ``task_options`` name
+    (``trainer.fixed_threshold`` -> ``task_options.fixed_threshold``)."""
+    from medlens.config import LEGACY_TASK_KEYS
+
+    keys = {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+    return {f"task_options.{LEGACY_TASK_KEYS[k]}" if k in LEGACY_TASK_KEYS else k for k in keys}
 
 
-def resolve_threshold(cfg: RunConfig, threshold: float | None, thresholds_from: str, overrides: list[str] | None) -> float | None:
-    """The fixed operating point asked for, from ``threshold`` or an override of ``trainer.fixed_threshold``.
-
-    ``--set trainer.fixed_threshold=t`` acts like ``threshold=t`` when ``trainer.threshold_method`` is ``fixed``;
-    otherwise it could not act and is refused, as is ``--set trainer.threshold_method=...`` without
-    ``thresholds_from="val"`` (a method only acts when thresholds are tuned again).
-    """
+def resolve_threshold(task: Task, cfg: RunConfig, threshold: float | None, thresholds_from: str, overrides: list[str] | None) -> float | None:
+    """The fixed operating point asked for: ``threshold``, or one the task reads from ``--set`` overrides of its own
+    options (:meth:`Task.threshold_from_overrides`). A task without thresholds refuses both ways in one line."""
     if thresholds_from not in THRESHOLD_SOURCES:
         raise ValueError(f"thresholds_from must be one of {', '.join(THRESHOLD_SOURCES)}, not {thresholds_from!r}")
-    keys = override_keys(overrides)
-    if "trainer.fixed_threshold" in keys and threshold is None:
-        if cfg.trainer.threshold_method != "fixed":
-            raise ValueError(
-                f"trainer.fixed_threshold acts only with trainer.threshold_method: fixed (this bundle's is "
-                f"{cfg.trainer.threshold_method!r}); to evaluate at a fixed operating point use --threshold {cfg.trainer.fixed_threshold:g}"
-            )
-        if thresholds_from == "bundle":  # with "val" the task applies the fixed method itself
-            threshold = cfg.trainer.fixed_threshold
-    elif "trainer.threshold_method" in keys and thresholds_from != "val" and threshold is None:
-        raise ValueError("trainer.threshold_method acts in evaluate only with --thresholds-from val (thresholds tuned again on validation)")
+    if (threshold is not None or thresholds_from != "bundle") and not task.supports_thresholds:
+        what = f"--threshold {threshold:g}" if threshold is not None else "--thresholds-from val"
+        raise ValueError(f"{what}: {task.no_thresholds_reason()}")
+    if threshold is None:
+        threshold = task.threshold_from_overrides(task.options(cfg), override_keys(overrides), thresholds_from)
     if threshold is not None:
         if thresholds_from != "bundle":
             raise ValueError("--threshold and --thresholds-from val ask for two different operating points; give one")
@@ -111,22 +105,21 @@ def operating_point(
 ) -> tuple[Bundle, dict[str, Any]]:
     """The bundle to evaluate (a copy with other thresholds when asked) and the operating point it uses.
 
-    ``threshold``: every label at that score; ``thresholds_from="val"``: thresholds tuned again on the validation
-    split by the task (``fit_operating_point``, the bundle's temperature kept) with the config's
-    ``trainer.threshold_method``. A task that decides by arg-max has no thresholds to change: a ``ValueError``.
+    ``threshold``: every label at that score (:meth:`Task.set_threshold`); ``thresholds_from="val"``: thresholds
+    tuned again on the validation split by the task (:meth:`Task.refit_thresholds`, the rest of the operating
+    point kept). A task without thresholds refuses both with a ``ValueError``.
     """
     task = task_of(bundle.manifest)
     if threshold is None and thresholds_from == "bundle":
         return bundle, {"source": "bundle", "thresholds": list(bundle.manifest.thresholds)}
-    if not task.thresholded:
+    if not task.supports_thresholds:
         what = f"--threshold {threshold:g}" if threshold is not None else "--thresholds-from val"
-        raise ValueError(f"{what}: this model decides by arg-max over its classes and has no thresholds to set")
-    manifest = dataclasses.replace(bundle.manifest, thresholds=list(bundle.manifest.thresholds), anomaly=dict(bundle.manifest.anomaly or {}) or None)
+        raise ValueError(f"{what}: {task.no_thresholds_reason()}")
+    m = bundle.manifest
+    manifest = dataclasses.replace(m, thresholds=list(m.thresholds), task_section=dict(m.task_section or {}) or None)
     copy = Bundle(bundle.model, manifest, bundle.path)
     if threshold is not None:
-        manifest.thresholds = [float(threshold)] * task.num_outputs(manifest)
-        if manifest.anomaly is not None:
-            manifest.anomaly["threshold"] = float(threshold)
+        task.set_threshold(manifest, float(threshold))
         return copy, {"source": "fixed", "thresholds": list(manifest.thresholds)}
     val = splits.val
     if len(val) == 0:
@@ -134,8 +127,7 @@ def operating_point(
     val_table = table.subset(val)
     predictor = Predictor(copy, batch_size=batch_size, tta=tta, calibrated=calibrated)
     raw_val = predictor.predict_table(val_table, logits=True)
-    keep_temperature = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"calibrate": False})})
-    fitted = task.fit_operating_point(keep_temperature, manifest, raw_val, val_table, predictor) or {}
+    fitted = task.refit_thresholds(cfg, manifest, raw_val, val_table, predictor) or {}
     return copy, {"source": "val", "thresholds": list(manifest.thresholds), **({"method": fitted["threshold_method"]} if "threshold_method" in fitted else {})}
 
 
@@ -164,7 +156,7 @@ def evaluate(
         record: store the result in the bundle manifest under ``metrics["evaluations"]`` (atomic rewrite).
         threshold: evaluate every label at this operating point (tasks with thresholds; arg-max tasks refuse it).
         thresholds_from: ``bundle`` (the thresholds saved at training) or ``val`` (tuned again on the validation
-            split with the config's ``trainer.threshold_method``). The metrics record the operating point used
+            split with the config's ``task_options.threshold_method``). The metrics record the operating point used
             under ``operating_point`` (``source`` and ``thresholds``).
 
     Example:
@@ -183,7 +175,7 @@ def evaluate(
         cfg = load_config(config, overrides)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, not {split!r}")
-    threshold = resolve_threshold(cfg, threshold, thresholds_from, overrides)
+    threshold = resolve_threshold(task_of(b.manifest), cfg, threshold, thresholds_from, overrides)
     table, splits = dataset_splits(cfg, allow_group_leakage=True)
     rows = splits.as_dict()[split]
     if len(rows) == 0:
@@ -197,7 +189,7 @@ def evaluate(
     if cfg.targets:  # "AUROC 0.88 in 0.86-0.92: MET", the one target rule (medlens.targets)
         from medlens.targets import format_target_checks
 
-        result.metrics["target_checks"] = format_target_checks(result.metrics, cfg.targets)
+        result.metrics["target_checks"] = format_target_checks(result.metrics, cfg.targets, task_of(b.manifest))
     if out is not None:
         write_json_atomic(Path(out), {"split": split, **result.metrics})
     if record and b.path is not None:

@@ -30,9 +30,9 @@ def list_methods(manifest=None) -> list[str]:
         >>> "gradcam" in list_methods()
         True
     """
-    from medlens.tasks import get_task
+    from medlens.tasks import default_task
 
-    return (task_of(manifest) if manifest is not None else get_task("binary")).explain_methods()
+    return (task_of(manifest) if manifest is not None else default_task()).explain_methods()
 
 
 def explain(
@@ -64,7 +64,10 @@ def explain(
         >>> exps = explain(predictor, "chest.png", label="Effusion", method="gradcam")  # doctest: +SKIP
     """
     task = task_of(predictor.manifest)
-    method = method or task.explain_methods()[0]
+    methods = task.explain_methods()
+    if not methods:  # an optional capability: a task may have no explanation method
+        raise ValueError(f"a {task.name} model has no explanation methods")
+    method = method or methods[0]
     task.check_method(method)
     img, src = decode_input(image)
     labels = None if label is None or (isinstance(label, str) and not label) else ([label] if isinstance(label, str) else list(label))

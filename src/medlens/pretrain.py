@@ -187,6 +187,14 @@ class PretrainResult:
     train_time_s: float = 0.0
 
 
+def input_norm_of(cfg: Any) -> str:
+    """How the config's task normalises network inputs (``dataset`` or ``image``); the views are normalised alike."""
+    from medlens.tasks import task_for_config
+
+    cls = task_for_config(cfg)
+    return cls(cfg.data.task or cls.kinds[0]).input_norm(cfg)
+
+
 def pretrain_rows(cfg: Any, table: Any, splits: Any) -> np.ndarray:
     """The rows ``pretrain.rows`` names (never a test row): ``train_val``, ``train``, or ``task_training``."""
     from medlens.tasks import task_of
@@ -240,7 +248,7 @@ def simclr_module(cfg: Any, label_space: Any) -> tuple[SimCLRModule, int]:
     backbone, red, _ = build_backbone(cfg.model.backbone, cfg.data.channels, cfg.data.image_size, cfg.model.small_input)
     optim = dataclasses.replace(optim_settings(cfg), lr=p.lr, backbone_lr=None, ema=False, mixup_alpha=0.0, cutmix_alpha=0.0,
                                 scheduler="cosine" if cfg.optim.scheduler == "plateau" else cfg.optim.scheduler)
-    return SimCLRModule(SimCLRNet(backbone, p.proj_dim, cfg.model.input_norm), label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed), red
+    return SimCLRModule(SimCLRNet(backbone, p.proj_dim, input_norm_of(cfg)), label_space, optim, ViewAugment(p.strength, p.flip), p.temperature, cfg.seed), red
 
 
 def pretrain_run_dir(cfg: Any) -> Path:
@@ -287,6 +295,9 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
         log.info("auto_resume: continuing from %s", resume)
     if resume is None and not cfg.output.overwrite and ((run_dir / "backbone.safetensors").exists() or ckpt.exists()):
         raise FileExistsError(f"{run_dir} already holds a pretraining run; set output.overwrite: true, pretrain.name, or resume")
+    from medlens.engine.checkpoint import read_resume
+
+    resume = read_resume(resume)  # read once (weights only), before any data: the object the Trainer restores
     check_writable(cfg.output.dir)
     # the engine's settings for this run: pretrain's epochs/lr, nothing frozen, no EMA, checkpoints on val/loss
     run_cfg = cfg.model_copy(update={
@@ -324,7 +335,7 @@ def pretrain(cfg: Any, resume: str | None = None, callbacks: list | None = None)
             "small_input": cfg.model.small_input, "stem_reduction": int(red), "epochs": int(p.epochs),
             "epochs_run": len(fitted.history), "rows": p.rows, "n_images": int(len(rows)), "source": table.source,
             "method": "simclr", "batch_size": int(bs), "lr": p.lr, "temperature": p.temperature, "proj_dim": p.proj_dim, "strength": p.strength, "flip": p.flip,
-            "input_norm": cfg.model.input_norm,
+            "input_norm": input_norm_of(cfg),
         }
         out = write_backbone(tensors, run_dir, info)
         info = {**info, "sha256": file_sha256(out), "file": out.name, "train_time_s": round(fitted.train_time_s, 2)}

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from medlens.tasks.classification.metrics import LOWER_IS_BETTER, metric_value
+from medlens.tasks import Task
+from medlens.tasks.base import lookup_metric
 
 
-def target_bounds(name: str, target: Any) -> tuple[float | None, float | None]:
-    """``(min, max)`` of one target: a number is a lower bound (upper for lower-is-better metrics).
+def target_bounds(name: str, target: Any, task: Task | None = None) -> tuple[float | None, float | None]:
+    """``(min, max)`` of one target: a number is a lower bound (upper for metrics the task says are lower-is-better).
 
     Example:
-        >>> target_bounds("auroc_macro", 0.8), target_bounds("ece", 0.05), target_bounds("f1_macro", [0.7, 0.9])
+        >>> from medlens.tasks import get_task
+        >>> b = get_task("binary")
+        >>> target_bounds("auroc_macro", 0.8, b), target_bounds("ece", 0.05, b), target_bounds("f1_macro", [0.7, 0.9], b)
         ((0.8, None), (None, 0.05), (0.7, 0.9))
     """
     if isinstance(target, dict):
@@ -34,7 +37,8 @@ def target_bounds(name: str, target: Any) -> tuple[float | None, float | None]:
         lo, hi = target.min, target.max
     else:
         x = float(target)
-        return (None, x) if name.split("/")[0] in LOWER_IS_BETTER else (x, None)
+        lower = task.lower_is_better(name) if task is not None else name.split("/")[0] == "loss"
+        return (None, x) if lower else (x, None)
     return (None if lo is None else float(lo)), (None if hi is None else float(hi))
 
 
@@ -51,7 +55,8 @@ def _describe(lo: float | None, hi: float | None) -> tuple[str, str]:
     return (">=", f"{lo:g}") if lo is not None else ("<=", f"{hi:g}")
 
 
-def check_targets(targets: dict[str, Any], metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def check_targets(targets: dict[str, Any], metrics: dict[str, Any], ci: dict[str, Any] | None = None,
+                  task: Task | None = None) -> list[dict[str, Any]]:
     """Compare metrics with config targets: met / not met, and whether the whole CI meets it too.
 
     Targets name a headline metric (``auroc_macro``) or a per-label one (``auroc/Effusion``). The rows keep the
@@ -65,17 +70,18 @@ def check_targets(targets: dict[str, Any], metrics: dict[str, Any], ci: dict[str
         True
     """
     rows = []
+    lookup = task.metric_value if task is not None else lookup_metric
     for name, target in targets.items():
-        lo, hi = target_bounds(name, target)
+        lo, hi = target_bounds(name, target, task)
         flat = metrics.get(name)  # a flat key wins ("auroc/Effusion" in a cross-validation summary), then per_label
-        value = float(flat) if isinstance(flat, int | float) and not isinstance(flat, bool) and flat == flat else metric_value(metrics, name)
+        value = float(flat) if isinstance(flat, int | float) and not isinstance(flat, bool) and flat == flat else lookup(metrics, name)
         entry = None
         if ci is not None:
             if "/" in name:
                 m, lb = name.split("/", 1)
                 entry = ci.get("per_label", {}).get(lb, {}).get(m)
             else:
-                entry = ci.get("headline", {}).get(name)
+                entry = (ci.get("headline") or ci).get(name)
         low = None if entry is None else entry.get("low")
         high = None if entry is None else entry.get("high")
         direction, _ = _describe(lo, hi)
@@ -96,19 +102,21 @@ def check_targets(targets: dict[str, Any], metrics: dict[str, Any], ci: dict[str
     return rows
 
 
-def format_target_checks(metrics: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+def format_target_checks(metrics: dict[str, Any], targets: dict[str, Any], task: Task | None = None) -> list[str]:
     """One line per target, e.g. ``target auroc_macro 0.8800 in 0.86-0.92: MET`` (``NOT MET``, ``n/a``).
 
     Args:
         metrics: one split's metrics (``result.metrics["test"]``).
         targets: the config's ``targets`` section.
+        task: the model's task (which metrics are lower-is-better, how per-label metrics are found).
 
     Example:
-        >>> format_target_checks({"ece": 0.08}, {"ece": 0.05})
+        >>> from medlens.tasks import get_task
+        >>> format_target_checks({"ece": 0.08}, {"ece": 0.05}, get_task("binary"))
         ['target ece 0.0800 <= 0.05: NOT MET']
     """
     lines = []
-    for row in check_targets(targets, metrics):
+    for row in check_targets(targets, metrics, task=task):
         direction, text = _describe(row["min"], row["max"])
         value = "n/a" if row["value"] is None else f"{row['value']:.4f}"
         verdict = "n/a" if row["met"] is None else ("MET" if row["met"] else "NOT MET")

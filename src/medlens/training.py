@@ -41,7 +41,7 @@ from medlens.data.transforms import build_augment, make_transform, preprocessing
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
 from medlens.targets import format_target_checks
-from medlens.tasks import get_task, read_table, task_of
+from medlens.tasks import read_table, task_for_config, task_of
 
 log = logging.getLogger("medlens.train")
 
@@ -69,7 +69,7 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def prepare_data(cfg: RunConfig, table: SampleTable | None = None, splits: Splits | None = None):
     """Read (as the task sees it) and split the dataset; refuse group leakage unless allowed."""
-    table = read_table(cfg.data) if table is None else table
+    table = read_table(cfg) if table is None else table
     s = cfg.data.split
     if splits is None and s.method == "kfold":  # one fold of `medlens cv` (train/inner val/held-out as test)
         splits = config_fold_splits(table, s)
@@ -109,6 +109,9 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
     budget = None if d.cache_images is True else (default_cache_mb() if d.cache_mb is None else d.cache_mb) * 2**20
     cache = d.cache_images is not False and (budget is None or budget > 0) and not table.in_memory
     pp = preprocessing_from_config(d)
+    from medlens.data.diskcache import disk_cache_for
+
+    disk = disk_cache_for(d, table, pp.image_size, pp.channels)  # data.disk_cache: decoded images kept between runs
     aug = build_augment(d.augment, d.channels, d.color_augment)
     enc = meta_encoder.transform_table if meta_encoder is not None else None
     parts = splits.as_dict()
@@ -119,7 +122,8 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
         sub = table.subset(parts[name])
         tf = make_transform(pp, aug if name == "train" else None)
         left = None if budget is None else max(budget - sum(s.cache_nbytes for s in sets.values()), 0)
-        sets[name] = ImageDataset(sub, tf, pp, cache=cache, on_bad_image=d.on_bad_image, metadata_encoder=enc, cache_bytes=left)
+        sets[name] = ImageDataset(sub, tf, pp, cache=cache, on_bad_image=d.on_bad_image, metadata_encoder=enc, cache_bytes=left,
+                                  disk_cache=disk)
     n_rows = sum(len(s) for s in sets.values())
     n_cached = sum(s.cached for s in sets.values())
     if not table.in_memory:
@@ -170,13 +174,18 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
     if run_dir.exists() and resume is None and not cfg.output.overwrite and (bundle_dir.exists() or (ckpt_dir / "last.ckpt").exists()):
         raise FileExistsError(f"{run_dir} already holds a run; set output.overwrite: true, a new output.name, or resume")
     # ---- checks that can fail fast do so before any data is read
-    if cfg.data.task:
-        get_task(cfg.data.task).check_config(cfg)
-    if cfg.model.pretrained and (not cfg.data.task or get_task(cfg.data.task).uses_pretrained(cfg)):
+    from medlens.engine.checkpoint import read_resume
+
+    resume = read_resume(resume)  # read once (weights only); this very object is what the Trainer restores
+    early = task_for_config(cfg)
+    # without data.task the reader decides the label kind: the task's own options are checked now, the rest once read
+    early_task = early(cfg.data.task or early.kinds[0])
+    early_task.validate_config(cfg) if cfg.data.task else early_task.options(cfg)
+    if cfg.model.pretrained and (not cfg.data.task or early_task.uses_pretrained(cfg)):
         from medlens.models.pretrained import check_input_norm, check_pretrained_available
 
         check_pretrained_available(cfg.model.backbone, cfg.model.pretrained)
-        check_input_norm(cfg.model.pretrained, cfg.model.input_norm)
+        check_input_norm(cfg.model.pretrained, early_task.input_norm(cfg))
     check_backbone_exists(cfg)
     check_writable(cfg.output.dir)
     lock = None
@@ -193,7 +202,7 @@ def train(cfg: RunConfig, resume: str | None = None, splits: Splits | None = Non
 
 def check_backbone_exists(cfg: RunConfig) -> None:
     """An unknown timm backbone is refused before data is read (classification configs)."""
-    if cfg.data.task and not get_task(cfg.data.task).uses_backbone:
+    if cfg.data.task and not task_for_config(cfg)(cfg.data.task).uses_backbone:
         return
     import timm
 
@@ -222,7 +231,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     table, splits = prepare_data(cfg, table, splits)
     space = table.label_space
     task = task_of(space)
-    task.check_config(cfg)
+    task.validate_config(cfg)
     train_rows = task.training_rows(table, splits.train)
     train_table = table.subset(train_rows)
     meta_encoder = None
@@ -248,7 +257,9 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
         load_backbone_checkpoint(model, cfg.model.checkpoint)
     monitor = monitor_for(cfg, task.default_monitor())
     module = task.create_module(cfg, model, space, task.create_loss(cfg, train_table, pp), pp, monitor)
-    fitted = fit(cfg, module, train_loader, val_loader, run_dir, monitor, resume, callbacks)
+    options = task.options(cfg)
+    fitted = fit(cfg, module, train_loader, val_loader, run_dir, monitor, resume, callbacks,
+                 epoch_line=lambda row: task.epoch_line(row, options))
     if not fitted.is_global_zero:  # DDP: rank 0 alone evaluates (whole val/test sets) and writes the bundle
         return RunResult(run_dir, bundle_dir, {}, fitted.history, None, {}, time.perf_counter() - t0, fitted.train_time_s)
     final_model = create_model(arch)
@@ -260,7 +271,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
         architecture=arch, label_space=space, preprocessing=pp, config=cfg.redacted_dump(),
         weights_source=fitted.weights_source, intended_use=cfg.intended_use, history=fitted.history,
         metadata_encoder=None if meta_encoder is None else meta_encoder.to_dict(),
-        anomaly=task.manifest_section(cfg, pp, space),
+        task_section=task.manifest_section(cfg, pp, space, train_table),
     )
     bundle = Bundle(final_model, manifest)
     val_table = table.subset(splits.val)
@@ -279,13 +290,13 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     summary = {
         **table.summary(), "splits": splits.sizes(), "split_method": splits.method,
         "train_rows": int(len(train_rows)), "train_rows_left_out": int(len(splits.train) - len(train_rows)),
-        "split_label_counts": {k: table.subset(v).label_counts() for k, v in splits.as_dict().items()},
+        "split_label_counts": {k: task.target_summary(table.subset(v)) for k, v in splits.as_dict().items()},
     }
     save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
     final_split = "test" if "test" in results else "val"
-    for line in format_target_checks(metrics.get(final_split) or {}, cfg.targets):
+    for line in format_target_checks(metrics.get(final_split) or {}, cfg.targets, task):
         log.info("%s %s", final_split, line)
     return RunResult(run_dir, bundle_dir, metrics, fitted.history, fitted.best_checkpoint, summary, wall, fitted.train_time_s)
 

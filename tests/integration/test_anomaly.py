@@ -86,7 +86,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
     m = bundle.manifest
     assert m.task == "anomaly" and m.label_names == ["normal", "pneumonia"]
     assert m.architecture["type"] == "reversed_ae"
-    assert m.thresholds == [m.anomaly["threshold"]] and m.anomaly["error_map"] == "ssim"
+    assert m.thresholds == [m.task_section["threshold"]] and m.task_section["error_map"] == "ssim"
 
     # ---- the threshold reproduces the chosen false-positive rate on the validation normals
     table, splits = _splits(cfg)
@@ -94,7 +94,7 @@ def test_train_on_normals_only_then_threshold_evaluate_predict(tmp_path, pneumon
     scores = Predictor(bundle).predict_table(val_normals)[:, 0]
     n = len(scores)
     flagged = float(np.mean(scores >= m.thresholds[0]))
-    assert flagged == pytest.approx(np.floor(0.1 * n + 1e-9) / n) == pytest.approx(m.anomaly["val_normal_fpr"])
+    assert flagged == pytest.approx(np.floor(0.1 * n + 1e-9) / n) == pytest.approx(m.task_section["val_normal_fpr"])
 
     # ---- evaluation through the metrics module, with CIs; evaluate() gives the same figures
     test = result.metrics["test"]

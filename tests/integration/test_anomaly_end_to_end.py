@@ -28,7 +28,7 @@ def anomaly_bundle(path: Path, threshold: float = THRESHOLD) -> Path:
     model = ReversedAutoencoder(1, 16, depth=2, width=4, latent_dim=4).eval()
     spec = ScoreSpec(error_map="mse", method="percentile", percentile=95.0, mean=(0.5,), std=(0.5,))
     m = Manifest(arch, LabelSpace(("normal", "pneumonia"), "anomaly"), resolve_preprocessing(16, 1), thresholds=[threshold],
-                 anomaly={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, **spec.to_dict()},
+                 task_section={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, **spec.to_dict()},
                  intended_use="Test anomaly detector. Not a diagnosis.")
     return save_bundle(model, m, path)
 

@@ -52,7 +52,7 @@ def test_blob_images_are_detected(trained):
     assert trained.metrics["test"]["auroc"] > 0.9
     assert trained.data_summary["train_rows_left_out"] > 0  # abnormal training rows never reached the memory
     b = load_bundle(trained.bundle_dir)
-    assert b.manifest.architecture["type"] == "patchcore" and b.manifest.anomaly["error_map"] == "distance"
+    assert b.manifest.architecture["type"] == "patchcore" and b.manifest.task_section["error_map"] == "distance"
     assert 0 < b.model.memory.shape[0] <= 512
 
 

@@ -264,11 +264,13 @@ def test_errors_name_the_valid_choices(multilabel: Predictor) -> None:
 
 def test_default_labels_per_task() -> None:
     names = ["x", "y", "z"]
-    p = Prediction("s", {"x": 0.2, "y": 0.7, "z": 0.1}, {}, {}, [])
+    from medlens.tasks.classification import ClassPrediction as Prediction
+
+    p = Prediction("s", None, {"x": 0.2, "y": 0.7, "z": 0.1}, {}, {}, [])
     assert default_labels(p, names, "multilabel") == ["y"]  # none above threshold: the most probable
-    assert default_labels(Prediction("s", {}, {}, {}, ["x", "z"]), names, "multilabel") == ["x", "z"]
-    assert default_labels(Prediction("s", {}, {}, {}, ["z"]), names, "multiclass") == ["z"]
-    assert default_labels(Prediction("s", {}, {}, {}, ["normal"]), ["normal", "abnormal"], "binary") == ["abnormal"]
+    assert default_labels(Prediction("s", None, {}, {}, {}, ["x", "z"]), names, "multilabel") == ["x", "z"]
+    assert default_labels(Prediction("s", None, {}, {}, {}, ["z"]), names, "multiclass") == ["z"]
+    assert default_labels(Prediction("s", None, {}, {}, {}, ["normal"]), ["normal", "abnormal"], "binary") == ["abnormal"]
 
 
 def test_explain_does_not_touch_the_predictors_network(multilabel: Predictor) -> None:

@@ -66,7 +66,7 @@ def _bundle_for(arch: dict, task: str, path: Path) -> Path:
 
         spec = ScoreSpec(error_map="distance" if arch["type"] == "patchcore" else "mse", mean=(0.5,) * arch["in_chans"], std=(0.5,) * arch["in_chans"]).to_dict()
         return random_bundle(path, arch=arch, task="anomaly", names=("normal", "abnormal"), channels=arch["in_chans"],
-                             image_size=arch["image_size"], thresholds=[1.0], anomaly=spec)
+                             image_size=arch["image_size"], thresholds=[1.0], task_section=spec)
     k = arch["num_outputs"]
     return random_bundle(path, arch=arch, task="multilabel", names=tuple(f"finding_{i}" for i in range(k)),
                          channels=arch["in_chans"], image_size=arch["image_size"], thresholds=[0.45, 0.5, 0.55], temperature=0.5)

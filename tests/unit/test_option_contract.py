@@ -206,7 +206,7 @@ def refused(message: str, *overrides: str, raw: dict | None = None, stage: str =
     with pytest.raises((ValueError, ConfigError)) as e:
         cfg = make(*overrides, raw=raw)
         t = table_of(cfg)
-        task_of(t).check_config(cfg)
+        task_of(t).validate_config(cfg)
         if stage == "loss":
             loss_of(cfg)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
@@ -254,8 +254,8 @@ def _metadata_effect(key: str, value: str):
 
 def _anomaly_raw() -> dict:
     raw = base()
-    raw["data"].update(task="anomaly", normal_label="negative")
-    raw["model"] = {"ae_depth": 2, "ae_width": 4, "latent_dim": 8}
+    raw["data"].update(task="anomaly")
+    raw["task_options"] = {"normal_label": "negative", "ae_depth": 2, "ae_width": 4, "latent_dim": 8}
     return raw
 
 
@@ -272,9 +272,10 @@ def _anomaly_effect(probe: Callable[[RunConfig], object], *overrides: str) -> Ca
 
 def _score_spec(cfg: RunConfig) -> dict:
     from medlens.data.transforms import preprocessing_from_config
+    from medlens.tasks import get_task
     from medlens.tasks.anomaly import score_spec_for
 
-    return score_spec_for(cfg, preprocessing_from_config(cfg.data)).to_dict()
+    return score_spec_for(cfg, get_task("anomaly").options(cfg), preprocessing_from_config(cfg.data)).to_dict()
 
 
 def _operating_point(cfg: RunConfig) -> tuple:
@@ -364,6 +365,12 @@ def _metadata_strings(tmp: Path) -> None:
     m = _manifest_of_tiny_run(tmp, "name=contract_name", "intended_use=only for the contract test", "targets={auroc_macro: 0.5}")
     assert m.intended_use == "only for the contract test"
     assert m.config["name"] == "contract_name" and m.config["targets"] == {"auroc_macro": 0.5}
+
+
+def _amx() -> bool:
+    from medlens.engine.trainer import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def _trainer_attr(get: Callable[[object], object], *overrides: str) -> Callable[[Path], None]:
@@ -563,8 +570,8 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "data.max_samples": _max_samples,
     "data.label_names": lambda tmp: differs(lambda c: table_of(c).label_space.names, "data.label_names=[healthy, sick]"),
     "data.task": lambda tmp: differs(lambda c: table_of(c).label_space.task, "data.task=multiclass"),
-    "data.normal_label": lambda tmp: differs(lambda c: table_of(c).label_space.names, "data.normal_label=positive",
-                                             default=("data.task=anomaly", "data.normal_label=negative")),
+    "task_options(anomaly).normal_label": lambda tmp: differs(lambda c: table_of(c).label_space.names, "task_options.normal_label=positive",
+                                             default=("data.task=anomaly", "task_options.normal_label=negative")),
     "data(synthetic).num_samples": lambda tmp: differs(lambda c: len(table_of(c)), "data.num_samples=40"),
     "data(synthetic).num_labels": lambda tmp: differs(lambda c: table_of(c).label_space.names, "data.num_labels=3"),
     "data(synthetic).seed": lambda tmp: differs(lambda c: table_of(c).images.tobytes(), "data.seed=3"),
@@ -588,22 +595,22 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "model.drop_rate": lambda tmp: differs(net_of, "model.drop_rate=0.3"),
     "model.drop_path_rate": lambda tmp: differs(net_of, "model.drop_path_rate=0.2"),
     "model.checkpoint": _checkpoint,
-    "model.autoencoder": _anomaly_effect(net_of, "model.autoencoder=reversed"),
-    "model.ae_depth": _anomaly_effect(net_of, "model.ae_depth=3"),
-    "model.ae_width": _anomaly_effect(net_of, "model.ae_width=8"),
-    "model.latent_dim": _anomaly_effect(arch_of, "model.latent_dim=16", "model.autoencoder=reversed"),
-    "model.ae_skip_levels": _anomaly_effect(net_of, "model.ae_skip_levels=[0, 1]"),
-    "model.anomaly_score": _anomaly_effect(_score_spec, "model.anomaly_score=percentile"),
-    "model.anomaly_map": _anomaly_effect(_score_spec, "model.anomaly_map=ssim"),
-    "model.score_percentile": _anomaly_effect(_score_spec, "model.score_percentile=90"),
-    "model.anomaly_fpr": _anomaly_effect(_operating_point, "model.anomaly_fpr=0.5"),
+    "task_options(anomaly).autoencoder": _anomaly_effect(net_of, "task_options.autoencoder=reversed"),
+    "task_options(anomaly).ae_depth": _anomaly_effect(net_of, "task_options.ae_depth=3"),
+    "task_options(anomaly).ae_width": _anomaly_effect(net_of, "task_options.ae_width=8"),
+    "task_options(anomaly).latent_dim": _anomaly_effect(arch_of, "task_options.latent_dim=16", "task_options.autoencoder=reversed"),
+    "task_options(anomaly).ae_skip_levels": _anomaly_effect(net_of, "task_options.ae_skip_levels=[0, 1]"),
+    "task_options(anomaly).anomaly_score": _anomaly_effect(_score_spec, "task_options.anomaly_score=percentile"),
+    "task_options(anomaly).anomaly_map": _anomaly_effect(_score_spec, "task_options.anomaly_map=ssim"),
+    "task_options(anomaly).score_percentile": _anomaly_effect(_score_spec, "task_options.score_percentile=90"),
+    "task_options(anomaly).anomaly_fpr": _anomaly_effect(_operating_point, "task_options.anomaly_fpr=0.5"),
     # ---- optim: the loss
-    "optim.loss": lambda tmp: differs(loss_of, "optim.loss=focal"),
-    "optim.focal_gamma": lambda tmp: differs(loss_of, "optim.focal_gamma=0.5", default=("optim.loss=focal",)),
-    "optim.focal_alpha": lambda tmp: differs(loss_of, "optim.focal_alpha=0.9", default=("optim.loss=focal",)),
-    "optim.class_weights": lambda tmp: differs(loss_of, "optim.class_weights=[1, 5]"),
-    "optim.pos_weight": lambda tmp: differs(loss_of, "optim.pos_weight=[4]"),
-    "optim.label_smoothing": lambda tmp: differs(loss_of, "optim.label_smoothing=0.2"),
+    "task_options(classification).loss": lambda tmp: differs(loss_of, "task_options.loss=focal"),
+    "task_options(classification).focal_gamma": lambda tmp: differs(loss_of, "task_options.focal_gamma=0.5", default=("task_options.loss=focal",)),
+    "task_options(classification).focal_alpha": lambda tmp: differs(loss_of, "task_options.focal_alpha=0.9", default=("task_options.loss=focal",)),
+    "task_options(classification).class_weights": lambda tmp: differs(loss_of, "task_options.class_weights=[1, 5]"),
+    "task_options(classification).pos_weight": lambda tmp: differs(loss_of, "task_options.pos_weight=[4]"),
+    "task_options(classification).label_smoothing": lambda tmp: differs(loss_of, "task_options.label_smoothing=0.2"),
     # ---- optim: optimiser and schedule
     "optim.optimizer": lambda tmp: differs(optim_of, "optim.optimizer=sgd"),
     "optim.lr": lambda tmp: differs(optim_of, "optim.lr=0.1"),
@@ -631,7 +638,8 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "trainer.max_time_s": _trainer_attr(lambda t: repr([getattr(c, "_duration", None) for c in t.callbacks]), "trainer.max_time_s=60"),
     "trainer.limit_train_batches": _trainer_attr(lambda t: t.limit_train_batches, "trainer.limit_train_batches=2"),
     "trainer.val_check_interval": _trainer_attr(lambda t: t.val_check_interval, "trainer.val_check_interval=0.5"),
-    "trainer.precision": _trainer_attr(lambda t: t.precision, "trainer.precision=bf16"),
+    # the default (auto) is bf16 on a CPU with AMX units and 32 elsewhere: the override is the other one
+    "trainer.precision": lambda tmp: _trainer_attr(lambda t: t.precision, "trainer.precision=" + ("32" if _amx() else "bf16"))(tmp),
     "trainer.accelerator": lambda tmp: differs(lambda c: _accelerator(c, tmp), "trainer.accelerator=cpu" if torch.cuda.is_available() else "trainer.accelerator=gpu"),
     "trainer.devices": _trainer_attr(lambda t: t.num_devices, "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp_spawn"),
     "trainer.strategy": _trainer_attr(lambda t: type(t.strategy).__name__, "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu"),
@@ -649,9 +657,9 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "trainer.resume": _resume,
     "trainer.auto_resume": _auto_resume,
     # ---- trainer: the operating point fitted on validation
-    "trainer.threshold_method": lambda tmp: differs(_operating_point, "trainer.threshold_method=youden"),
-    "trainer.fixed_threshold": lambda tmp: differs(_operating_point, "trainer.fixed_threshold=0.3", default=("trainer.threshold_method=fixed",)),
-    "trainer.calibrate": lambda tmp: differs(_operating_point, "trainer.calibrate=false"),
+    "task_options(classification).threshold_method": lambda tmp: differs(_operating_point, "task_options.threshold_method=youden"),
+    "task_options(classification).fixed_threshold": lambda tmp: differs(_operating_point, "task_options.fixed_threshold=0.3", default=("task_options.threshold_method=fixed",)),
+    "task_options(classification).calibrate": lambda tmp: differs(_operating_point, "task_options.calibrate=false"),
     # ---- output and tracking
     "output.dir": lambda tmp: differs(_run_dir, f"output.dir={tmp}"),
     "output.name": lambda tmp: differs(_run_dir, "output.name=other"),
@@ -673,6 +681,9 @@ REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
 COVERED_BY: dict[str, str] = {
     "trainer.tune_allocator": "tests/unit/engine/test_allocator.py::test_fit_tunes_the_allocator_only_when_the_key_is_on",
     "data.cache_mb": "tests/unit/data/test_dataset_cache.py::test_cache_mb_caps_the_cached_count_train_first",
+    "data.disk_cache": "tests/unit/data/test_diskcache.py::test_training_datasets_use_the_disk_cache_as_configured",
+    "data.disk_cache_mb": "tests/unit/data/test_diskcache.py::test_disk_cache_mb_bounds_the_cache_lru_first",
+    "data(folder).group_pattern": "tests/unit/data/test_group_pattern.py::test_validation_is_carved_from_train_by_patient",
     "data.unknown_labels": "tests/unit/data/test_sql.py::test_absent_annotation_is_unknown_or_negative_on_request",
     "data.kind": "tests/unit/data/test_readers_core.py::test_core_kinds_are_registered",
     "data(csv).image_root": "tests/unit/data/test_readers_core.py::test_csv_split_column_and_image_root",
@@ -742,11 +753,11 @@ COVERED_BY: dict[str, str] = {
     "data(sql).schema_.labels.name": "tests/unit/data/test_sql_schema_mapping.py::",
     "data(sql).schema_.labels.table": "tests/unit/data/test_sql_schema_mapping.py::",
     "targets.max": "tests/unit/test_targets_dotenv.py::test_targets_accept_ranges_and_bounds_and_print_met_lines",
-    "trainer.orientation_check": "tests/unit/test_tta_orientation.py::test_orientation_check_flips_an_inverted_binary_model",
-    "model.detector": "tests/integration/test_patchcore.py::test_patchcore_options_are_checked",
-    "model.memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
-    "model.patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
-    "model.input_norm": "tests/integration/test_patchcore.py::test_image_norm_makes_distances_indifferent_to_brightness_and_contrast",
+    "task_options(classification).orientation_check": "tests/unit/test_tta_orientation.py::test_orientation_check_flips_an_inverted_binary_model",
+    "task_options(anomaly).detector": "tests/integration/test_patchcore.py::test_patchcore_options_are_checked",
+    "task_options(anomaly).memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "task_options(anomaly).patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
+    "task_options(anomaly).input_norm": "tests/integration/test_patchcore.py::test_image_norm_makes_distances_indifferent_to_brightness_and_contrast",
     "pretrain.epochs": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
     "pretrain.batch_size": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",
     "pretrain.lr": "tests/integration/test_pretrain.py::test_pretrain_options_act",
@@ -763,8 +774,19 @@ INERT: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------- the contract
+def task_option_keys() -> set[str]:
+    """Every key of every registered task's own section, as ``task_options(<task>).<key>``."""
+    from medlens.tasks import get_task, list_kinds
+
+    keys: set[str] = set()
+    for kind in list_kinds():
+        task = get_task(kind)
+        keys |= {f"task_options({task.name}).{k}" for k in schema_keys(task.options_model)}
+    return keys
+
+
 def test_every_schema_key_is_accounted_for() -> None:
-    keys = schema_keys()
+    keys = (schema_keys() - {"task_options"}) | task_option_keys()
     assert len(keys) > 100  # the generator sees the whole schema (data kinds included)
     known = set(EFFECTS) | set(REFUSED) | set(COVERED_BY) | set(INERT)
     missing = sorted(keys - known)
@@ -803,17 +825,17 @@ def test_refused_key_says_so(key: str) -> None:
 
 # --------------------------------------------------------------------------------------------- refusals per task
 ANOMALY_REFUSALS = {
-    "optim.focal_gamma": "optim.focal_gamma=1.0",
-    "optim.class_weights": "optim.class_weights=[1, 2]",
-    "optim.pos_weight": "optim.pos_weight=auto",
-    "optim.label_smoothing": "optim.label_smoothing=0.1",
+    "task_options(classification).focal_gamma": "task_options.focal_gamma=1.0",
+    "task_options(classification).class_weights": "task_options.class_weights=[1, 2]",
+    "task_options(classification).pos_weight": "task_options.pos_weight=auto",
+    "task_options(classification).label_smoothing": "task_options.label_smoothing=0.1",
     "optim.backbone_lr": "optim.backbone_lr=0.01",
     "optim.freeze_epochs": "optim.freeze_epochs=1",
     "model.drop_rate": "model.drop_rate=0.2",
     "data.sampler": "data.sampler=weighted",
-    "trainer.threshold_method": "trainer.threshold_method=youden",
-    "trainer.fixed_threshold": "trainer.fixed_threshold=0.3",
-    "trainer.calibrate": "trainer.calibrate=false",
+    "task_options(classification).threshold_method": "task_options.threshold_method=youden",
+    "task_options(classification).fixed_threshold": "task_options.fixed_threshold=0.3",
+    "task_options(classification).calibrate": "task_options.calibrate=false",
     "optim.ema": "optim.ema=true",
     "trainer.tta": "trainer.tta=true",
 }
@@ -824,16 +846,16 @@ def test_classifier_options_are_refused_for_anomaly(key: str) -> None:
     refused(key, ANOMALY_REFUSALS[key], raw=_anomaly_raw())
 
 
-@pytest.mark.parametrize("override", ["model.ae_depth=4", "model.anomaly_fpr=0.1", "data.normal_label=negative", "model.autoencoder=reversed",
-                                      "model.detector=patchcore", "model.memory_size=100", "model.input_norm=image"])
+@pytest.mark.parametrize("override", ["task_options.ae_depth=4", "task_options.anomaly_fpr=0.1", "task_options.normal_label=negative", "task_options.autoencoder=reversed",
+                                      "task_options.detector=patchcore", "task_options.memory_size=100", "task_options.input_norm=image"])
 def test_anomaly_options_are_refused_for_classifiers(override: str) -> None:
-    refused("anomaly-detection options act only with data.task: anomaly", override)
+    refused("unknown key for task 'classification'", override)
 
 
 def test_threshold_options_that_cannot_act_are_refused() -> None:
-    refused("acts only with trainer.threshold_method: fixed", "trainer.fixed_threshold=0.3")
-    refused("decides by arg-max and has no thresholds", "data.num_labels=3", "trainer.threshold_method=youden")
-    refused("optim.focal_alpha acts only with optim.loss: focal", "optim.focal_alpha=0.3", stage="loss")
+    refused("acts only with task_options.threshold_method: fixed", "task_options.fixed_threshold=0.3")
+    refused("decides by arg-max and has no thresholds", "data.num_labels=3", "task_options.threshold_method=youden")
+    refused("task_options.focal_alpha acts only with task_options.loss: focal", "task_options.focal_alpha=0.3", stage="loss")
 
 
 def test_saved_configs_are_not_refused() -> None:
@@ -843,7 +865,7 @@ def test_saved_configs_are_not_refused() -> None:
     for raw in (base(), _anomaly_raw()):
         cfg = make(raw=raw)
         again = config_from_dict(cfg.model_dump(mode="json"))
-        get_task(again.data.task or "binary").check_config(again)
+        get_task(again.data.task or "binary").validate_config(again)
 
 
 def test_colour_jitter_on_grey_images_is_refused() -> None:

@@ -144,10 +144,15 @@ def test_predict_function_writes_a_csv(binary_bundle: Path, tmp_path: Path) -> N
     assert preds[1].error and not list(out.parent.glob(".*tmp"))
 
 
-def test_csv_writer_round_trip(tmp_path: Path) -> None:
-    preds = [Prediction("a", {"x": 0.25, "y": 0.75}, {"y": True}, {"y": 0.5}, ["y"]), Prediction("b", error="broken")]
-    text = write_predictions_csv(preds, ["x", "y"], tmp_path / "p.csv").read_text().splitlines()
-    assert text[1] == "a,0.250000,0.750000,0.5,positive,y," and text[2] == "b,,,,,,broken"
+def test_csv_writer_round_trip(binary_bundle: Path, tmp_path: Path) -> None:
+    from medlens.bundle import load_bundle
+    from medlens.tasks.classification import ClassPrediction
+
+    m = load_bundle(binary_bundle).manifest
+    preds = [ClassPrediction("a", None, {"normal": 0.25, "abnormal": 0.75}, {"abnormal": True}, {"abnormal": 0.5}, ["abnormal"]),
+             Prediction("b", error="broken")]
+    text = write_predictions_csv(preds, m.label_names, tmp_path / "p.csv", m).read_text().splitlines()
+    assert text[1] == "a,0.250000,0.750000,0.5,positive,abnormal," and text[2] == "b,,,,,,broken"
 
 
 def test_decode_input_rejects_bad_shapes() -> None:

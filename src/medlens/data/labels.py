@@ -8,15 +8,41 @@ not annotated. Unknown is never silently negative unless ``unknown_labels: negat
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from medlens.config import Task  # the one definition of the task names
 
-#: how each label kind lays out targets and network outputs: (one class per row, one output for two names)
-LAYOUT: dict[str, tuple[bool, bool]] = {"binary": (True, True), "multiclass": (True, False), "multilabel": (False, False), "anomaly": (True, True)}
+@dataclass(frozen=True)
+class Layout:
+    """How a label kind lays out targets and network outputs.
+
+    Attributes:
+        exclusive: one class per row (one-hot targets).
+        single_output: two names scored by one output (the second is the positive class).
+        values: targets are numbers (e.g. an age), not 0/1 memberships; ``names`` are the predicted quantities.
+    """
+
+    exclusive: bool
+    single_output: bool
+    values: bool = False
+
+
+#: label kinds and their layout. The data layer knows the kinds its readers produce; a task whose label kind is
+#: its own (a normal-vs-abnormal view, a numeric target) adds it with :func:`register_layout` from its own folder.
+LAYOUT: dict[str, Layout] = {
+    "binary": Layout(exclusive=True, single_output=True),
+    "multiclass": Layout(exclusive=True, single_output=False),
+    "multilabel": Layout(exclusive=False, single_output=False),
+}
+
+
+def register_layout(kind: str, layout: Layout) -> None:
+    """Add a label kind (called by a task package at import). Re-registering the same layout is a no-op."""
+    if LAYOUT.get(kind, layout) != layout:
+        raise LabelError(f"label kind {kind!r} is already registered with another layout")
+    LAYOUT[kind] = layout
 
 
 class LabelError(ValueError):
@@ -25,7 +51,10 @@ class LabelError(ValueError):
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """Explicit, ordered label names and the task they define.
+    """Explicit, ordered label names and the label kind (``task``) they define.
+
+    ``layout`` is looked up from the kind when not given (a bundle stores it, so it loads without the task that
+    registered the kind).
 
     Example:
         >>> ls = LabelSpace(("normal", "pneumonia"), "binary")
@@ -34,27 +63,40 @@ class LabelSpace:
     """
 
     names: tuple[str, ...]
-    task: Task
+    task: str
+    layout: Layout | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.names) == 0:
             raise LabelError("the label space is empty")
         if len(set(self.names)) != len(self.names):
             raise LabelError(f"duplicate label names: {list(self.names)}")
-        if self.task not in LAYOUT:
-            raise LabelError(f"unknown task {self.task!r}; valid: {', '.join(LAYOUT)}")
+        if self.layout is None:
+            if self.task not in LAYOUT:
+                raise LabelError(f"unknown label kind {self.task!r}; valid: {', '.join(sorted(LAYOUT))}")
+            object.__setattr__(self, "layout", LAYOUT[self.task])
         if self.single_output and len(self.names) != 2:
-            raise LabelError(f"a binary task needs exactly 2 label names (negative, positive), got {list(self.names)}")
+            raise LabelError(f"a {self.task} label space needs exactly 2 label names (negative, positive), got {list(self.names)}")
+
+    @property
+    def _layout(self) -> Layout:
+        assert self.layout is not None  # set in __post_init__
+        return self.layout
 
     @property
     def exclusive(self) -> bool:
         """One class per sample (one-hot targets): binary, multiclass and the normal/abnormal view."""
-        return LAYOUT[self.task][0]
+        return self._layout.exclusive
 
     @property
     def single_output(self) -> bool:
         """Two names scored by one output (the second is the positive class)."""
-        return LAYOUT[self.task][1]
+        return self._layout.single_output
+
+    @property
+    def values(self) -> bool:
+        """Targets are numbers (regression), not class memberships."""
+        return self._layout.values
 
     @property
     def num_labels(self) -> int:
@@ -77,11 +119,21 @@ class LabelSpace:
             raise LabelError(f"unknown label {name!r}; the label space is {list(self.names)}") from None
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "task": self.task}
+        lay = self._layout
+        return {"names": list(self.names), "task": self.task,
+                "layout": {"exclusive": lay.exclusive, "single_output": lay.single_output, "values": lay.values}}
 
     @classmethod
     def from_dict(cls, d: dict) -> LabelSpace:
-        return cls(tuple(d["names"]), d["task"])
+        lay = d.get("layout")
+        return cls(tuple(d["names"]), d["task"], None if lay is None else layout_from_dict(lay))
+
+
+def layout_from_dict(d: dict) -> Layout:
+    """A :class:`Layout` from its JSON form (every field a boolean; ``values`` optional)."""
+    if not isinstance(d, dict) or not all(isinstance(d.get(k), bool) for k in ("exclusive", "single_output")):
+        raise LabelError(f"label layout must have boolean exclusive and single_output, got {d!r}")
+    return Layout(d["exclusive"], d["single_output"], bool(d.get("values", False)))
 
 
 def one_hot(index: int | None, k: int) -> np.ndarray:
@@ -134,7 +186,7 @@ def encode_multi(
     return v
 
 
-def infer_task(names: Sequence[str], multi: bool) -> Task:
+def infer_task(names: Sequence[str], multi: bool) -> str:
     if multi:
         return "multilabel"
     return "binary" if len(names) == 2 else "multiclass"

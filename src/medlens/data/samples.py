@@ -127,12 +127,17 @@ class SampleTable:
         """Positive count per label (unknown not counted)."""
         return np.nansum(self.targets, axis=0)
 
-    def label_counts(self) -> dict[str, dict[str, int]]:
-        """Per label: positives, negatives, unknown."""
+    def label_counts(self) -> dict[str, dict[str, Any]]:
+        """Per label: positives, negatives, unknown; for numeric targets: n known, unknown, mean, min, max."""
         t = self.targets
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(self.label_space.names):
             col = t[:, j]
+            if self.label_space.values:
+                known = col[~np.isnan(col)]
+                out[name] = {"n": int(known.size), "unknown": int(col.size - known.size),
+                             **({"mean": float(known.mean()), "min": float(known.min()), "max": float(known.max())} if known.size else {})}
+                continue
             out[name] = {
                 "positive": int(np.sum(col == 1)),
                 "negative": int(np.sum(col == 0)),

@@ -161,7 +161,17 @@ def _assign_groups(table: SampleTable, fractions: list[float], seed: int) -> np.
     uniq, inv = _group_index(keys)
     counts, sizes = _group_labels(table, inv, len(uniq))
     order = np.asarray([_hash01(seed, str(g)) for g in uniq])
-    if table.label_space.exclusive:
+    if table.label_space.values:
+        # numeric targets: stratum of a group is the quintile of its mean first target (-1 when unknown)
+        v = table.targets[:, 0].astype(np.float64)
+        known = ~np.isnan(v)
+        sums = np.bincount(inv[known], weights=v[known], minlength=len(uniq))
+        n_known = np.bincount(inv[known], minlength=len(uniq))
+        means = np.where(n_known > 0, sums / np.maximum(n_known, 1), np.nan)
+        edges = np.nanquantile(means, [0.2, 0.4, 0.6, 0.8]) if np.isfinite(means).any() else np.array([])
+        strata = np.where(np.isnan(means), -1, np.searchsorted(edges, np.nan_to_num(means), side="right"))
+        g_assign = _strata_cut(strata, order, fractions)
+    elif table.label_space.exclusive:
         # stratum of a group: its most frequent class (-1 when all unknown)
         strata = np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
         g_assign = _strata_cut(strata, order, fractions)

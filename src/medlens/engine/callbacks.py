@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medlens._atomic import chmod_as_created
+from medlens.engine.checkpoint import ResumeCheckpoint
+from medlens.engine.signals import TrainingInterrupted
 
 log = logging.getLogger("medlens.train")
 
@@ -68,39 +73,23 @@ def _num(row: dict[str, Any], key: str, fmt: str = ".4f") -> str | None:
     return None if not isinstance(v, (int, float)) or v != v else format(float(v), fmt)
 
 
-def format_epoch_summary(row: dict[str, Any], max_epochs: int | None, threshold_method: str = "f1",
-                         fixed_threshold: float = 0.5) -> str:
+def format_epoch_summary(row: dict[str, Any], max_epochs: int | None, task_part: str = "") -> str:
     """One console line for a validated epoch (a row of the module's history).
 
-    Shows epoch k/N (1-based), train and val loss, val accuracy, F1 and AUROC (the raw weights' values when EMA
-    is on), the epoch's validation threshold (binary: max-F1 or Youden, as ``trainer.threshold_method``), the
-    EMA weights' accuracy/F1/AUROC and the EMA-minus-raw AUROC gap, and the learning rate. Missing values
-    are left out.
+    Shows epoch k/N (1-based), train and val loss, the task's own part (``Task.epoch_line``: e.g. AUROC and the
+    epoch's threshold for a classifier, MAE for a regression) and the learning rate. Missing values are left out.
 
     Example:
-        >>> format_epoch_summary({"epoch": 0, "train/loss": 0.7, "val/loss": 0.69, "val/accuracy": 0.5, "lr": 1e-3}, 3)
-        'epoch 1/3 | train loss 0.7000 | val loss 0.6900 acc 0.5000 | lr 1.00e-03'
+        >>> format_epoch_summary({"epoch": 0, "train/loss": 0.7, "val/loss": 0.69, "lr": 1e-3}, 3, "val acc 0.5000")
+        'epoch 1/3 | train loss 0.7000 | val loss 0.6900 | val acc 0.5000 | lr 1.00e-03'
     """
     parts = [f"epoch {int(row.get('epoch', 0)) + 1}/{max_epochs if max_epochs else '?'}"]
     if (x := _num(row, "train/loss")) is not None:
         parts.append(f"train loss {x}")
-    raw = "val/raw_" if "val/raw_auroc_macro" in row or "val/raw_accuracy" in row else "val/"
-    val = [f"{name} {x}" for name, key in (("loss", "val/loss"), ("acc", f"{raw}accuracy"), ("F1", f"{raw}f1_macro"),
-                                            ("AUROC", f"{raw}auroc_macro")) if (x := _num(row, key)) is not None]
-    if val:
-        parts.append("val " + " ".join(val))
-    if threshold_method == "fixed":
-        if "val/threshold_f1" in row or "val/threshold_youden" in row:
-            parts.append(f"thr {fixed_threshold:g} (fixed)")
-    elif (x := _num(row, f"val/threshold_{threshold_method}")) is not None:
-        parts.append(f"thr {x} ({'max-F1' if threshold_method == 'f1' else threshold_method})")
-    ema = [f"{name} {x}" for name, key in (("acc", "val/ema_accuracy"), ("F1", "val/ema_f1_macro"), ("AUROC", "val/ema_auroc_macro"))
-           if (x := _num(row, key)) is not None]
-    if ema:
-        gap = None
-        if isinstance(row.get("val/ema_auroc_macro"), (int, float)) and isinstance(row.get("val/raw_auroc_macro"), (int, float)):
-            gap = float(row["val/ema_auroc_macro"]) - float(row["val/raw_auroc_macro"])
-        parts.append("EMA " + " ".join(ema) + ("" if gap is None or gap != gap else f" (EMA-raw AUROC {gap:+.4f})"))
+    if (x := _num(row, "val/loss")) is not None:
+        parts.append(f"val loss {x}")
+    if task_part:
+        parts.append(task_part)
     if (x := _num(row, "lr", ".2e")) is not None:
         parts.append(f"lr {x}")
     return " | ".join(parts)
@@ -111,21 +100,19 @@ class EpochSummary(L.Callback):
 
     Args:
         max_epochs: the run's epoch count (shown as ``epoch k/N``).
-        threshold_method: which validation threshold to show (``f1``, ``youden`` or ``fixed``).
-        fixed_threshold: the threshold shown for ``fixed``.
+        describe: the task's part of the line from a history row (``Task.epoch_line``); None: losses only.
     """
 
-    def __init__(self, max_epochs: int | None, threshold_method: str = "f1", fixed_threshold: float = 0.5) -> None:
+    def __init__(self, max_epochs: int | None, describe: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.max_epochs = max_epochs
-        self.threshold_method = threshold_method
-        self.fixed_threshold = fixed_threshold
+        self.describe = describe
         self.lines: list[str] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         history = getattr(pl_module, "history", None)
         if trainer.sanity_checking or not history or not trainer.is_global_zero:
             return
-        line = format_epoch_summary(history[-1], self.max_epochs, self.threshold_method, self.fixed_threshold)
+        line = format_epoch_summary(history[-1], self.max_epochs, self.describe(history[-1]) if self.describe else "")
         self.lines.append(line)
         log.info("%s", line)
 
@@ -155,7 +142,17 @@ def epoch_progress_bar(**kw: Any) -> L.Callback:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints to a temporary file in the same folder, then rename: a run killed at any moment
-    leaves the previous checkpoint intact."""
+    leaves the previous checkpoint intact. Read them without executing code, and never twice.
+
+    Args:
+        resume: the resume checkpoint already read (:func:`medlens.engine.checkpoint.read_resume`): when Lightning
+            asks for its path, that object is returned instead of reading the file again, so what was checked is
+            what is restored. Every other read is ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, resume: ResumeCheckpoint | None = None) -> None:
+        super().__init__()
+        self.resume = resume
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
@@ -174,6 +171,86 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        # Run checkpoints are written by medlens itself (trusted); bundles never use pickle.
-        return torch.load(str(path), map_location=map_location or "cpu", weights_only=False)
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """The resume checkpoint read before (once), or the file read with ``weights_only=True``.
+
+        ``weights_only`` is accepted for Lightning's signature and ignored: a checkpoint never runs code here.
+        Tensors are on the CPU (``map_location`` is ignored too); Lightning moves them to the device.
+        """
+        from medlens.engine.checkpoint import load_checkpoint
+
+        if self.resume is not None and self.resume.matches(path):
+            resume, self.resume = self.resume, None
+            return resume.take()
+        return load_checkpoint(path)
+
+
+class GracefulStop(L.Callback):
+    """Save ``checkpoint`` when the Trainer stops on SIGTERM or a first Ctrl-C; remember which signal it was.
+
+    Args:
+        checkpoint: where the last checkpoint goes (the run's ``checkpoints/last.ckpt``).
+
+    Attributes:
+        signal_name: the signal that stopped the run, or None.
+        saved: the checkpoint written on the way out, or None.
+    """
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.signal_name: str | None = None
+        self.saved: str | None = None
+        self._trainer: L.Trainer | None = None
+        self._previous_sigint: Any = None
+
+    # ---------------------------------------------------------------- Ctrl-C: stop at the next batch boundary
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None or self._trainer is None:  # the second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal_name = "SIGINT"
+        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
+        # Lightning's loops check this flag after every batch and stop through SIGTERMException; its public
+        # property is read-only, so the flag is set on the connector that owns it
+        connector = getattr(self._trainer, "_signal_connector", None)
+        if connector is None or not hasattr(connector, "received_sigterm"):  # pragma: no cover - another Lightning
+            raise KeyboardInterrupt
+        connector.received_sigterm = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trainer = trainer
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _restore(self) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+        self._trainer = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    # ---------------------------------------------------------------- the stop itself
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            if isinstance(exception, SIGTERMException):
+                self.signal_name = self.signal_name or "SIGTERM"
+                # the batch in flight has finished: the state is consistent and worth keeping
+                trainer.save_checkpoint(str(self.checkpoint))
+                if self.checkpoint.is_file():
+                    self.saved = str(self.checkpoint)
+                    log.warning("%s: checkpoint saved to %s (epoch %d, step %d)", self.signal_name, self.checkpoint,
+                                trainer.current_epoch, trainer.global_step)
+            elif isinstance(exception, KeyboardInterrupt):
+                self.signal_name = "SIGINT"  # a second Ctrl-C, mid-batch: no checkpoint of a half-done step
+        finally:
+            self._restore()
+
+    def interrupted(self) -> TrainingInterrupted | None:
+        """The exception :func:`~medlens.engine.fit.fit` raises after a stop by signal, else None."""
+        if self.signal_name is None:
+            return None
+        ck = self.saved or (str(self.checkpoint) if self.checkpoint.is_file() else None)
+        return TrainingInterrupted(self.signal_name, ck)

@@ -2,30 +2,37 @@
 
 The task supplies the LightningModule; this module runs it and hands back the best weights (raw or EMA,
 whichever validated better at the best epoch) with the per-epoch history. Checkpoints are read with
-``torch.load(weights_only=True)``: a crafted ``last.ckpt`` cannot run code.
+``torch.load(weights_only=True)`` (:mod:`medlens.engine.checkpoint`), and a resume checkpoint is read exactly
+once: the object checked is the object Lightning restores, so a crafted or swapped ``last.ckpt`` cannot run code.
+A SIGTERM or Ctrl-C during training saves ``checkpoints/last.ckpt`` and raises
+:class:`~medlens.engine.signals.TrainingInterrupted` (exit 143 / 130 in the CLI).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
+import os
 import time
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+
+from medlens.engine.checkpoint import (
+    COMPILE_PREFIX,
+    CheckpointError,
+    ResumeCheckpoint,
+    check_resume_checkpoint,
+    load_checkpoint,
+    read_resume,
+)
 
 log = logging.getLogger("medlens.train")
 
-#: torch.compile wraps the network; its state-dict keys carry this prefix
-COMPILE_PREFIX = "_orig_mod."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, foreign, or would need code execution to load."""
+__all__ = ["COMPILE_PREFIX", "CheckpointError", "FitResult", "ResumeCheckpoint", "check_resume_checkpoint", "clean_state_dict",
+           "fit", "load_checkpoint", "read_resume"]
 
 
 @dataclass
@@ -46,43 +53,9 @@ def clean_state_dict(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str,
     return {k.removeprefix(prefix).replace(COMPILE_PREFIX, ""): v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint without executing code (``weights_only=True``).
-
-    Raises:
-        CheckpointError: missing, empty, truncated, not a checkpoint, or holding objects other than plain data
-            (which is how a crafted checkpoint would run code).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: checkpoint is empty")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{p}: refused: the checkpoint holds objects that only arbitrary code could rebuild "
-                              f"({str(e).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt: {type(e).__name__})") from None
-    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
-        raise CheckpointError(f"{p}: not a medlens/Lightning checkpoint (no state_dict)")
-    return ck
-
-
-def check_resume_checkpoint(path: str | Path, module: nn.Module) -> None:
-    """Refuse a resume checkpoint that is unsafe, corrupt or of another network, before Lightning reads it."""
-    ck = load_checkpoint(path)
-    want = {k.replace(COMPILE_PREFIX, "") for k in module.state_dict()}
-    have = {k.replace(COMPILE_PREFIX, "") for k in ck["state_dict"]}
-    if want != have:
-        missing = sorted(want - have)[:3]
-        raise CheckpointError(f"{path}: this checkpoint belongs to another network (missing e.g. {missing}); "
-                              "resume only from this run's checkpoints/last.ckpt")
-
-
 def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path, monitor: tuple[str, str],
-        resume: str | None = None, callbacks: list | None = None) -> FitResult:
+        resume: str | os.PathLike[str] | ResumeCheckpoint | None = None, callbacks: list | None = None,
+        epoch_line: Callable[[dict[str, Any]], str] | None = None) -> FitResult:
     """Train ``module`` with the run's Trainer and return the best weights of its ``model``.
 
     Args:
@@ -92,31 +65,50 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
         val_loader: the validation DataLoader.
         run_dir: the run folder (checkpoints, logs).
         monitor: (validation metric without ``val/``, ``min``/``max``) that checkpoints follow.
-        resume: a checkpoint to continue from (checked with :func:`check_resume_checkpoint` first).
+        resume: a checkpoint to continue from: a path, or better the :class:`ResumeCheckpoint` that
+            :func:`read_resume` returned before data and model were built. It is checked against ``module``
+            (:func:`check_resume_checkpoint`) and that same object is what Lightning restores.
         callbacks: extra Lightning callbacks.
+        epoch_line: the task's part of the per-epoch console line (``Task.epoch_line``).
+
+    Raises:
+        CheckpointError: the resume checkpoint is unreadable, unsafe or of another network.
+        TrainingInterrupted: SIGTERM or Ctrl-C stopped the run (``checkpoints/last.ckpt`` saved first).
 
     Example:
         >>> res = fit(cfg, module, train_loader, val_loader, run_dir, ("auroc_macro", "max"))  # doctest: +SKIP
     """
-    from medlens.engine.callbacks import EpochSummary
+    from medlens.engine.callbacks import AtomicCheckpointIO, EpochSummary, GracefulStop
     from medlens.engine.distributed import DistributedEpochOrder
     from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer
 
-    if resume is not None:
-        check_resume_checkpoint(resume, module)
+    ck = check_resume_checkpoint(resume, module) if resume is not None else None
+    resume_path = None if ck is None else ck.path
     if cfg.trainer.tune_allocator:
         from medlens.engine.allocator import tune_allocator
 
         tune_allocator()
     if cfg.trainer.compile:
         module.model = torch.compile(module.model)
-    loggers = build_loggers(cfg, run_dir, resume)
-    trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume), DistributedEpochOrder(),
-                                                                EpochSummary(cfg.trainer.max_epochs, cfg.trainer.threshold_method, cfg.trainer.fixed_threshold),
-                                                                *(callbacks or [])])
+    loggers = build_loggers(cfg, run_dir, resume_path)
+    stop = GracefulStop(Path(run_dir) / "checkpoints" / "last.ckpt")
+    trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume_path), DistributedEpochOrder(),
+                                                                EpochSummary(cfg.trainer.max_epochs, epoch_line),
+                                                                stop, *(callbacks or [])],
+                                     checkpoint_io=AtomicCheckpointIO(ck))
     t_fit = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path, weights_only=True)
+    except SystemExit:  # Lightning's SIGTERMException (code 0!), or its sys.exit(1) after a second Ctrl-C
+        interrupted = stop.interrupted()
+        if interrupted is None:
+            raise
+        raise interrupted from None
+    if trainer.received_sigterm and stop.signal_name is None:  # SIGTERM while the last epoch was closing
+        stop.signal_name = "SIGTERM"
+    if (interrupted := stop.interrupted()) is not None:  # the final epoch's last.ckpt is the checkpoint
+        raise interrupted
     train_time = time.perf_counter() - t_fit
     if not trainer.is_global_zero:  # DDP: rank 0 alone evaluates (whole val/test sets) and writes the bundle
         return FitResult(False, None, history=list(module.history), train_time_s=train_time, loggers=loggers)
@@ -125,13 +117,13 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     weights_source = "raw"
     history = list(module.history)
     if best and Path(best).is_file():
-        ck = load_checkpoint(best)
-        sd = clean_state_dict(ck["state_dict"], "model.")
-        epoch = int(ck.get("epoch", 0))
-        if getattr(cfg.optim, "ema", False) and ck.get("medlens_ema_better", {}).get(epoch) and "medlens_ema_state" in ck:
-            sd = clean_state_dict(ck["medlens_ema_state"])
+        best_ck = load_checkpoint(best)
+        sd = clean_state_dict(best_ck["state_dict"], "model.")
+        epoch = int(best_ck.get("epoch", 0))
+        if getattr(cfg.optim, "ema", False) and best_ck.get("medlens_ema_better", {}).get(epoch) and "medlens_ema_state" in best_ck:
+            sd = clean_state_dict(best_ck["medlens_ema_state"])
             weights_source = "ema"
-        saved = list(ck.get("medlens_history", []))
+        saved = list(best_ck.get("medlens_history", []))
         history = history if len(history) >= len(saved) else saved
     else:
         best = None

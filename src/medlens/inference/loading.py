@@ -40,7 +40,7 @@ def load_predictor(bundle: Any, backend: str = "torch", **kw: Any) -> BasePredic
     return Predictor(bundle, **kw)
 
 
-def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path, manifest: Any = None) -> Path:
+def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str], path: str | Path, manifest: Any) -> Path:
     """One row per input: source, one probability column per label, per finding its threshold and decision,
     the predicted labels and the error (plain words). Atomic write.
 
@@ -48,7 +48,7 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
         preds: the predictions.
         label_names: the model's labels.
         path: the CSV file.
-        manifest: the bundle manifest (its task names the findings); default: every thresholded label.
+        manifest: the bundle manifest (its task says what the columns are).
 
     Example:
         >>> write_predictions_csv(preds, predictor.label_names, "preds.csv", predictor.manifest)  # doctest: +SKIP
@@ -56,7 +56,7 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
     from medlens.inference.table import prediction_rows
 
     path = Path(path)
-    header, rows = prediction_rows(preds, label_names, manifest)
+    header, rows = prediction_rows(preds, manifest)
     with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)

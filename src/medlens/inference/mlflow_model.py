@@ -54,7 +54,7 @@ class BundleModel(PythonModel):
         from medlens.inference.table import prediction_rows
 
         preds = self.predictor.predict(input_paths(model_input))
-        header, rows = prediction_rows(preds, self.predictor.label_names)
+        header, rows = prediction_rows(preds, self.predictor.manifest)
         return pd.DataFrame(rows, columns=header)
 
 

@@ -151,7 +151,7 @@ def _manifest(threshold=0.5, spec=None):
     return Manifest(
         architecture={"type": "reversed_ae", "in_chans": 1, "image_size": 16, "depth": 2, "width": 4, "latent_dim": 4},
         label_space=LabelSpace(("normal", "pneumonia"), "anomaly"), preprocessing=resolve_preprocessing(16, 1),
-        thresholds=[threshold], anomaly={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, **(spec or ScoreSpec(mean=(0.5,), std=(0.5,))).to_dict()},
+        thresholds=[threshold], task_section={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, **(spec or ScoreSpec(mean=(0.5,), std=(0.5,))).to_dict()},
     )
 
 
@@ -195,10 +195,10 @@ def test_predictor_outputs_the_anomaly_score_and_decides_at_the_threshold(kind, 
     preds = p.predict(imgs, names=[f"i{i}" for i in range(5)])
     for pr, s in zip(preds, out[:, 0], strict=True):
         assert pr.score == pytest.approx(float(s))
-        assert pr.decisions["pneumonia"] == (s >= b.manifest.thresholds[0])
-        assert pr.predicted == (["pneumonia"] if s >= b.manifest.thresholds[0] else ["normal"])
-        assert pr.probabilities == {}  # a score is not a probability
-    path = write_predictions_csv(preds, p.label_names, tmp_path / "p.csv")
+        assert pr.flagged == (s >= b.manifest.thresholds[0])
+        assert pr.label == ("pneumonia" if s >= b.manifest.thresholds[0] else "normal")
+        assert not hasattr(pr, "probabilities")  # a score is not a probability
+    path = write_predictions_csv(preds, p.label_names, tmp_path / "p.csv", b.manifest)
     rows = list(csv.DictReader(open(path)))
     assert [float(r["anomaly_score"]) for r in rows] == pytest.approx(out[:, 0].tolist(), rel=1e-5)
 
@@ -207,7 +207,7 @@ def test_error_map_explanation_has_the_original_image_size():
     from medlens.tasks.anomaly.explain import error_map_explanation
 
     b = _bundle()
-    b.manifest.anomaly["pixel_scale"] = 0.5
+    b.manifest.task_section["pixel_scale"] = 0.5
     img = np.random.default_rng(0).integers(0, 256, (37, 51), dtype=np.uint8)  # not the model's 16 px
     e = error_map_explanation(Predictor(b), img)
     assert e.heatmap.shape == (37, 51)

@@ -63,7 +63,7 @@ def normal_flags(table: SampleTable, normal_label: str) -> np.ndarray:
         out[~any_pos & all_known] = 1.0
         return out
     raise LabelError(
-        f"{table.source}: data.normal_label {normal_label!r} is not one of the labels {list(space.names)}"
+        f"{table.source}: task_options.normal_label {normal_label!r} is not one of the labels {list(space.names)}"
         + ("" if space.task != "binary" else " (name the normal class exactly)")
     )
 
@@ -86,7 +86,7 @@ def to_anomaly_table(table: SampleTable, normal_label: str | None) -> SampleTabl
         return table  # already an anomaly view
     if not normal_label:
         raise LabelError(
-            f"{table.source}: data.task is anomaly but data.normal_label is not set; name the class the autoencoder "
+            f"{table.source}: data.task is anomaly but task_options.normal_label is not set; name the class the autoencoder "
             f"learns from, one of {list(table.label_space.names)}"
         )
     flags = normal_flags(table, normal_label)

@@ -20,7 +20,7 @@ def error_map_explanation(predictor: PredictorLike, img: np.ndarray) -> Explanat
     """The pixel error map of one decoded image as an :class:`~medlens.explanation.Explanation`.
 
     The map is the bundle's error map (squared error or SSIM dissimilarity) resized to the decoded image and
-    divided by ``manifest.anomaly["pixel_scale"]`` (the 99.5th percentile of pixel errors on validation
+    divided by ``manifest.task_section["pixel_scale"]`` (the 99.5th percentile of pixel errors on validation
     normals), so colours mean the same on every image. ``probability`` carries the anomaly score.
 
     Example:
@@ -32,7 +32,7 @@ def error_map_explanation(predictor: PredictorLike, img: np.ndarray) -> Explanat
     emap, score = error_map_array(predictor, img)
     # Fixed scale from the validation normals (their 99.5th-percentile pixel error = full colour), so a
     # well-reconstructed image stays dark instead of being stretched; old bundles fall back to the map's max.
-    scale = float((m.anomaly or {}).get("pixel_scale") or 0.0) or float(emap.max())
+    scale = float((m.task_section or {}).get("pixel_scale") or 0.0) or float(emap.max())
     heat = np.clip(emap / scale, 0.0, 1.0) if scale > 0 else emap
     return explanation_from_map(img, heat, m.label_names[1], ERROR_MAP, float(score), target_layer="", normalize=False)
 
@@ -49,7 +49,7 @@ def error_map_array(predictor: PredictorLike, image: np.ndarray) -> tuple[np.nda
     from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
 
     m = predictor.manifest
-    spec = ScoreSpec.from_dict(m.anomaly)
+    spec = ScoreSpec.from_dict(m.task_section or {})
     x = torch.from_numpy(predictor.transform(image))[None]
     model = predictor.model
     with torch.inference_mode():
@@ -68,7 +68,7 @@ def pixel_error_reference(predictor: PredictorLike, normals: SampleTable, q: flo
 
     from medlens.models.autoencoder import ScoreSpec, error_map
 
-    spec = ScoreSpec.from_dict(predictor.manifest.anomaly)
+    spec = ScoreSpec.from_dict(predictor.manifest.task_section or {})
     vals = []
     for i in range(0, len(normals), predictor.batch_size):
         idx = range(i, min(i + predictor.batch_size, len(normals)))

@@ -37,7 +37,7 @@ def anomaly_metrics(
         >>> m = anomaly_metrics(scores, targets, bundle.manifest)  # doctest: +SKIP
         >>> m["auroc"], m["ci"]["headline"]["auroc_macro"]["low"]  # doctest: +SKIP
     """
-    a = manifest.anomaly or {}
+    a = manifest.task_section or {}
     thr = list(manifest.thresholds) or ([a["threshold"]] if a.get("threshold") is not None else None)
     names = manifest.label_names
     m = classification_metrics(probs, targets, "binary", names, thr, calibration=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,18 +25,38 @@ from medlens.tasks.base import (
 )
 from medlens.tasks.classification.calibration import fit_temperatures
 from medlens.tasks.classification.metrics import binary_auroc, classification_metrics, tune_thresholds
+from medlens.tasks.classification.options import ClassificationOptions
+from medlens.tasks.registry import register_task
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from medlens.bundle import Manifest
+    from medlens.config import RunConfig
+    from medlens.data.labels import LabelSpace
+    from medlens.data.metadata import MetadataEncoder
+    from medlens.data.samples import SampleTable
+    from medlens.data.transforms import Preprocessing
+    from medlens.explanation import Explanation
+
 log = logging.getLogger("medlens.train")
 
-#: keys only an autoencoder (``data.task: anomaly``) uses
-ANOMALY_KEYS = (
-    "data.normal_label", "model.autoencoder", "model.ae_depth", "model.ae_width", "model.latent_dim", "model.ae_skip_levels",
-    "model.anomaly_score", "model.anomaly_map", "model.score_percentile", "model.anomaly_fpr",
-    "model.detector", "model.memory_size", "model.patch_layers", "model.input_norm",
-)
+
+@dataclass
+class ClassPrediction(Prediction):
+    """A classifier's result for one image.
+
+    Attributes:
+        probabilities: label -> probability (binary: both classes; multiclass: softmax; multilabel: sigmoid).
+        decisions: label -> bool at the manifest thresholds (binary: the positive class; multiclass: argmax).
+        thresholds: label -> threshold used (binary/multilabel).
+        predicted: the labels decided positive (multiclass: the argmax class).
+    """
+
+    probabilities: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, bool] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    predicted: list[str] = field(default_factory=list)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -48,13 +69,28 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+@register_task(default=True)
 class ClassificationTask(Task):
     """Binary, multiclass and multi-label classification (one instance per label kind)."""
 
     name = "classification"
     kinds = ("binary", "multiclass", "multilabel")
+    options_model = ClassificationOptions
     output_name = "logits"
     headline_metric = "auroc_macro"
+    supports_tta = True
+    supports_cv = True
+    supports_report = True
+    supports_mixing = True
+    supports_ema = True
+    supports_sampler = True
+    supports_metadata = True
+    uses_backbone = True
+
+    @property
+    def supports_thresholds(self) -> bool:  # type: ignore[override]
+        """Binary and multi-label decide at thresholds; multiclass by arg-max."""
+        return self.kind != "multiclass"
 
     @property
     def exclusive(self) -> bool:
@@ -66,35 +102,29 @@ class ClassificationTask(Task):
         return self.exclusive
 
     @property
-    def thresholded(self) -> bool:
-        """Decisions at per-label thresholds (binary, multi-label)."""
-        return self.kind != "multiclass"
-
-    @property
     def ensemble_activation(self) -> str:
         """Members' probabilities are averaged as the bundle's activation makes them: softmax or sigmoid."""
         return "softmax" if self.exclusive else "sigmoid"
 
     # ------------------------------------------------------------------ config and data
-    def check_config(self, cfg: Any) -> None:
-        """Refuse autoencoder keys, and threshold keys that cannot act (arg-max decisions, a tuned method)."""
-        refuse_keys(changed_keys(cfg, ANOMALY_KEYS), "anomaly-detection options act only with data.task: anomaly")
+    def check_config(self, cfg: RunConfig, options: ClassificationOptions) -> None:  # type: ignore[override]
+        """Refuse threshold keys that cannot act (arg-max decisions, a tuned method)."""
         if not self.thresholded:
-            refuse_keys(changed_keys(cfg, ("trainer.threshold_method", "trainer.fixed_threshold")),
+            refuse_keys(changed_keys(options, ("threshold_method", "fixed_threshold"), "task_options."),
                         "a multiclass model decides by arg-max and has no thresholds")
-        elif cfg.trainer.threshold_method != "fixed":
-            refuse_keys(changed_keys(cfg, ("trainer.fixed_threshold",)),
-                        f"acts only with trainer.threshold_method: fixed (here {cfg.trainer.threshold_method!r})")
+        elif options.threshold_method != "fixed":
+            refuse_keys(changed_keys(options, ("fixed_threshold",), "task_options."),
+                        f"acts only with task_options.threshold_method: fixed (here {options.threshold_method!r})")
 
     @classmethod
-    def read(cls, data_cfg: Any):
+    def read(cls, cfg: RunConfig) -> SampleTable:
         """Read a classification dataset as its source labels it."""
         from medlens.data.readers import read_dataset
 
-        return read_dataset(data_cfg)
+        return read_dataset(cfg.data)
 
     # ------------------------------------------------------------------ network and training
-    def architecture(self, cfg: Any, space: Any, meta_encoder: Any = None) -> dict[str, Any]:
+    def architecture(self, cfg: RunConfig, space: LabelSpace, meta_encoder: MetadataEncoder | None = None) -> dict[str, Any]:
         m = cfg.model
         arch: dict[str, Any] = {
             "type": "classifier", "backbone": m.backbone, "num_outputs": space.num_outputs, "in_chans": cfg.data.channels,
@@ -107,14 +137,16 @@ class ClassificationTask(Task):
             arch.update(meta_encoder.architecture())
         return arch
 
-    def create_loss(self, cfg: Any, train_table: Any, preprocessing: Any) -> nn.Module:
+    def create_loss(self, cfg: RunConfig, train_table: SampleTable, preprocessing: Preprocessing) -> nn.Module:
         from medlens.tasks.classification.losses import create_loss, loss_kwargs
 
+        opts = self.options(cfg)
         known = (~np.isnan(train_table.targets)).sum(axis=0)
-        kw = loss_kwargs(cfg.optim, self.kind, train_table.positives(), known)
-        return create_loss(cfg.optim.loss, self.kind, **kw)
+        kw = loss_kwargs(opts, self.kind, train_table.positives(), known)
+        return create_loss(opts.loss, self.kind, **kw)
 
-    def create_module(self, cfg: Any, model: nn.Module, space: Any, loss: nn.Module, preprocessing: Any, monitor: tuple[str, str]) -> Any:
+    def create_module(self, cfg: RunConfig, model: nn.Module, space: LabelSpace, loss: nn.Module, preprocessing: Preprocessing,
+                      monitor: tuple[str, str]) -> Any:
         from medlens.engine.module import optim_settings
         from medlens.tasks.classification.module import MODULES
 
@@ -124,15 +156,15 @@ class ClassificationTask(Task):
         )
 
     # ------------------------------------------------------------------ outputs
-    def inference_head(self, model: nn.Module, manifest: Any) -> nn.Module:
+    def inference_head(self, model: nn.Module, manifest: Manifest) -> nn.Module:
         from medlens.tasks.classification.head import ClassifierHead
 
         return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")))
 
-    def num_outputs(self, manifest: Any) -> int:
+    def num_outputs(self, manifest: Manifest) -> int:
         return manifest.label_space.num_outputs
 
-    def activation(self, raw: np.ndarray, manifest: Any, calibrated: bool = True) -> np.ndarray:
+    def activation(self, raw: np.ndarray, manifest: Manifest, calibrated: bool = True) -> np.ndarray:
         """Logits / temperature -> probabilities; a list temperature (multi-label) divides column by column."""
         t = np.asarray(manifest.temperature if calibrated else 1.0, dtype=np.float64)
         z = np.asarray(raw, dtype=np.float64) * float((manifest.extra or {}).get("orientation", 1))
@@ -142,10 +174,12 @@ class ClassificationTask(Task):
         return (softmax(z) if self.exclusive else sigmoid(z)).astype(np.float32)
 
     # ------------------------------------------------------------------ operating point and metrics
-    def fit_operating_point(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any, predictor: PredictorLike) -> dict[str, Any]:
-        """Temperature (``trainer.calibrate``; one per label for multi-label) and thresholds (``trainer.threshold_method``) on validation."""
-        raw_val = self.check_orientation(cfg, manifest, raw_val, val_table)  # trainer.orientation_check
-        t = cfg.trainer
+    def fit_operating_point(self, cfg: RunConfig, manifest: Manifest, raw_val: np.ndarray, val_table: SampleTable,
+                            predictor: PredictorLike) -> dict[str, Any]:
+        """Temperature (``task_options.calibrate``; one per label for multi-label) and thresholds
+        (``task_options.threshold_method``) on validation."""
+        t = self.options(cfg)
+        raw_val = self.check_orientation(t, manifest, raw_val, val_table)  # task_options.orientation_check
         out: dict[str, Any] = {}
         if t.calibrate:
             fit = fit_temperatures(raw_val, val_table.targets, self.kind, manifest.label_names)
@@ -160,17 +194,48 @@ class ClassificationTask(Task):
                 manifest.thresholds = tune_thresholds(probs, val_table.targets, self.kind, t.threshold_method)
         return {"threshold_method": t.threshold_method if self.thresholded else "argmax", **out}
 
-    def check_orientation(self, cfg: Any, manifest: Any, raw_val: np.ndarray, val_table: Any) -> np.ndarray:
-        """``trainer.orientation_check`` (binary): a validation AUROC below 0.5 flips the score.
+    def set_threshold(self, manifest: Manifest, threshold: float) -> None:
+        """One fixed threshold for every label (``evaluate --threshold``)."""
+        if not self.thresholded:
+            raise ValueError("a multiclass model decides by arg-max and has no thresholds to set")
+        manifest.thresholds = [float(threshold)] * self.num_outputs(manifest)
+
+    def no_thresholds_reason(self) -> str:
+        return "this model decides by arg-max over its classes and has no thresholds to set"
+
+    def refit_thresholds(self, cfg: RunConfig, manifest: Manifest, raw_val: np.ndarray, val_table: SampleTable,
+                         predictor: PredictorLike) -> dict[str, Any]:
+        """Thresholds by ``task_options.threshold_method`` on validation; the bundle's temperature and orientation are kept."""
+        keep_temperature = cfg.model_copy(update={"task_options": {**cfg.task_options, "calibrate": False, "orientation_check": False}})
+        return self.fit_operating_point(keep_temperature, manifest, raw_val, val_table, predictor)
+
+    def threshold_from_overrides(self, options: ClassificationOptions, keys: set[str],  # type: ignore[override]
+                                 thresholds_from: str) -> float | None:
+        """``--set task_options.fixed_threshold=t`` acts like ``--threshold t`` when the method is ``fixed``; otherwise
+        it could not act and is refused, as is ``--set task_options.threshold_method=...`` without
+        ``--thresholds-from val`` (a method only acts when thresholds are tuned again)."""
+        if "task_options.fixed_threshold" in keys:
+            if options.threshold_method != "fixed":
+                raise ValueError(
+                    f"task_options.fixed_threshold acts only with task_options.threshold_method: fixed (this bundle's is "
+                    f"{options.threshold_method!r}); to evaluate at a fixed operating point use --threshold {options.fixed_threshold:g}")
+            return options.fixed_threshold if thresholds_from == "bundle" else None  # with "val" the fixed method applies itself
+        if "task_options.threshold_method" in keys and thresholds_from != "val":
+            raise ValueError("task_options.threshold_method acts in evaluate only with --thresholds-from val (thresholds tuned "
+                             "again on validation)")
+        return None
+
+    def check_orientation(self, options: ClassificationOptions, manifest: Manifest, raw_val: np.ndarray, val_table: SampleTable) -> np.ndarray:
+        """``task_options.orientation_check`` (binary): a validation AUROC below 0.5 flips the score.
 
         The logit's sign goes into ``manifest.extra["orientation"]`` (-1 flipped, 1 kept), which
         :meth:`activation` applies everywhere the bundle is used; a loud warning says so. Returns the validation
         logits as the rest of the operating point sees them.
         """
-        if not getattr(cfg.trainer, "orientation_check", False):
+        if not options.orientation_check:
             return raw_val
         if self.kind != "binary":
-            log.warning("trainer.orientation_check applies to binary models only; this %s model is left as trained", self.kind)
+            log.warning("task_options.orientation_check applies to binary models only; this %s model is left as trained", self.kind)
             return raw_val
         auroc = binary_auroc(np.asarray(raw_val, dtype=np.float64)[:, 0], val_table.targets[:, 1])
         manifest.extra["orientation"] = -1 if auroc == auroc and auroc < 0.5 else 1
@@ -181,10 +246,44 @@ class ClassificationTask(Task):
             return -np.asarray(raw_val)
         return raw_val
 
+    def epoch_line(self, row: dict[str, Any], options: ClassificationOptions) -> str:  # type: ignore[override]
+        """Validation accuracy and F1 at 0.5 (said so), AUROC, the epoch's validation threshold (binary: max-F1 or
+        Youden, as ``task_options.threshold_method``) and, with EMA, the EMA weights' figures and the EMA-raw gap."""
+
+        def num(key: str) -> str | None:
+            v = row.get(key)
+            return None if not isinstance(v, (int, float)) or v != v else f"{float(v):.4f}"
+
+        parts = []
+        raw = "val/raw_" if "val/raw_auroc_macro" in row or "val/raw_accuracy" in row else "val/"
+        val = [f"{name} {x}" for name, key in (("acc@0.5", f"{raw}accuracy"), ("F1@0.5", f"{raw}f1_macro"), ("AUROC", f"{raw}auroc_macro"))
+               if (x := num(key)) is not None]
+        if val:
+            parts.append("val " + " ".join(val))
+        method = options.threshold_method
+        if method == "fixed":
+            if "val/threshold_f1" in row or "val/threshold_youden" in row:
+                parts.append(f"thr {options.fixed_threshold:g} (fixed)")
+        elif (x := num(f"val/threshold_{method}")) is not None:
+            parts.append(f"thr {x} ({'max-F1' if method == 'f1' else method})")
+        ema = [f"{name} {x}" for name, key in (("acc@0.5", "val/ema_accuracy"), ("F1@0.5", "val/ema_f1_macro"), ("AUROC", "val/ema_auroc_macro"))
+               if (x := num(key)) is not None]
+        if ema:
+            gap = None
+            if isinstance(row.get("val/ema_auroc_macro"), (int, float)) and isinstance(row.get("val/raw_auroc_macro"), (int, float)):
+                gap = float(row["val/ema_auroc_macro"]) - float(row["val/raw_auroc_macro"])
+            parts.append("EMA " + " ".join(ema) + ("" if gap is None or gap != gap else f" (EMA-raw AUROC {gap:+.4f})"))
+        return " | ".join(parts)
+
+    def lower_is_better(self, metric: str) -> bool:
+        from medlens.tasks.classification.metrics import LOWER_IS_BETTER
+
+        return metric.split("/", 1)[0] in LOWER_IS_BETTER
+
     #: bootstrap replicates of the headline interval that train and evaluate print (the report uses its own n_boot)
     HEADLINE_BOOTSTRAP = 500
 
-    def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Any, groups: Sequence | None = None) -> dict[str, Any]:
+    def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Manifest, groups: Sequence | None = None) -> dict[str, Any]:
         """Metrics at the bundle's thresholds, with a (patient-level when groups are given) bootstrap 95 % CI of the
         headline AUROC, so every printed summary shows n and an interval."""
         from medlens.tasks.classification.uncertainty import bootstrap_ci
@@ -199,32 +298,34 @@ class ClassificationTask(Task):
         return classification_metrics(scores, targets, self.kind, names, warn=False)
 
     # ------------------------------------------------------------------ decisions and presentation
-    def to_predictions(self, scores: np.ndarray, sources: Sequence[str], manifest: Any) -> list[Prediction]:
+    def to_predictions(self, scores: np.ndarray, sources: Sequence[str], manifest: Manifest) -> list[Prediction]:
         names = manifest.label_names
         th = manifest.thresholds
-        preds = []
+        preds: list[Prediction] = []
         for p, src in zip(scores, sources, strict=True):
             if self.kind == "binary":
                 thr = th[0] if th else 0.5
                 pos = float(p[0])
                 dec = pos >= thr
-                preds.append(Prediction(
-                    src, {names[0]: 1.0 - pos, names[1]: pos}, {names[1]: bool(dec)}, {names[1]: float(thr)},
+                preds.append(ClassPrediction(
+                    src, None, {names[0]: 1.0 - pos, names[1]: pos}, {names[1]: bool(dec)}, {names[1]: float(thr)},
                     [names[1] if dec else names[0]],
                 ))
             elif self.kind == "multiclass":
                 k = int(np.argmax(p))
-                preds.append(Prediction(src, {n: float(v) for n, v in zip(names, p, strict=True)}, {n: j == k for j, n in enumerate(names)}, {}, [names[k]]))
+                preds.append(ClassPrediction(src, None, {n: float(v) for n, v in zip(names, p, strict=True)},
+                                             {n: j == k for j, n in enumerate(names)}, {}, [names[k]]))
             else:
                 thr = th if th else [0.5] * len(names)
                 dec = {n: bool(v >= t) for n, v, t in zip(names, p, thr, strict=True)}
-                preds.append(Prediction(
-                    src, {n: float(v) for n, v in zip(names, p, strict=True)}, dec,
+                preds.append(ClassPrediction(
+                    src, None, {n: float(v) for n, v in zip(names, p, strict=True)}, dec,
                     {n: float(t) for n, t in zip(names, thr, strict=True)}, [n for n in names if dec[n]],
                 ))
         return preds
 
-    def findings(self, prediction: Prediction, manifest: Any) -> list[Finding]:
+    def findings(self, prediction: Prediction, manifest: Manifest) -> list[Finding]:
+        assert isinstance(prediction, ClassPrediction)
         names = manifest.label_names
         shown = names[1:] if self.kind == "binary" else names  # binary: the negative class is 1 - p(positive)
         rule = "threshold" if self.thresholded else "argmax"
@@ -233,7 +334,28 @@ class ClassificationTask(Task):
             for n in shown
         ]
 
-    def presentation(self, manifest: Any) -> Presentation:
+    def summary_line(self, prediction: Prediction, manifest: Manifest) -> str:
+        assert isinstance(prediction, ClassPrediction)
+        return super().summary_line(prediction, manifest) + f"  predicted={'|'.join(prediction.predicted) or 'none'}"
+
+    def outcome(self, prediction: Prediction, manifest: Manifest) -> str:
+        assert isinstance(prediction, ClassPrediction)
+        return ", ".join(prediction.predicted) or "none"
+
+    def table_columns(self, manifest: Manifest) -> list[str]:
+        """``prob_<label>`` for every label, ``threshold_<f>`` and ``decision_<f>`` per finding, ``predicted``."""
+        names = manifest.label_names
+        shown = names[1:] if self.kind == "binary" else names
+        return [*[f"prob_{n}" for n in names], *[c for n in shown for c in (f"threshold_{n}", f"decision_{n}")], "predicted"]
+
+    def table_row(self, prediction: Prediction, manifest: Manifest) -> list[str]:
+        assert isinstance(prediction, ClassPrediction)
+        row = [("" if n not in prediction.probabilities else f"{prediction.probabilities[n]:.6f}") for n in manifest.label_names]
+        for f in self.findings(prediction, manifest):
+            row += ["argmax" if f.rule == "argmax" else "" if f.threshold is None else f"{f.threshold:.6g}", f.decision]
+        return [*row, "|".join(prediction.predicted)]
+
+    def presentation(self, manifest: Manifest) -> Presentation:
         from medlens.tasks.classification.cam_methods import list_methods
 
         names = manifest.label_names
@@ -252,7 +374,7 @@ class ClassificationTask(Task):
         return list_methods()
 
     def explain(self, predictor: PredictorLike, image: np.ndarray, source: str, labels: Sequence[str] | None, method: str,
-                metadata: dict | None = None, target_layer: str | None = None) -> list[Any]:
+                metadata: dict | None = None, target_layer: str | None = None) -> list[Explanation]:
         from medlens.tasks.classification.cam import explain_cam
 
         return explain_cam(predictor, image, source, self.kind, labels, self.check_method(method), metadata, target_layer)

@@ -280,9 +280,18 @@ def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, 
             maps = cam(input_tensor=x.repeat(len(labels), 1, 1, 1), targets=targets)
     log.debug("%s: %s at %s for %s", src, method, layer_name, labels)
     return [
-        explanation_from_map(img, maps[i], lab, method, pred.probabilities.get(lab, float("nan")), layer_name)
+        explanation_from_map(img, maps[i], lab, method, _value_of(pred, lab), layer_name)
         for i, lab in enumerate(labels)
     ]
+
+
+def _value_of(pred: Prediction, label: str) -> float:
+    """The number an explanation map is of: a label's probability, or the predicted value of a regression."""
+    probs = getattr(pred, "probabilities", None)
+    if probs is not None:
+        return float(probs.get(label, float("nan")))
+    value = getattr(pred, "value", None)
+    return float("nan") if value is None else float(value)
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -256,14 +256,14 @@ class MulticlassFocal(nn.Module):
 def _refuse_multiclass_pos_weight(name: str, pos_weight: torch.Tensor | None) -> None:
     if pos_weight is not None:
         raise ValueError(
-            f"optim.pos_weight weighs the positive term of a sigmoid loss and cannot act on multiclass loss {name!r}; "
-            "use optim.class_weights for multiclass tasks"
+            f"task_options.pos_weight weighs the positive term of a sigmoid loss and cannot act on multiclass loss {name!r}; "
+            "use task_options.class_weights for multiclass tasks"
         )
 
 
 def _refuse_alpha(name: str, alpha: float | None) -> None:
     if alpha is not None:
-        raise ValueError(f"optim.focal_alpha acts only with optim.loss: focal (the loss is {name!r}); remove it or use the focal loss")
+        raise ValueError(f"task_options.focal_alpha acts only with task_options.loss: focal (the loss is {name!r}); remove it or use the focal loss")
 
 
 @LOSSES.register("bce")
@@ -294,7 +294,7 @@ def _focal(
     if task == "multiclass":
         _refuse_multiclass_pos_weight("focal", pos_weight)
         if alpha is not None:
-            raise ValueError("optim.focal_alpha balances the two classes of a sigmoid focal loss; for multiclass use optim.class_weights")
+            raise ValueError("task_options.focal_alpha balances the two classes of a sigmoid focal loss; for multiclass use task_options.class_weights")
         return MulticlassFocal(gamma, weight, label_smoothing)
     return FocalLoss(gamma, alpha, weight, pos_weight, label_smoothing)
 
@@ -336,18 +336,18 @@ def list_losses() -> list[str]:
     return LOSSES.names()
 
 
-def loss_kwargs(optim: Any, task: str, positives: np.ndarray, known: np.ndarray) -> dict[str, Any]:
-    """Keyword arguments for :func:`create_loss` from an ``optim`` config section and training-split counts.
+def loss_kwargs(options: Any, task: str, positives: np.ndarray, known: np.ndarray) -> dict[str, Any]:
+    """Keyword arguments for :func:`create_loss` from classification's options and training-split counts.
 
     Args:
-        optim: the ``optim`` config section (``focal_gamma``, ``focal_alpha``, ``label_smoothing``,
+        options: classification's ``task_options`` (``focal_gamma``, ``focal_alpha``, ``label_smoothing``,
             ``pos_weight``, ``class_weights``).
         task: the label space's task.
         positives: positive count per label-space column (binary: two columns, negative and positive class).
         known: rows with a known value per column.
 
     Returns:
-        A dict for ``create_loss(optim.loss, task, **kw)``. Binary models have one output (the positive
+        A dict for ``create_loss(options.loss, task, **kw)``. Binary models have one output (the positive
         class), so binary counts and weights are taken from column 1; a binary ``class_weights`` list is
         ``[negative class, positive class]``.
 
@@ -361,27 +361,27 @@ def loss_kwargs(optim: Any, task: str, positives: np.ndarray, known: np.ndarray)
     n = np.asarray(known, dtype=np.float64)
     if task == "binary":
         pos, n = pos[1:2], n[1:2]
-    kw: dict[str, Any] = {"gamma": optim.focal_gamma, "alpha": optim.focal_alpha, "label_smoothing": optim.label_smoothing}
+    kw: dict[str, Any] = {"gamma": options.focal_gamma, "alpha": options.focal_alpha, "label_smoothing": options.label_smoothing}
     k = len(pos)
-    if optim.pos_weight == "auto":
+    if options.pos_weight == "auto":
         kw["pos_weight"] = pos_weight_from_counts(pos, n)
-    elif isinstance(optim.pos_weight, list):
-        pw = list(optim.pos_weight)
+    elif isinstance(options.pos_weight, list):
+        pw = list(options.pos_weight)
         if task == "binary" and len(pw) == 2:
             pw = pw[1:]  # given per class of the label space: the positive class' value
         if len(pw) != k:
-            raise ValueError(f"optim.pos_weight has {len(optim.pos_weight)} values; the model has {k} output(s)")
+            raise ValueError(f"task_options.pos_weight has {len(options.pos_weight)} values; the model has {k} output(s)")
         kw["pos_weight"] = torch.tensor(pw, dtype=torch.float32)
-    cw = optim.class_weights
+    cw = options.class_weights
     if cw == "auto":
         kw["weight"] = class_weights_from_counts(pos, int(n.max()) if task == "multiclass" else n, task)
     elif isinstance(cw, list):
         if task == "binary":
             if len(cw) != 2:
-                raise ValueError(f"optim.class_weights: a binary task needs 2 values [negative, positive], got {len(cw)}")
+                raise ValueError(f"task_options.class_weights: a binary task needs 2 values [negative, positive], got {len(cw)}")
             kw["weight"] = torch.tensor([[cw[0]], [cw[1]]], dtype=torch.float32)
         else:
             if len(cw) != k:
-                raise ValueError(f"optim.class_weights has {len(cw)} values but there are {k} labels")
+                raise ValueError(f"task_options.class_weights has {len(cw)} values but there are {k} labels")
             kw["weight"] = torch.tensor(cw, dtype=torch.float32)
     return kw

@@ -1,0 +1,42 @@
+"""The anomaly task's own config section (``task_options`` in the YAML): the detector, its score and threshold.
+
+Example YAML::
+
+    data: {kind: medmnist, flag: pneumoniamnist, task: anomaly}
+    task_options:
+      normal_label: normal   # the class the detector learns from
+      autoencoder: unet      # unet | reversed
+      anomaly_map: ssim      # pixel error map: mse | ssim
+      anomaly_fpr: 0.05      # threshold: flags this fraction of validation normals
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from medlens.tasks.base import TaskOptions
+
+
+class AnomalyOptions(TaskOptions):
+    """An autoencoder (or a PatchCore-style feature detector) trained on normal images only."""
+
+    normal_label: str | None = None  # the class (or multi-label "no finding" name) the detector is trained on (required)
+    loss: Literal["auto", "mse", "mse_ssim"] = "auto"  # reconstruction loss (auto: mse)
+    autoencoder: Literal["unet", "reversed"] = "unet"
+    ae_depth: int = Field(3, ge=1, le=6)
+    ae_width: int = Field(32, ge=4)
+    latent_dim: int = Field(128, ge=2)
+    ae_skip_levels: list[int] | None = None  # U-Net AE: encoder levels with skips (0 = full res); None: deepest only
+    anomaly_score: Literal["mean", "percentile"] = "mean"
+    anomaly_map: Literal["mse", "ssim"] = "mse"  # pixel error map: squared error, or local SSIM dissimilarity
+    score_percentile: float = Field(99.0, gt=0.0, le=100.0)
+    anomaly_fpr: float = Field(0.05, gt=0.0, lt=1.0)  # threshold: this false-positive rate on val normals
+    # Feature-based detection (detector: patchcore): nearest-normal-patch distances
+    detector: Literal["autoencoder", "patchcore"] = "autoencoder"  # patchcore needs model.pretrained (e.g. `medlens pretrain`)
+    memory_size: int = Field(4096, ge=16)  # patchcore: coreset size, normal patch features kept (bounds memory and time)
+    patch_layers: list[int] = Field(default_factory=lambda: [2, 3])  # patchcore: timm feature levels (2 = stride 8 in a stock ResNet)
+    # patchcore: "image" standardises each image by its own mean and std inside the network (after data.mean/std), so
+    # a brightness or contrast shift between cohorts or scanners does not move its features; "dataset": data.mean/std only
+    input_norm: Literal["dataset", "image"] = "dataset"

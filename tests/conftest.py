@@ -19,6 +19,13 @@ def _shared_dir() -> Path:
 SHARED = _shared_dir()
 
 
+@pytest.fixture(autouse=True)
+def _private_medlens_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty medlens user cache ($MEDLENS_CACHE_DIR: the disk image cache, the remembered
+    channels-last choices), so no test reads what another measured and none writes to ~/.cache."""
+    monkeypatch.setenv("MEDLENS_CACHE_DIR", str(tmp_path_factory.mktemp("medlens-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real MedMNIST, NIH ChestX-ray14 and HAM10000 files); skips when absent."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medlens.data.diskcache import DiskImageCache
 from medlens.data.io import ImageReadError, load_image
 from medlens.data.samples import SampleTable
 from medlens.data.transforms import Preprocessing, geometry
@@ -109,12 +110,15 @@ class ImageDataset(Dataset):
     Args:
         table: the samples.
         transform: uint8 image -> float32 (C, H, W), from :func:`medlens.data.transforms.make_transform`.
-        pp: preprocessing; with ``cache=True`` images are decoded and resized once and kept in memory.
+        pp: preprocessing; with ``cache=True`` images are decoded and resized once and kept in memory. When given,
+            JPEGs at least twice ``pp.image_size`` decode at reduced scale (``load_image(reduce_to=...)``).
         cache: keep decoded, resized uint8 images in memory.
         cache_bytes: with ``cache``, the most bytes the cache may take (None: every row). Rows are decoded in
             table order until the next one would pass the budget; the rest are read from disk on every access.
         on_bad_image: ``skip`` drops unreadable images (listed in ``self.skipped``), ``error`` raises.
         metadata_encoder: maps a row's metadata dict to a float vector (fusion models), or None.
+        disk_cache: a :class:`~medlens.data.diskcache.DiskImageCache` (needs ``pp``): rows not held in memory are
+            read from it instead of decoded, and decoded into it on a miss; it also fills the memory cache.
     """
 
     def __init__(
@@ -126,9 +130,14 @@ class ImageDataset(Dataset):
         on_bad_image: str = "error",
         metadata_encoder: Callable[[SampleTable], np.ndarray] | None = None,
         cache_bytes: int | None = None,
+        disk_cache: DiskImageCache | None = None,
     ) -> None:
+        if disk_cache is not None and (pp is None or (disk_cache.image_size, disk_cache.channels) != (pp.image_size, pp.channels)):
+            raise ValueError("ImageDataset: a disk cache needs the preprocessing it was made for (pp)")
         self.table = table
         self.transform = transform
+        self.pp = pp
+        self.disk_cache = disk_cache if not table.in_memory else None
         self.on_bad_image = on_bad_image
         self.skipped: list[str] = []
         self.metadata = metadata_encoder(table) if metadata_encoder is not None else None
@@ -150,7 +159,9 @@ class ImageDataset(Dataset):
             if budget is not None and self.cache_nbytes + cached_image_bytes(pp) > budget:
                 break  # the rest is read from disk each time
             try:
-                img = geometry(load_image(p), pp)  # resized once; the transform's resize is then a no-op
+                img = self._read(p, resized=True)  # resized once; the transform's resize is then a no-op
+                if isinstance(img, np.memmap):
+                    img = np.array(img)  # a private copy, not one memory map per row (kernels cap their number)
             except ImageReadError:
                 if self.on_bad_image == "error":
                     raise
@@ -166,11 +177,22 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def _read(self, path, resized: bool = False) -> np.ndarray:
+        """Decode one file: from the disk cache when there is one (already resized), at reduced JPEG scale where
+        the model's size allows; ``resized`` also applies the geometry when there is no disk cache."""
+        pp = self.pp
+        if pp is None:
+            return load_image(path)
+        if self.disk_cache is not None:
+            return self.disk_cache.get(path, lambda: geometry(load_image(path, reduce_to=pp.image_size), pp))
+        img = load_image(path, reduce_to=pp.image_size)
+        return geometry(img, pp) if resized else img
+
     def load(self, i: int) -> np.ndarray | None:
         if self._cache is not None and i < len(self._cache):
             return self._cache[i]
         try:
-            return load_image(self.table.images[i])
+            return self._read(self.table.images[i])
         except ImageReadError:
             if self.on_bad_image == "error":
                 raise

@@ -358,6 +358,24 @@ def apply_window(x: np.ndarray, center: float, width: float, function: str = "LI
     return np.clip(np.floor(y * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
+def jpeg_draft_scale(width: int, height: int, reduce_to: int | None) -> int:
+    """The DCT scaling (1, 2, 4 or 8) a JPEG of this size is decoded at when the model needs ``reduce_to`` px a side.
+
+    libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of its size straight from the DCT coefficients (Pillow's
+    ``Image.draft``), several times faster than a full decode followed by a resize. The largest factor that keeps
+    both sides at least ``reduce_to`` is used, so the resize to the model's size still shrinks (area filter);
+    1 (a full decode, exactly as without ``reduce_to``) when the image is not at least twice the target.
+
+    Example:
+        >>> jpeg_draft_scale(1024, 1024, 224), jpeg_draft_scale(2000, 1500, 224), jpeg_draft_scale(400, 400, 224)
+        (4, 4, 1)
+    """
+    if not reduce_to:
+        return 1
+    ratio = min(int(width) // int(reduce_to), int(height) // int(reduce_to))
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
+
+
 def load_image_bytes(
     data: bytes,
     name: str = "<bytes>",
@@ -366,6 +384,7 @@ def load_image_bytes(
     min_side: int = MIN_SIDE,
     max_aspect: float = MAX_ASPECT,
     prefer_voi_lut: bool = PREFER_VOI_LUT,
+    reduce_to: int | None = None,
 ) -> np.ndarray:
     """Decode an image held in memory; the format is taken from its bytes, not its name.
 
@@ -376,6 +395,9 @@ def load_image_bytes(
         min_side: smallest side in pixels.
         max_aspect: largest ratio of the long side to the short one.
         prefer_voi_lut: DICOM with both a VOI LUT and a window: apply the LUT (see :func:`read_dicom`).
+        reduce_to: the side the image will be resized to (the model's ``image_size``), or None: a JPEG at least
+            twice that size is decoded at 1/2, 1/4 or 1/8 scale (:func:`jpeg_draft_scale`), never below it. Other
+            formats, and JPEGs less than twice the target, decode exactly as without it.
 
     Raises:
         ImageReadError: one line naming the file.
@@ -394,6 +416,8 @@ def load_image_bytes(
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             check_dimensions(*img.size, name, max_pixels, min_side, max_aspect)
+            if reduce_to and img.format in ("JPEG", "MPO") and jpeg_draft_scale(*img.size, reduce_to) > 1:
+                img.draft(img.mode, (int(reduce_to), int(reduce_to)))  # same mode: only the scale changes
             img.load()
             return from_pil(img, max_pixels, name, min_side, max_aspect)
     except ImageReadError:
@@ -414,6 +438,7 @@ def load_image(
     min_side: int = MIN_SIDE,
     max_aspect: float = MAX_ASPECT,
     prefer_voi_lut: bool = PREFER_VOI_LUT,
+    reduce_to: int | None = None,
 ) -> np.ndarray:
     """Read an image file into uint8 (H, W) or (H, W, 3).
 
@@ -426,6 +451,8 @@ def load_image(
         min_side: smallest side in pixels.
         max_aspect: largest ratio of the long side to the short one.
         prefer_voi_lut: DICOM with both a VOI LUT and a window: apply the LUT (see :func:`read_dicom`).
+        reduce_to: the model's image size: JPEGs at least twice as large decode at reduced scale
+            (see :func:`load_image_bytes`); None decodes at full size.
 
     Raises:
         ImageReadError: one line naming the file.
@@ -453,4 +480,4 @@ def load_image(
     except OSError as e:
         raise ImageReadError(f"{p}: cannot read ({e})") from None
     return load_image_bytes(data, str(p), max_pixels, min_side=min_side, max_aspect=max_aspect,
-                            prefer_voi_lut=prefer_voi_lut)
+                            prefer_voi_lut=prefer_voi_lut, reduce_to=reduce_to)

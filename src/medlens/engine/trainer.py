@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
+import platform
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -74,7 +80,7 @@ def precision_arg(p: str, accelerator: str) -> str:
       :func:`cpu_bf16_support`) it is honoured with one warning: emulated (no bf16 instructions) it runs several
       times slower than float32, and with ``avx512_bf16`` but no AMX it measured 0.8x float32.
     * ``16``: float16 autocast with loss scaling (CUDA only).
-    * ``auto``: ``16`` on a CUDA GPU; on CPU ``bf16`` when the CPU has AMX bf16 units -- measured 1.44-1.76x the
+    * ``auto`` (the default): ``16`` on a CUDA GPU; on CPU ``bf16`` when the CPU has AMX bf16 units -- measured 1.44-1.76x the
       float32 training throughput on such a CPU (ResNet-18, 64 px; ``benchmarks/README.md``) -- else ``32``.
 
     Losses are always computed in float32.
@@ -108,6 +114,127 @@ def precision_arg(p: str, accelerator: str) -> str:
     return "32-true"
 
 
+# ------------------------------------------------------------------- channels_last: auto, remembered per machine
+#: File (in medlens' user cache, ``$MEDLENS_CACHE_DIR`` or ``~/.cache/medlens``) of the memory formats measured before.
+PROBE_CACHE_NAME = "probe.json"
+#: Choices kept in it (the oldest are dropped).
+PROBE_CACHE_ENTRIES = 256
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model string (``/proc/cpuinfo`` "model name", else ``platform.processor()``), with the core count.
+
+    Example:
+        >>> "cores" in cpu_model()
+        True
+    """
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def probe_cache_path() -> Path:
+    """Where ``trainer.channels_last: auto`` keeps the layouts it measured: ``<user cache>/probe.json``."""
+    from medlens.data.diskcache import cache_root
+
+    return cache_root() / PROBE_CACHE_NAME
+
+
+def memory_format_key(module, images, metadata, precision: str) -> dict[str, Any]:
+    """What a measured memory-format choice depends on: machine, software, network, input and precision."""
+    import torch
+
+    net = getattr(module, "model", module)
+    arch = hashlib.sha256(repr(net).encode()).hexdigest()[:16]  # layer types, widths, kernels and strides
+    device = torch.cuda.get_device_name(images.device) if images.is_cuda else "cpu"
+    return {
+        "machine": cpu_model(), "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "network": f"{type(net).__name__} {arch} ({sum(p.numel() for p in net.parameters())} parameters)",
+        "input": list(images.shape), "metadata": None if metadata is None else list(metadata.shape),
+        "precision": str(precision),
+    }
+
+
+def _key_id(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_probe_cache(path: Path | None = None) -> dict[str, Any]:
+    """The remembered choices (key id -> record); empty when the file is absent or unreadable."""
+    path = path or probe_cache_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_probe(key: dict[str, Any], probe: dict[str, Any], path: Path | None = None) -> None:
+    """Add one measured choice to the cache file (written atomically; concurrent runs may drop each other's entry,
+    which costs one more probe, never a wrong one)."""
+    from medlens._atomic import write_json_atomic
+
+    path = path or probe_cache_path()
+    data = read_probe_cache(path)
+    data[_key_id(key)] = {**key, **{k: probe[k] for k in ("channels_last", "ms_contiguous", "ms_channels_last") if k in probe},
+                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if len(data) > PROBE_CACHE_ENTRIES:
+        data = dict(list(data.items())[-PROBE_CACHE_ENTRIES:])
+    try:
+        write_json_atomic(path, data)
+    except OSError as e:  # a read-only home: the choice is simply measured again next time
+        log.debug("trainer.channels_last: cannot write %s (%s)", path, e)
+
+
+class MemoryFormatChoice(L.Callback):
+    """``trainer.channels_last: auto`` measured once per machine, network, input size and precision.
+
+    The module's probe (a few timed forward+backward steps in both layouts) took up to 45 s before the first epoch on
+    a loaded 2-core machine. Before the module probes, this callback looks the choice up in
+    :func:`probe_cache_path`; a hit applies it at once (no step is timed), a miss runs the module's probe and stores
+    its result. The choice is then recorded in the run exactly as a measured one (``memory_format_probe``, with
+    ``how: cached``), so a resumed run keeps it.
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if getattr(pl_module, "channels_last", None) != "auto" or batch is None or getattr(batch, "images", None) is None:
+            return
+        if batch.images.ndim != 4 or hasattr(getattr(pl_module, "model", None), "_orig_mod"):  # compiled: the module's own rule
+            return
+        import torch
+
+        key = memory_format_key(pl_module, batch.images, batch.metadata, getattr(trainer, "precision", "32-true"))
+        path = probe_cache_path()
+        hit = read_probe_cache(path).get(_key_id(key))
+        if hit is None or not isinstance(hit.get("channels_last"), bool):
+            pl_module.choose_memory_format(batch)
+            probe = pl_module.memory_format_probe or {}
+            if str(probe.get("how", "")).startswith("probe"):
+                remember_probe(key, probe, path)
+            return
+        use = hit["channels_last"]
+        pl_module.memory_format_probe = {"channels_last": use, "ms_contiguous": hit.get("ms_contiguous"),
+                                         "ms_channels_last": hit.get("ms_channels_last"),
+                                         "how": f"cached: measured {hit.get('measured', '?')} ({path})"}
+        pl_module.apply_memory_format(use)
+        if use:
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        log.info("trainer.channels_last auto: %s (as measured on %s for this network, input and precision; %s)",
+                 "channels-last" if use else "contiguous", hit.get("measured", "?"), path)
+        try:
+            pl_module.log("channels_last", float(use), on_step=False, on_epoch=True, batch_size=len(batch.images))
+        except Exception:  # pragma: no cover - not inside a Trainer loop
+            pass
+
+
 def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, extra_callbacks=None) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer for a run: best + last checkpoints (atomic), early stopping, freezing, progress bar.
 
@@ -127,6 +254,8 @@ def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, ex
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [ckpt]
+    if t.channels_last == "auto":
+        callbacks.append(MemoryFormatChoice())  # before the module's own probe: a remembered choice skips it
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=t.early_stopping_patience))
     if cfg.optim.freeze_backbone or cfg.optim.freeze_epochs > 0:

@@ -235,8 +235,12 @@ class MemoryFormatChoice(L.Callback):
             pass
 
 
-def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, extra_callbacks=None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, extra_callbacks=None,
+                  checkpoint_io: AtomicCheckpointIO | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer for a run: best + last checkpoints (atomic), early stopping, freezing, progress bar.
+
+    ``checkpoint_io``: the checkpoint plugin (default a fresh :class:`AtomicCheckpointIO`); :func:`~medlens.engine.fit.fit`
+    passes one holding the resume checkpoint it has read, so Lightning restores that object, not the file again.
 
     Returns:
         (trainer, the best-checkpoint callback).
@@ -296,7 +300,7 @@ def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, ex
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io or AtomicCheckpointIO()],
         benchmark=False,
     )
     if t.limit_train_batches is not None:

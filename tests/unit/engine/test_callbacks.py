@@ -92,7 +92,7 @@ def test_freeze_schedule_and_lightning_train_mode_reset():
 def test_atomic_checkpoint_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "ckpts" / "last.ckpt"
-    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
 
     def broken_save(obj, f, *a, **k):

@@ -2,6 +2,9 @@
 
 * Downloads run concurrently (``workers`` threads), each with a timeout and retries with exponential backoff
   (network errors, 5xx, 408 and 429 are retried; other 4xx are not).
+* Each file is capped at ``max_bytes`` (default :data:`DEFAULT_MAX_BYTES`, 100 MiB): a larger declared length is
+  refused before reading, a longer stream is cut off and discarded; either is a listed failure, not retried.
+* Failed rows are listed; the CLI exits 1 when any row failed (with their count), 0 only when every row is in.
 * Files are stored once under ``DIR/.files/`` (a URL listed for two classes is fetched once) and the class
   tree ``DIR/<class>/<name>`` is made of hard links into it (a copy where the file system refuses links), so
   ``kind: folder, root: DIR`` trains on it directly.
@@ -53,6 +56,17 @@ SUMMARY = "download_summary.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 USER_AGENT = "medlens-downloader/0.1"
+#: bytes one file may have: a full-field mammogram DICOM is 30-60 MB and a dermoscopy JPEG a few MB, so 100 MiB
+#: holds any single image with room, while a hostile or mistaken URL (a video, a disk image) cannot fill the disk
+DEFAULT_MAX_BYTES = 100 * 2**20
+
+
+class _TooLarge(Exception):
+    """A response over the byte cap (not retried: it will not shrink)."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
 
 
 @dataclass
@@ -182,8 +196,13 @@ def read_url_csv(path: str | os.PathLike) -> tuple[list[Row], list[Failure]]:
     return rows, bad
 
 
-def _fetch(url: str, dest: Path, timeout: float, retries: int, backoff: float, opener: Callable) -> int:
-    """Download ``url`` to ``dest`` through a temporary file; returns the number of bytes."""
+def _fetch(url: str, dest: Path, timeout: float, retries: int, backoff: float, opener: Callable,
+           max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Download ``url`` to ``dest`` through a temporary file; returns the number of bytes.
+
+    At most ``max_bytes`` are stored: a larger ``Content-Length`` is refused before the body is read, and a stream
+    that runs past the cap is cut off; the partial file is removed either way.
+    """
     tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.part")
     last: Exception | None = None
     for attempt in range(retries + 1):
@@ -191,21 +210,28 @@ def _fetch(url: str, dest: Path, timeout: float, retries: int, backoff: float, o
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
             req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with opener(req, timeout=timeout) as resp, open(tmp, "wb") as f:
+            with opener(req, timeout=timeout) as resp:
                 expected = resp.headers.get("Content-Length")
+                if expected is not None and expected.isdigit() and int(expected) > max_bytes:
+                    raise _TooLarge(f"{int(expected)} bytes declared, over the {_mib(max_bytes)} cap per file (--max-mb)")
                 n = 0
-                while True:
-                    chunk = resp.read(1 << 16)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    n += len(chunk)
+                with open(tmp, "wb") as f:
+                    while True:
+                        chunk = resp.read(1 << 16)
+                        if not chunk:
+                            break
+                        n += len(chunk)
+                        if n > max_bytes:
+                            raise _TooLarge(f"more than the {_mib(max_bytes)} cap per file (--max-mb); stopped reading")
+                        f.write(chunk)
             if expected is not None and expected.isdigit() and int(expected) != n:
                 raise OSError(f"incomplete download: {n} of {expected} bytes")
             if n == 0:
                 raise OSError("empty response")
             os.replace(tmp, dest)  # atomic: a file under its final name is always complete
             return n
+        except _TooLarge as e:
+            raise RuntimeError(str(e)) from None
         except urllib.error.HTTPError as e:
             last = e
             if e.code not in _RETRY_STATUS:
@@ -233,6 +259,7 @@ def download(
     link_mode: str = "hard",
     split_after_download: float | None = None,
     progress: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DownloadSummary:
     """Download every ``url,class`` row of a CSV into ``out_dir/<class>/<name>``.
 
@@ -250,6 +277,7 @@ def download(
         split_after_download: the train share (e.g. 0.85) of a stratified, seeded split written to
             ``<out_dir>_split/train|val/<class>/`` after the download.
         progress: show a progress bar (the CLI turns it on).
+        max_bytes: the most bytes one file may have (default 100 MiB); a larger file is a listed failure.
 
     Returns:
         :class:`DownloadSummary` (also written to ``out_dir/download_summary.json``).
@@ -259,6 +287,8 @@ def download(
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"--max-mb: the cap per file must be positive, got {max_bytes!r} bytes")
     if link_mode not in LINK_MODES:
         raise ValueError(f"--link-mode {link_mode!r}: valid: {', '.join(LINK_MODES)}")
     if split_after_download is not None and not 0.0 < split_after_download < 1.0:
@@ -291,7 +321,7 @@ def download(
         if dest.is_file() and dest.stat().st_size > 0:
             return name, -1, None  # complete from an earlier run
         try:
-            return name, _fetch(by_name[name][0].url, dest, timeout, retries, backoff, opener), None
+            return name, _fetch(by_name[name][0].url, dest, timeout, retries, backoff, opener, max_bytes), None
         except RuntimeError as e:
             return name, None, str(e)
 
@@ -332,7 +362,7 @@ def download(
 
         split_dir = out.parent / f"{out.name}_split"
         sp = split_folders(out, split_dir, val=round(1.0 - split_after_download, 6), test=0.0, seed=0, clear_existing=True,
-                           link_mode=link_mode)
+                           link_mode=link_mode, link_roots=(store,))  # the class tree links into this run's store
         summary.split_dir = str(split_dir)
         summary.split_counts = {k: v for k, v in sp.counts.items() if k != "test"}
     per_csv = out / f"{SUMMARY.removesuffix('.json')}_{safe_name(Path(csv_path).stem, 'list')}.json"

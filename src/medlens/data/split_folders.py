@@ -98,8 +98,62 @@ def _groups_from_regex(ids: np.ndarray, pattern: str) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether two resolved paths are the same folder or one lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_not_own_input(src: Path, out: Path, given_src: Path | None = None, given_out: Path | None = None) -> None:
+    """Refuse an output whose folders overlap the source: a command never deletes or overwrites its own input.
+
+    ``src`` and ``out`` are resolved (symlinks followed), and so is each split folder ``out/train|val|test`` (one
+    may itself be a link). Refused: ``out`` equal to or inside ``src`` (it would be read as a class), and any split
+    folder that is, holds, or lies inside ``src`` (``--clear-existing`` would delete the source, and the links
+    would be written into it). ``split folders DATA/train DATA`` is the case that deleted its own source.
+
+    Raises:
+        ValueError: one line naming both folders.
+
+    Example:
+        >>> check_not_own_input(Path("/d/train"), Path("/d"))
+        Traceback (most recent call last):
+        ...
+        ValueError: the output /d would write /d/train, which is the source /d/train: a split never deletes or overwrites its own source; choose an output folder outside /d/train (e.g. /d/train_split)
+    """
+    shown_src = given_src if given_src is not None else src
+    hint = f"choose an output folder outside {shown_src} (e.g. {src.parent / (src.name + '_split')})"
+    if out == src or src in out.parents:
+        raise ValueError(f"the output {given_out or out} is {'the source' if out == src else 'inside the source'} {shown_src}: "
+                         f"a split never writes into its own source; {hint}")
+    for split in SPLITS:
+        target = (out / split).resolve()
+        if _overlap(target, src):
+            how = "which is" if target == src else "which holds" if target in src.parents else "which lies inside"
+            raise ValueError(f"the output {given_out or out} would write {out / split}, {how} the source {shown_src}: "
+                             f"a split never deletes or overwrites its own source; {hint}")
+
+
+def _inside_source(table: SampleTable, src: Path, roots: list[Path]) -> SampleTable:
+    """Leave out (one warning line each) images that are links to files outside ``src`` and ``roots``: a copy or
+    link of them would carry a file from elsewhere on the machine (``/etc/shadow``) into the split tree."""
+    keep = []
+    for i, path in enumerate(table.images):
+        real = Path(str(path)).resolve()
+        if any(real == r or r in real.parents for r in (src, *roots)):
+            keep.append(i)
+        else:
+            log.warning("split folders: %s left out: it is a link to %s, outside the source folder %s "
+                        "(--follow-links keeps such files)", table.ids[i], real, src)
+    if len(keep) == len(table):
+        return table
+    if not keep:
+        raise ValueError(f"{src}: every image is a link to a file outside the source folder; nothing to split")
+    return table.subset(np.asarray(keep, dtype=np.int64))
+
+
 def split_folders(src: str | Path, out: str | Path, val: float = 0.15, test: float = 0.15, seed: int = 0,
-                  group_regex: str | None = None, clear_existing: bool = False, link_mode: str = "hard") -> SplitFoldersSummary:
+                  group_regex: str | None = None, clear_existing: bool = False, link_mode: str = "hard",
+                  follow_links: bool = False, link_roots: tuple[str | Path, ...] = ()) -> SplitFoldersSummary:
     """Split the class folders under ``src`` into ``out/train``, ``out/val`` and ``out/test``.
 
     Args:
@@ -109,8 +163,14 @@ def split_folders(src: str | Path, out: str | Path, val: float = 0.15, test: flo
         seed: split seed (the same seed gives the same split).
         group_regex: a regular expression on the image path relative to ``src``; its first group (or the whole
             match) is the patient/study id, and each group stays in one split.
-        clear_existing: delete ``out/train``, ``out/val`` and ``out/test`` first.
+        clear_existing: delete ``out/train``, ``out/val`` and ``out/test`` first (never when one of them is, holds
+            or lies inside ``src``: see :func:`check_not_own_input`).
         link_mode: ``hard`` (default; copy where refused), ``symlink`` or ``copy``.
+        follow_links: keep images that are symbolic links to files outside ``src`` (a tree of links into an image
+            store). Off by default: such an image is left out with a warning line, whatever the mode, so a planted
+            link (``evil.png -> /etc/shadow``) is never copied or linked into the split tree.
+        link_roots: folders outside ``src`` that links may point into without ``follow_links`` (``download``
+            passes its own file store).
 
     Returns:
         :class:`SplitFoldersSummary` with the per-class counts.
@@ -118,14 +178,16 @@ def split_folders(src: str | Path, out: str | Path, val: float = 0.15, test: flo
     from medlens.config import FolderData
     from medlens.data.readers import read_dataset
 
-    src, out = Path(src).resolve(), Path(out).resolve()
+    given_src, given_out = Path(src), Path(out)
+    src, out = given_src.resolve(), given_out.resolve()
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src}")
-    if out == src or src in out.parents:
-        raise ValueError(f"the output {out} must not be inside the source {src} (it would be read as a class)")
+        raise FileNotFoundError(f"source folder not found: {given_src}")
+    check_not_own_input(src, out, given_src, given_out)
     table = read_dataset(FolderData(root=str(src), task="multiclass"))
     if table.splits is not None:
         raise ValueError(f"{src} is already split into train/val/test folders; give the class-folder root")
+    if not follow_links:
+        table = _inside_source(table, src, [Path(r).resolve() for r in link_roots])
     if group_regex:
         table = SampleTable(table.label_space, table.ids, table.images, table.targets, _groups_from_regex(table.ids, group_regex),
                             None, None, table.source)

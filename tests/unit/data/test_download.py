@@ -169,7 +169,8 @@ def test_cli_download(tmp_path: Path, server: Server) -> None:
     csv = tmp_path / "urls.csv"
     csv.write_text(f"url,class\n{server.base}/img/a.png,normal\n{server.base}/missing,normal\n")
     r = CliRunner().invoke(app, ["download", str(csv), "--out", str(tmp_path / "o"), "--workers", "2", "--retries", "0"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # a partial download is a failure for scripts and schedulers
     assert "1 downloaded" in r.output and "1 failed" in r.output and "line 3" in r.output
+    assert "1 of 2 rows failed" in r.output
     r = CliRunner().invoke(app, ["download", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not found" in r.output

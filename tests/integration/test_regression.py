@@ -109,6 +109,17 @@ def test_trains_evaluates_and_predicts_a_value_with_an_interval(trained) -> None
     assert float(rows[0]["predicted_age"]) == pytest.approx(pred.value, rel=1e-5) and rows[1]["error"]
 
 
+def test_report_has_intervals_calibration_in_the_large_and_bland_altman(trained, tmp_path: Path) -> None:
+    from medlens.report import build_report
+
+    _, result = trained
+    r = build_report(result.run_dir, out=tmp_path / "rep", n_boot=50)
+    html = r.html.read_text()
+    assert "Bland-Altman" in html and "Calibration in the large" in html and "Prediction interval" in html
+    assert r.metrics["metrics"]["mae"] == pytest.approx(result.metrics["test"]["mae"], rel=1e-4)
+    assert r.metrics["ci"]["headline"]["mae"]["low"] is not None and "age values" in html
+
+
 def test_threshold_is_refused_in_one_line(trained) -> None:
     import medlens
 

@@ -195,7 +195,10 @@ def test_resolve_source_and_targets(tmp_path):
         resolve_source(tmp_path)
     m = {"auroc_macro": 0.8, "ece": 0.05, "per_label": {"E": {"auroc": 0.9}}}
     ci = {"headline": {"auroc_macro": {"low": 0.7, "high": 0.9}, "ece": {"low": 0.02, "high": 0.08}}, "per_label": {}}
-    rows = {r["metric"]: r for r in check_targets({"auroc_macro": 0.75, "ece": 0.06, "auroc/E": 0.95, "f2": 1.0}, m, ci)}
+    from medlens.tasks import get_task
+
+    rows = {r["metric"]: r for r in check_targets({"auroc_macro": 0.75, "ece": 0.06, "auroc/E": 0.95, "f2": 1.0}, m, ci,
+                                                  task=get_task("multilabel"))}  # the task says ece is lower-is-better
     assert rows["auroc_macro"]["met"] is True and rows["auroc_macro"]["met_at_ci_bound"] is False
     assert rows["ece"]["met"] is True and rows["ece"]["direction"] == "<=" and rows["ece"]["met_at_ci_bound"] is False
     assert rows["auroc/E"]["met"] is False

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from medlens import plots
+from medlens.tasks.classification import plots as cplots
 from medlens.tasks.classification.metrics import classification_metrics
 
 
@@ -30,8 +31,8 @@ def ml():
 def test_curves_and_matrices(ml):
     p, y, names = ml
     m = classification_metrics(p, y, "multilabel", names, warn=False)
-    for png in (plots.roc_png(p, y, "multilabel", names), plots.pr_png(p, y, "multilabel", names),
-                plots.confusion_png(m, names), plots.reliability_png(p, y, "multilabel", uncalibrated_probs=p ** 2)):
+    for png in (cplots.roc_png(p, y, "multilabel", names), cplots.pr_png(p, y, "multilabel", names),
+                cplots.confusion_png(m, names), cplots.reliability_png(p, y, "multilabel", uncalibrated_probs=p ** 2)):
         a = _img(png)
         assert a.shape[0] > 150 and a.shape[1] > 150
         assert (a < 128).mean() > 0.005  # lines and text were drawn
@@ -43,7 +44,7 @@ def test_multiclass_confusion_and_training_curves():
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     t = np.eye(3)[rng.integers(0, 3, 40)]
     m = classification_metrics(p, t, "multiclass", ["x", "y", "z"], warn=False)
-    assert _img(plots.confusion_png(m, ["x", "y", "z"])).size > 0
+    assert _img(cplots.confusion_png(m, ["x", "y", "z"])).size > 0
     hist = [{"epoch": e, "step": 10 * e, "val/loss": 1 / (e + 1), "train/loss": 1.2 / (e + 1), "val/auroc_macro": 0.6 + 0.05 * e} for e in range(3)]
     assert _img(plots.training_curves_png(hist)).shape[1] > 300
     assert plots.training_curves_png([]) is None
@@ -52,7 +53,7 @@ def test_multiclass_confusion_and_training_curves():
 
 def test_save_png_is_atomic(tmp_path, ml):
     p, y, names = ml
-    out = plots.save_png(plots.roc_png(p[:, :1], np.stack([1 - np.nan_to_num(y[:, 0]), np.nan_to_num(y[:, 0])], 1), "binary", ["n", "a"]), tmp_path / "sub" / "roc.png")
+    out = plots.save_png(cplots.roc_png(p[:, :1], np.stack([1 - np.nan_to_num(y[:, 0]), np.nan_to_num(y[:, 0])], 1), "binary", ["n", "a"]), tmp_path / "sub" / "roc.png")
     assert out.is_file() and [f.name for f in out.parent.iterdir()] == ["roc.png"]
 
 
@@ -60,11 +61,11 @@ def test_confusion_panels_carry_class_names():
     p = np.array([[0.9], [0.2], [0.7], [0.1]])
     t = np.array([[0, 1], [1, 0], [1, 0], [0, 1]], float)
     m = classification_metrics(p, t, "binary", ["normal", "pneumonia"], [0.5], warn=False)
-    (panel,) = plots.confusion_panels(m, ["normal", "pneumonia"])
+    (panel,) = cplots.confusion_panels(m, ["normal", "pneumonia"])
     assert panel["labels"] == ["normal", "pneumonia"] and panel["matrix"] == [[1, 1], [1, 1]]
     ml = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [1, 1]], float), "multilabel", ["Mass", "Edema"], warn=False)
-    assert [x["labels"] for x in plots.confusion_panels(ml, ["Mass", "Edema"])] == [["no Mass", "Mass"], ["no Edema", "Edema"]]
-    assert _img(plots.confusion_png(m, ["normal", "pneumonia"])).size > 0
+    assert [x["labels"] for x in cplots.confusion_panels(ml, ["Mass", "Edema"])] == [["no Mass", "Mass"], ["no Edema", "Edema"]]
+    assert _img(cplots.confusion_png(m, ["normal", "pneumonia"])).size > 0
 
 
 def test_banded_curves_draw_more_ink(ml):
@@ -72,6 +73,6 @@ def test_banded_curves_draw_more_ink(ml):
 
     p, y, names = ml
     bands = curve_bands(p, y, "multilabel", names, [0.5, 0.5, 0.5], n_boot=50)
-    for fn in (plots.roc_png, plots.pr_png):
+    for fn in (cplots.roc_png, cplots.pr_png):
         plain, banded = _img(fn(p, y, "multilabel", names)), _img(fn(p, y, "multilabel", names, bands=bands))
         assert plain.shape == banded.shape and (banded < 250).mean() > (plain < 250).mean()  # band and marker drawn

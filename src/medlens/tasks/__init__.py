@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from medlens.tasks.anomaly import AnomalyTask
+# ruff: noqa: I001 -- the order of the registry lines is the registration order
 from medlens.tasks.base import (
     NEGATIVE,
     POSITIVE,
@@ -26,12 +26,11 @@ from medlens.tasks.base import (
     Prediction,
     PredictorLike,
     Presentation,
+    ReportInputs,
+    ReportPart,
     Task,
     TaskOptions,
 )
-
-# ---- the registry lines: each import registers its task (classification first: the default)
-from medlens.tasks.classification import ClassificationTask  # noqa: I001
 from medlens.tasks.registry import (
     default_task,
     get_task,
@@ -42,10 +41,14 @@ from medlens.tasks.registry import (
     task_for_config,
     task_of,
 )
+
+# ---- the registry lines: each import registers its task (classification is the default task)
+from medlens.tasks.classification import ClassificationTask
+from medlens.tasks.anomaly import AnomalyTask
 from medlens.tasks.regression import RegressionTask
 
 __all__ = [
     "NEGATIVE", "POSITIVE", "AnomalyTask", "ClassificationTask", "Finding", "Prediction", "PredictorLike", "Presentation",
-    "RegressionTask", "Task", "TaskOptions", "default_task", "get_task", "list_kinds", "list_tasks", "read_table", "register_task",
-    "task_for_config", "task_of",
+    "RegressionTask", "ReportInputs", "ReportPart", "Task", "TaskOptions", "default_task", "get_task", "list_kinds",
+    "list_tasks", "read_table", "register_task", "task_for_config", "task_of",
 ]

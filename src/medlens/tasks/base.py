@@ -12,7 +12,7 @@ so in one line when a task lacks one. Adding a task is one folder under ``medlen
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -125,6 +125,58 @@ class Presentation:
         d = asdict(self)
         d["decision_words"] = list(self.decision_words)
         return d
+
+
+@dataclass
+class ReportInputs:
+    """What the evaluation report (``medlens report``) gives a task: the scored split and the report's settings.
+
+    Attributes:
+        manifest: the bundle's manifest.
+        table: the evaluated split's rows (targets, groups).
+        scores: the task's scores of those rows (calibrated when ``calibrated``).
+        raw_scores: the same without calibration (temperature 1).
+        split: the split's name.
+        calibrated: whether ``scores`` apply the bundle's calibration.
+        n_boot, confidence, seed: the bootstrap settings of every interval.
+        required_sensitivity: the sensitivity target of a threshold sweep.
+        validation: scores the validation split on demand: ``(table, scores)``, or None when there is none.
+    """
+
+    manifest: Manifest
+    table: SampleTable
+    scores: np.ndarray
+    raw_scores: np.ndarray
+    split: str
+    calibrated: bool
+    n_boot: int
+    confidence: float
+    seed: int
+    required_sensitivity: float
+    validation: Callable[[], tuple[SampleTable, np.ndarray] | None]
+
+
+@dataclass
+class ReportPart:
+    """A task's part of the evaluation report.
+
+    Attributes:
+        metrics: point metrics of the split (``metrics`` in report.json; config targets are checked on them).
+        ci: their intervals (``ci`` in report.json; targets are also checked at the interval's bound).
+        cards: headline cards, (title, {value, low, high}) each.
+        sections: HTML sections in order (every value already escaped).
+        json: more data for report.json (curves, thresholds, calibration, ...).
+        warnings: what a reader must not miss.
+        interval_note: how the intervals were made, one line for the provenance table.
+    """
+
+    metrics: dict[str, Any]
+    ci: dict[str, Any]
+    cards: list[tuple[str, dict[str, Any] | None]]
+    sections: list[str]
+    json: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    interval_note: str = ""
 
 
 class PredictorLike(Protocol):
@@ -492,8 +544,6 @@ class Task:
         return method
 
     # ------------------------------------------------------------------ reports (optional: ``supports_report``)
-    def report_sections(self, manifest: Manifest, table: SampleTable, scores: np.ndarray, raw: np.ndarray | None,
-                        split: str, n_boot: int, seed: int) -> dict[str, Any]:
-        """The task's part of the evaluation report: a dict of named sections the report template renders
-        (``sections``: list of {title, html} pieces, already escaped, and ``json``: data for ``report.json``)."""
-        raise ValueError(f"a {self.name} model has no evaluation report")
+    def report_part(self, inputs: ReportInputs) -> ReportPart:
+        """The task's part of the evaluation report (only tasks with ``supports_report``)."""
+        raise ValueError(f"the evaluation report does not cover {self.name} models; use medlens evaluate")

@@ -19,6 +19,8 @@ from medlens.tasks.base import (
     Prediction,
     PredictorLike,
     Presentation,
+    ReportInputs,
+    ReportPart,
     Task,
     changed_keys,
     refuse_keys,
@@ -366,6 +368,12 @@ class ClassificationTask(Task):
             explain_labels=list(names[1:] if self.kind == "binary" else names), explain_methods=list_methods(),
             summary=f"The model outputs {what}.",
         )
+
+    # ------------------------------------------------------------------ report
+    def report_part(self, inputs: ReportInputs) -> ReportPart:
+        from medlens.tasks.classification.report import report_part
+
+        return report_part(self.kind, self.top_label, inputs)
 
     # ------------------------------------------------------------------ explanations
     def explain_methods(self) -> list[str]:

@@ -1,10 +1,16 @@
 """Class-activation maps per label (pytorch-grad-cam) for classification bundles.
 
 Methods (:func:`list_methods`): ``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``, ``xgradcam`` and
-``eigencam`` (EigenCAM is gradient-free and class-agnostic: every label gets the same map). The target layer
-is the backbone's last convolutional stage, found automatically for the timm families the configs use
-(ResNet ``layer4``, EfficientNet ``bn2``, DenseNet ``features.norm5``, ConvNeXt ``stages.<last>``) and by a
-generic search otherwise; ``target_layer="backbone.layer3"`` picks one by name.
+``eigencam`` (EigenCAM is gradient-free and class-agnostic: every label gets the same map).
+
+The target layer is chosen at the bundle's input size: the deepest stage of the backbone whose feature map is at
+least :data:`MIN_MAP_SIDE` (7) cells a side -- ResNet-18 at 224 px: ``layer4`` (7x7); at 64 px with the small-input
+stem: ``layer3`` (8x8) rather than ``layer4`` (4x4), whose heatmap would be a few blurred blocks. The stages are
+known for the timm families the configs use (ResNet ``layer1-4``, EfficientNet ``blocks.*``/``bn2``, DenseNet
+``denseblock*``/``norm5``, ConvNeXt ``stages.*``) and found by a generic search otherwise; the sizes come from one
+forward pass with hooks. ``target_layer="backbone.layer3"`` picks one by name; a layer whose map is
+:data:`COARSE_MAP_SIDE` (2x2) or smaller is explained with a warning, carried by each
+:class:`~medlens.explanation.Explanation` (``warning``) so the CLI, API and page can show it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import copy
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,6 +61,128 @@ _FAMILY_LAYERS: list[tuple[str, str]] = [
     ("features.norm5", "features.norm5"),  # DenseNet: BN + ReLU after the last dense block
     ("stages", "stages.-1"),  # ConvNeXt, RegNet, ...: the last stage
 ]
+
+
+#: The automatic target layer is the deepest stage whose map has at least this many cells a side (at the input size).
+MIN_MAP_SIDE = 7
+#: A requested layer whose map is this many cells a side or fewer gets a warning (its heatmap is a few blocks).
+COARSE_MAP_SIDE = 2
+
+
+def _stage_paths(backbone: nn.Module) -> list[str] | None:
+    """The backbone's stages in forward order (paths below it), for the known families; None otherwise."""
+    if _get_module(backbone, "layer4") is not None:  # ResNet and relatives
+        return [f"layer{i}" for i in range(1, 5) if _get_module(backbone, f"layer{i}") is not None]
+    blocks = getattr(backbone, "blocks", None)
+    if _get_module(backbone, "conv_head") is not None and isinstance(blocks, nn.Sequential):  # EfficientNet / MobileNet
+        return [f"blocks.{i}" for i in range(len(blocks))] + (["bn2"] if _get_module(backbone, "bn2") is not None else [])
+    if _get_module(backbone, "features.norm5") is not None:  # DenseNet: dense blocks, then BN + ReLU after the last
+        names = [n for n, _ in backbone.features.named_children() if n.startswith("denseblock")]
+        return [f"features.{n}" for n in names] + ["features.norm5"]
+    stages = getattr(backbone, "stages", None)
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages):  # ConvNeXt, RegNet, ...
+        return [f"stages.{i}" for i in range(len(stages))]
+    return None
+
+
+def _stage_candidates(model: nn.Module) -> list[str]:
+    """Full module names of the image backbone's stages (known families), else []."""
+    _, backbone = _image_backbone(model)
+    if backbone is None:
+        return []
+    out = []
+    for path in _stage_paths(backbone) or []:
+        m = _get_module(backbone, path)
+        if m is not None:
+            out.append(_module_name(model, m))
+    return out
+
+
+def _map_sizes(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(height, width) of the 4-D output of each named module for input ``x`` (one forward pass with hooks)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for n in names:
+
+        def hook(_m, _inp, out, n=n):
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                seen[n] = (int(out.shape[2]), int(out.shape[3]))
+
+        hooks.append(modules[n].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x[:1], None if meta is None else meta[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _deepest_fine(sizes: list[tuple[str, tuple[int, int]]]) -> str:
+    """The last (deepest) entry whose map is at least MIN_MAP_SIDE a side; else the deepest of the largest maps."""
+    fine = [n for n, hw in sizes if min(hw) >= MIN_MAP_SIDE]
+    if fine:
+        return fine[-1]
+    best = max(min(hw) for _, hw in sizes)
+    return [n for n, hw in sizes if min(hw) == best][-1]
+
+
+@dataclass
+class TargetLayer:
+    """The layer a class-activation map is computed at.
+
+    Attributes:
+        name: module name (``backbone.layer4``).
+        module: the module.
+        map_size: (height, width) of its feature map at the input it was chosen for; None when not measured.
+        warning: one line when the map is coarse (:data:`COARSE_MAP_SIDE` a side or less), else None.
+    """
+
+    name: str
+    module: nn.Module
+    map_size: tuple[int, int] | None = None
+    warning: str | None = None
+
+
+# measured map sizes per network and input shape: a choice costs one extra forward pass the first time only
+_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _coarse_warning(name: str, hw: tuple[int, int], x: torch.Tensor, better: tuple[str, tuple[int, int]] | None) -> str | None:
+    if min(hw) > COARSE_MAP_SIDE:
+        return None
+    msg = (f"target layer {name} has a {hw[0]}x{hw[1]} feature map at this model's {x.shape[-2]}x{x.shape[-1]} px input: "
+           f"the heatmap can only show {hw[0]}x{hw[1]} regions")
+    if better is not None and better[0] != name and min(better[1]) > min(hw):
+        msg += f"; {better[0]} gives {better[1][0]}x{better[1][1]}"
+    return msg
+
+
+def choose_target_layer(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None = None, name: str | None = None) -> TargetLayer:
+    """The layer to explain for input ``x`` (at the bundle's input size), with its map size and any warning.
+
+    Without ``name``: the deepest stage whose map is at least :data:`MIN_MAP_SIDE` a side (:func:`find_target_layer`);
+    with ``name``: that module, with a warning when its map is :data:`COARSE_MAP_SIDE` a side or smaller.
+
+    Example:
+        >>> from medlens.models import create_model
+        >>> m = create_model({"type": "classifier", "backbone": "resnet18", "num_outputs": 1, "in_chans": 1, "image_size": 224})
+        >>> t = choose_target_layer(m.eval(), torch.zeros(1, 1, 224, 224))
+        >>> t.name, t.map_size, t.warning
+        ('backbone.layer4', (7, 7), None)
+    """
+    layer_name, module = find_target_layer(model, x, meta, name)
+    per_net = _SIZES.setdefault(model, {})
+    key = (tuple(x.shape[1:]), None if meta is None else tuple(meta.shape[1:]), layer_name)
+    if key not in per_net:
+        cands = _stage_candidates(model)
+        sizes = _map_sizes(model, x, meta, cands if layer_name in cands else [*cands, layer_name])
+        auto = [(n, sizes[n]) for n in cands if n in sizes]
+        best = (_deepest_fine(auto), sizes[_deepest_fine(auto)]) if auto else None
+        per_net[key] = (sizes.get(layer_name), best)
+    hw, best = per_net[key]
+    return TargetLayer(layer_name, module, hw, None if hw is None else _coarse_warning(layer_name, hw, x, best))
 
 
 def _get_module(root: nn.Module, path: str) -> nn.Module | None:
@@ -110,11 +240,12 @@ def _feature_candidates(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | 
 
 
 def find_target_layer(model: nn.Module, x: torch.Tensor | None = None, meta: torch.Tensor | None = None, name: str | None = None) -> tuple[str, nn.Module]:
-    """The layer to explain: ``name`` if given, else the last convolutional stage of the image backbone.
+    """The layer to explain: ``name`` if given; else, with an input ``x``, the deepest stage of the image backbone
+    whose map is at least :data:`MIN_MAP_SIDE` a side at that input's size; without ``x``, the last stage.
 
     Args:
         model: an :class:`~medlens.models.classifier.ImageClassifier` (or a fusion model with a ``backbone``).
-        x: an example input (1, C, H, W); needed only for families without a known rule.
+        x: an example input (1, C, H, W) at the bundle's input size; needed for families without a known rule.
         meta: example metadata for fusion models.
         name: a module name from ``model.named_modules()`` (``backbone.`` may be left out).
 
@@ -139,6 +270,13 @@ def find_target_layer(model: nn.Module, x: torch.Tensor | None = None, meta: tor
         stages = [n for n, mod in modules.items() if n and re.search(r"(layer\d|stages?\.\d+|blocks\.\d+|features\.\w+|bn2|conv_head)$", n)]
         raise ValueError(f"target layer {name!r} not found in the network; candidates: {', '.join(stages[-12:]) or 'see model.named_modules()'}")
     prefix, backbone = _image_backbone(model)
+    stages = _stage_candidates(model) if x is not None else []
+    if stages:  # the size rule: the deepest stage with a map of at least MIN_MAP_SIDE a side
+        sizes = _map_sizes(model, x, meta, stages)
+        auto = [(n, sizes[n]) for n in stages if n in sizes]
+        if auto:
+            chosen = _deepest_fine(auto)
+            return chosen, modules[chosen]
     if backbone is not None:
         for marker, path in _FAMILY_LAYERS:
             if _get_module(backbone, marker) is not None:
@@ -155,6 +293,10 @@ def find_target_layer(model: nn.Module, x: torch.Tensor | None = None, meta: tor
     spatial = [c for c in cands if c[1][2] * c[1][3] > 1]
     if final_shape[2] * final_shape[3] == 1 and spatial:  # a pooled (B, C, 1, 1) head output: take the map before it
         final_shape = spatial[-1][1]
+    if min(final_shape[2:]) < MIN_MAP_SIDE:  # the size rule: the last module whose map is still large enough
+        fine = [c for c in cands if min(c[1][2:]) >= MIN_MAP_SIDE]
+        if fine:
+            final_shape = fine[-1][1]
     chosen = [c for c in cands if c[1] == final_shape][-1][0]
     return chosen, modules[chosen]
 
@@ -175,14 +317,26 @@ def find_target_layers(model: nn.Module, x: torch.Tensor | None = None, meta: to
     Returns:
         (a display name, ``members.*.backbone.layer4`` for an ensemble; the modules).
     """
+    display, layers, _ = _target_layers(model, x, meta, name)
+    return display, layers
+
+
+def _target_layers(model: nn.Module, x: torch.Tensor | None, meta: torch.Tensor | None,
+                   name: str | None) -> tuple[str, list[nn.Module], str | None]:
+    """(display name, modules, warning): :func:`find_target_layers` with the coarse-map warning."""
     members = _members(model)
     if members is None:
-        n, layer = find_target_layer(model, x, meta, name)
-        return n, [layer]
+        if x is None:
+            n, layer = find_target_layer(model, x, meta, name)
+            return n, [layer], None
+        t = choose_target_layer(model, x, meta, name)
+        return t.name, [t.module], t.warning
     inner = re.sub(r"^members\.\d+\.", "", name) if name else None
-    found = [find_target_layer(m, x, meta, inner) for m in members]
-    names = sorted({n for n, _ in found})
-    return (f"members.*.{names[0]}" if len(names) == 1 else ", ".join(f"members.{i}.{n}" for i, (n, _) in enumerate(found))), [m for _, m in found]
+    found = ([TargetLayer(*find_target_layer(m, x, meta, inner)) for m in members] if x is None
+             else [choose_target_layer(m, x, meta, inner) for m in members])
+    names = sorted({t.name for t in found})
+    display = f"members.*.{names[0]}" if len(names) == 1 else ", ".join(f"members.{i}.{t.name}" for i, t in enumerate(found))
+    return display, [t.module for t in found], next((t.warning for t in found if t.warning), None)
 
 
 # ---------------------------------------------------------------------------------------------- CAM
@@ -272,17 +426,22 @@ def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, 
     cam_cls = CAM_METHODS.create(method)
     with LOCK:
         net = _explain_network(predictor)
-        layer_name, layers = find_target_layers(net, x, meta, target_layer)
+        layer_name, layers, warning = _target_layers(net, x, meta, target_layer)
         wrapped = _CamModel(net, meta).eval()
         targets = _targets_for(labels, names, kind)
         with cam_cls(model=wrapped, target_layers=layers) as cam:
             # one forward/backward per label: the batch holds the same image once per requested label
             maps = cam(input_tensor=x.repeat(len(labels), 1, 1, 1), targets=targets)
     log.debug("%s: %s at %s for %s", src, method, layer_name, labels)
-    return [
+    if warning:
+        log.warning("%s", warning)
+    out = [
         explanation_from_map(img, maps[i], lab, method, _value_of(pred, lab), layer_name)
         for i, lab in enumerate(labels)
     ]
+    for e in out:
+        e.warning = warning  # shown by the CLI, the API (a header) and the page
+    return out
 
 
 def _value_of(pred: Prediction, label: str) -> float:

@@ -22,7 +22,15 @@ import numpy as np
 
 from medlens.data.labels import LabelSpace, Layout, register_layout
 from medlens.data.samples import SampleTable
-from medlens.tasks.base import Finding, Prediction, PredictorLike, Presentation, Task
+from medlens.tasks.base import (
+    Finding,
+    Prediction,
+    PredictorLike,
+    Presentation,
+    ReportInputs,
+    ReportPart,
+    Task,
+)
 from medlens.tasks.registry import register_task
 from medlens.tasks.regression.metrics import LOWER_IS_BETTER, interval_halfwidth, regression_metrics
 from medlens.tasks.regression.options import RegressionOptions
@@ -267,6 +275,11 @@ class RegressionTask(Task):
         return Presentation(value_name=f"Predicted {name}", value_kind="value", explain_labels=[name],
                             explain_methods=list_methods(), decision_words=(),
                             summary=f"The model outputs a predicted {name}{interval}. It makes no positive/negative decision.")
+
+    def report_part(self, inputs: ReportInputs) -> ReportPart:
+        from medlens.tasks.regression.report import report_part
+
+        return report_part(inputs)
 
     # ------------------------------------------------------------------ explanations: Grad-CAM of the predicted value
     def explain_methods(self) -> list[str]:

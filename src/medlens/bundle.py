@@ -186,10 +186,9 @@ def migrate_manifest(d: dict[str, Any]) -> dict[str, Any]:
       kind written then (the normal-vs-abnormal view) was laid out like ``binary``: two names, one output.
     """
     d = dict(d)
-    if "anomaly" in d:
-        section = d.pop("anomaly")
-        if d.get("task_section") is None:
-            d["task_section"] = section
+    old_section = d.pop("anomaly", None)  # format 1's name of the detector's section
+    if d.get("task_section") is None and old_section is not None:
+        d["task_section"] = old_section
     if d.get("label_layout") is None:
         lay = LAYOUT.get(d.get("task"), LAYOUT["binary"])  # type: ignore[arg-type]
         d["label_layout"] = {"exclusive": lay.exclusive, "single_output": lay.single_output, "values": lay.values}

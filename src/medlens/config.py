@@ -665,34 +665,54 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 #: Keys that moved from the core sections into ``task_options`` (configs and bundles written before the move keep
-#: loading): old dotted key -> key in ``task_options``. This table is the one place that knows the old layout.
-LEGACY_TASK_KEYS: dict[str, str] = {
-    **{f"model.{k}": k for k in ("autoencoder", "ae_depth", "ae_width", "latent_dim", "ae_skip_levels", "anomaly_score",
-                                  "anomaly_map", "score_percentile", "anomaly_fpr", "detector", "memory_size",
-                                  "patch_layers", "input_norm")},
-    **{f"optim.{k}": k for k in ("loss", "focal_gamma", "focal_alpha", "class_weights", "pos_weight", "label_smoothing")},
-    **{f"trainer.{k}": k for k in ("threshold_method", "fixed_threshold", "calibrate", "orientation_check")},
-    "data.normal_label": "normal_label",
+#: loading): old dotted key -> (key in ``task_options``, the old schema's default). This table is the one place that
+#: knows the old layout. A saved config holds every key at its value, so a key at its old default is dropped (it
+#: asked for nothing) and only a changed one moves: a classifier's saved config does not carry the detector's keys.
+LEGACY_TASK_KEYS: dict[str, tuple[str, Any]] = {
+    "model.autoencoder": ("autoencoder", "unet"), "model.ae_depth": ("ae_depth", 3), "model.ae_width": ("ae_width", 32),
+    "model.latent_dim": ("latent_dim", 128), "model.ae_skip_levels": ("ae_skip_levels", None),
+    "model.anomaly_score": ("anomaly_score", "mean"), "model.anomaly_map": ("anomaly_map", "mse"),
+    "model.score_percentile": ("score_percentile", 99.0), "model.anomaly_fpr": ("anomaly_fpr", 0.05),
+    "model.detector": ("detector", "autoencoder"), "model.memory_size": ("memory_size", 4096),
+    "model.patch_layers": ("patch_layers", [2, 3]), "model.input_norm": ("input_norm", "dataset"),
+    "optim.loss": ("loss", "auto"), "optim.focal_gamma": ("focal_gamma", 2.0), "optim.focal_alpha": ("focal_alpha", None),
+    "optim.class_weights": ("class_weights", "none"), "optim.pos_weight": ("pos_weight", "none"),
+    "optim.label_smoothing": ("label_smoothing", 0.0),
+    "trainer.threshold_method": ("threshold_method", "f1"), "trainer.fixed_threshold": ("fixed_threshold", 0.5),
+    "trainer.calibrate": ("calibrate", True), "trainer.orientation_check": ("orientation_check", False),
+    "data.normal_label": ("normal_label", None),
 }
+
+
+def _same(a: Any, b: Any) -> bool:
+    """An old value equals the old default (``3`` and ``3.0``, ``[2, 3]`` and ``(2, 3)`` alike; text as typed)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a) == str(b) if not isinstance(a, bool) and not isinstance(b, bool) else a == b
+    return a == b
 
 
 def migrate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
     """Move keys of the old layout (``model.ae_depth``, ``optim.loss``, ``trainer.threshold_method``, ...) into
-    ``task_options`` (a copy is returned; a key given in both places is an error naming both).
+    ``task_options`` (a copy is returned). A key at its old default is dropped; a key given in both places is an
+    error naming both.
 
     Example:
-        >>> migrate_legacy({"data": {"kind": "synthetic"}, "optim": {"loss": "focal", "lr": 0.01}})
+        >>> migrate_legacy({"data": {"kind": "synthetic"}, "optim": {"loss": "focal", "lr": 0.01, "focal_gamma": 2.0}})
         {'data': {'kind': 'synthetic'}, 'optim': {'lr': 0.01}, 'task_options': {'loss': 'focal'}}
     """
     import copy
 
     out = copy.deepcopy(raw)
-    moved: dict[str, Any] = {}
-    for old, new in LEGACY_TASK_KEYS.items():
+    moved: dict[str, tuple[str, Any]] = {}
+    for old, (new, default) in LEGACY_TASK_KEYS.items():
         section, leaf = old.split(".")
         node = out.get(section)
         if isinstance(node, dict) and leaf in node:
-            moved[new] = (old, node.pop(leaf))
+            value = node.pop(leaf)
+            if not _same(value, default):
+                moved[new] = (old, value)
     if moved:
         opts = out.get("task_options")
         opts = {} if opts is None else opts

@@ -78,7 +78,7 @@ def override_keys(overrides: list[str] | None) -> set[str]:
     from medlens.config import LEGACY_TASK_KEYS
 
     keys = {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
-    return {f"task_options.{LEGACY_TASK_KEYS[k]}" if k in LEGACY_TASK_KEYS else k for k in keys}
+    return {f"task_options.{LEGACY_TASK_KEYS[k][0]}" if k in LEGACY_TASK_KEYS else k for k in keys}
 
 
 def resolve_threshold(task: Task, cfg: RunConfig, threshold: float | None, thresholds_from: str, overrides: list[str] | None) -> float | None:

@@ -3,7 +3,7 @@
 The report answers a reviewer's questions from one file that opens offline (images are embedded as base64
 PNG, styles inline, no scripts): what data and which split, how good (the task's own part: for a classifier,
 per finding and overall with bootstrap intervals that resample patients, operating points and calibration; for
-a regression, MAE/RMSE/R^2 with intervals, calibration in the large and a Bland-Altman plot), whether the targets
+a numeric target, its errors with intervals and agreement plots), whether the targets
 named in the config (``targets: {auroc_macro: 0.86}``) are met, how training went, and where the model came from.
 
 Scores come from :class:`medlens.inference.Predictor` -- the code path of ``medlens predict`` -- on the split
@@ -33,7 +33,7 @@ log = logging.getLogger("medlens.report")
 _CV_LABELS = {
     "auroc_macro": "AUROC (macro)", "average_precision_macro": "Average precision (macro)", "f1_macro": "F1 (macro)",
     "accuracy": "Accuracy", "sensitivity_macro": "Sensitivity (macro)", "specificity_macro": "Specificity (macro)",
-    "ece": "Expected calibration error", "mae": "Mean absolute error", "rmse": "Root mean squared error", "r2": "R squared",
+    "ece": "Expected calibration error",
 }
 
 

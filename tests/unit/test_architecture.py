@@ -10,10 +10,18 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "medlens"
 
-#: task names: only the task plug-ins (and the config that validates ``data.task``) may compare against them
-TASK_NAMES = {"anomaly", "classification"}
-#: label kinds: the data layer reads them too (a reader decides the kind of its labels)
+#: label kinds the readers produce: the data layer may name them too (a reader decides the kind of its labels)
 KIND_NAMES = {"binary", "multiclass", "multilabel"}
+
+
+def _task_names() -> set[str]:
+    """Every registered task's name and the label kinds a task added itself: only its own folder may name them."""
+    from medlens.tasks import list_kinds, list_tasks
+
+    return set(list_tasks()) | (set(list_kinds()) - KIND_NAMES)
+
+
+TASK_NAMES = _task_names()
 
 
 # ------------------------------------------------------------------------------------------ the module graph
@@ -131,8 +139,8 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circles():
     graph = import_graph(SRC)
-    assert "medlens.tasks" in graph and "medlens.serve.app" in graph
-    assert "medlens.tasks" in graph["medlens.serve.app"] or "medlens.inference" in graph["medlens.serve.app"]
+    assert "medlens.tasks" in graph and "medlens.serve.state" in graph
+    assert "medlens.tasks" in graph["medlens.serve.state"] or "medlens.inference" in graph["medlens.serve.state"]
     cycles = import_cycles(graph)
     assert not cycles, "import circles between medlens modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
@@ -194,7 +202,7 @@ def _rel(path: Path) -> str:
 
 
 def _allowed_task_names(rel: str) -> bool:
-    return rel.startswith("tasks/") or rel == "config.py"
+    return rel.startswith("tasks/")
 
 
 def _allowed_kind_names(rel: str) -> bool:
@@ -209,6 +217,68 @@ def test_task_names_are_compared_only_inside_the_task_plugins():
         if names:
             offenders += [f"src/{PACKAGE}/{rel}:{line}: compares with {name!r}" for line, name in task_name_comparisons(path, names)]
     assert not offenders, "ask the task object (medlens.tasks.task_of) instead of testing a name:\n" + "\n".join(offenders)
+
+
+def task_packages() -> set[str]:
+    """The task plug-in packages: every folder under ``tasks/`` with an ``__init__.py``."""
+    return {f"{PACKAGE}.tasks.{p.parent.name}" for p in (SRC / PACKAGE / "tasks").glob("*/__init__.py")}
+
+
+def test_no_module_outside_tasks_imports_a_task_package():
+    """Outside ``tasks/`` a task is reached through ``medlens.tasks`` (the registry and the base types) only; the lazy
+    public re-exports of ``medlens/__init__.py`` are strings, not imports, and stay allowed."""
+    graph = import_graph(SRC)
+    pkgs = task_packages()
+    assert {"medlens.tasks.classification", "medlens.tasks.anomaly"} <= pkgs
+    offenders = [f"{mod} imports {dep}" for mod, deps in sorted(graph.items()) if not mod.startswith(f"{PACKAGE}.tasks")
+                 for dep in sorted(deps) if any(dep == p or dep.startswith(p + ".") for p in pkgs)]
+    assert not offenders, "import medlens.tasks (task_of, get_task, the base types) instead of a task package:\n" + "\n".join(offenders)
+
+
+def test_no_module_outside_a_task_folder_names_that_task():
+    """Adding a task is one folder plus one registry line: the regression task is the living proof. No file of the
+    package outside ``tasks/regression/`` mentions it, except its line in ``tasks/__init__.py``."""
+    mentions = []
+    for path in sorted((SRC / PACKAGE).rglob("*")):
+        if not path.is_file() or path.suffix in (".pyc",) or "regression" in path.relative_to(SRC / PACKAGE).parts[:2]:
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if "regression" in line.lower():
+                mentions.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
+    assert len(mentions) == 1 and mentions[0].startswith(f"{PACKAGE}/tasks/__init__.py:"), "\n".join(mentions)
+    assert "import" in mentions[0]  # the registry line itself
+
+
+def test_each_task_owns_its_config_section_and_no_task_lists_another_tasks_options():
+    """Every task validates its own ``task_options`` model; no task's source names another task's option keys as
+    ``task_options.<key>`` (refusals go through the core capabilities, not through lists of foreign keys)."""
+    from medlens.tasks import get_task, list_kinds
+
+    own: dict[str, set[str]] = {}
+    for kind in list_kinds():
+        t = get_task(kind)
+        own.setdefault(t.name, set()).update(t.options_model.model_fields)
+    for name in own:
+        text = "\n".join(p.read_text() for p in (SRC / PACKAGE / "tasks" / name).rglob("*.py"))
+        foreign = {k for other, keys in own.items() if other != name for k in keys - own[name]
+                   if f"task_options.{k}" in text or f'"{k}"' in text and f"model.{k}" in text}
+        assert not foreign, f"tasks/{name} names options of other tasks: {sorted(foreign)}"
+
+
+def test_hooks_are_typed():
+    """The Task hooks name their types (configs, tables, manifests, arrays): no parameter typed ``Any`` where a
+    medlens type exists."""
+    import inspect
+
+    from medlens.tasks import Task
+
+    untyped = []
+    for name, fn in inspect.getmembers(Task, inspect.isfunction):
+        for pname, param in inspect.signature(fn).parameters.items():
+            if pname in ("cfg", "manifest", "table", "train_table", "val_table", "space", "predictor", "preprocessing") and (
+                    param.annotation in (inspect.Parameter.empty, "Any")):
+                untyped.append(f"Task.{name}({pname})")
+    assert not untyped, untyped
 
 
 def test_the_task_name_check_sees_every_form(tmp_path):

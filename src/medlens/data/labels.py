@@ -95,7 +95,7 @@ class LabelSpace:
 
     @property
     def values(self) -> bool:
-        """Targets are numbers (regression), not class memberships."""
+        """Targets are numbers (e.g. an age), not class memberships."""
         return self._layout.values
 
     @property

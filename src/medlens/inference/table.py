@@ -2,7 +2,7 @@
 
 Per input: its source, the task's own columns (a classifier: one probability column per label, then per finding
 the threshold it was compared with and the decision, and the predicted labels; a detector: the score, threshold
-and decision; a regression: the value and its interval) and, for an input that could not be read, the reason in
+and decision; a predicted value: the value and its interval) and, for an input that could not be read, the reason in
 plain words.
 """
 

@@ -12,8 +12,8 @@ Example:
     >>> from medlens.tasks import get_task, list_tasks
     >>> get_task("multilabel").name
     'classification'
-    >>> list_tasks()
-    ['anomaly', 'classification', 'regression']
+    >>> "anomaly" in list_tasks()
+    True
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from medlens.tasks.registry import (
 # ---- the registry lines: each import registers its task (classification is the default task)
 from medlens.tasks.classification import ClassificationTask
 from medlens.tasks.anomaly import AnomalyTask
-from medlens.tasks.regression import RegressionTask
+from medlens.tasks.regression import RegressionTask  # noqa: F401
 
 __all__ = [
     "NEGATIVE", "POSITIVE", "AnomalyTask", "ClassificationTask", "Finding", "Prediction", "PredictorLike", "Presentation",
-    "RegressionTask", "ReportInputs", "ReportPart", "Task", "TaskOptions", "default_task", "get_task", "list_kinds",
+    "ReportInputs", "ReportPart", "Task", "TaskOptions", "default_task", "get_task", "list_kinds",
     "list_tasks", "read_table", "register_task", "task_for_config", "task_of",
 ]

@@ -445,7 +445,7 @@ def explain_cam(predictor: PredictorLike, img: np.ndarray, src: str, kind: str, 
 
 
 def _value_of(pred: Prediction, label: str) -> float:
-    """The number an explanation map is of: a label's probability, or the predicted value of a regression."""
+    """The number an explanation map is of: a label's probability, or a task's predicted value."""
     probs = getattr(pred, "probabilities", None)
     if probs is not None:
         return float(probs.get(label, float("nan")))

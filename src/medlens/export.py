@@ -41,6 +41,9 @@ from medlens.tasks import task_of
 log = logging.getLogger("medlens.export")
 
 DEFAULT_OPSET = 17
+#: the opsets torch's exporters write (checked before any work: an opset outside makes both exporters fail or guess)
+MIN_OPSET = 7
+MAX_OPSET = int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 20))
 FORMATS = ("onnx",)
 
 
@@ -116,6 +119,7 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
         The path of ``model.onnx``.
 
     Raises:
+        ValueError: an opset outside ``MIN_OPSET``-``MAX_OPSET``.
         BundleError: the bundle is missing or tampered with.
         RuntimeError: the network cannot be exported.
 
@@ -123,6 +127,8 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
         >>> export_onnx("runs/pneumoniamnist/bundle", "exported/pneumonia")  # doctest: +SKIP
         PosixPath('exported/pneumonia/model.onnx')
     """
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"ONNX opset {opset!r} cannot be written; valid: {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET})")
     src = Path(bundle_path)
     bundle = load_bundle(src)
     manifest = bundle.manifest

@@ -245,13 +245,14 @@ def test_anomaly_bundle_is_served_with_score_and_error_map(tmp_path):
     arch = {"type": "reversed_ae", "in_chans": 1, "image_size": 16, "depth": 2, "width": 4, "latent_dim": 4}
     spec = ScoreSpec(mean=(0.5,), std=(0.5,))
     m = Manifest(arch, LabelSpace(("normal", "pneumonia"), "anomaly"), resolve_preprocessing(16, 1), thresholds=[0.5],
-                 anomaly={"normal_label": "normal", "threshold": 0.5, "fpr": 0.05, **spec.to_dict()})
+                 task_section={"normal_label": "normal", "threshold": 0.5, "fpr": 0.05, **spec.to_dict()})
     bundle = save_bundle(create_model(arch).eval(), m, tmp_path / "ae")
     with Server(create_app(bundle)) as s:
         r = httpx.post(s.url + "/v1/predict", files={"files": ("x.png", png_bytes(_img(3)))}, timeout=60)
         assert r.status_code == 200, r.text
         p = r.json()["predictions"][0]
-        assert p["score"] >= 0.0 and p["predicted"] == (["pneumonia"] if p["score"] >= 0.5 else ["normal"])
+        f = p["findings"][0]  # the task's own record: a score against the threshold and a flag
+        assert f["label"] == "pneumonia" and f["value"] == p["score"] >= 0.0 and f["positive"] == (p["score"] >= 0.5)
         e = httpx.post(s.url + "/v1/explain", files={"file": ("x.png", png_bytes(_img(3)))}, timeout=60)
         assert e.status_code == 200, e.text
         assert e.headers["content-type"] == "image/png"

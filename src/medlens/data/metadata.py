@@ -95,7 +95,10 @@ def _parse_number(v: Any, field: str, where: str) -> float:
     if _is_missing_scalar(v):
         return math.nan
     if isinstance(v, (bool, int, float, np.integer, np.floating)):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # a 400-digit integer: no float holds it
+            raise MetadataError(f"{where}metadata field {field!r}: the number is too large for a float") from None
     else:
         s = str(v).strip()
         if s.lower() in MISSING_TOKENS:

@@ -1,0 +1,20 @@
+"""The server's routes, one router per concern; each route takes the one :class:`~medlens.serve.state.ServerState`
+through :func:`medlens.serve.deps.get_state`.
+
+* ``health`` -- ``GET /health``, the page ``GET /`` and the API reference ``GET /docs`` (static files).
+* ``model`` -- ``GET /v1/model``.
+* ``predict`` -- ``POST /v1/predict`` and ``POST /v1/preview``.
+* ``explain`` -- ``POST /v1/explain``.
+* ``report`` -- ``POST /v1/report``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from medlens.serve.routes import explain, health, model, predict, report
+
+
+def routers() -> list[APIRouter]:
+    """Every router, in the order the API reference lists them."""
+    return [health.router, model.router, predict.router, explain.router, report.router]

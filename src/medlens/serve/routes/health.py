@@ -1,0 +1,39 @@
+"""``GET /health`` (liveness, no key), the web page ``GET /`` and the API reference ``GET /docs``.
+
+Both pages are static files under ``serve/static/``, rendered in the browser from ``/v1/model`` and
+``/openapi.json`` with ``textContent`` only, and load nothing from outside the server.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+
+from medlens.serve.deps import get_state
+from medlens.serve.state import ServerState
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(state: ServerState = Depends(get_state)) -> dict:
+    """Liveness. Without an API key it also names the task, labels and backend; with one it says nothing about the model."""
+    out: dict = {"status": "ok", "uptime_s": round(time.time() - state.started, 1)}
+    if not state.settings.api_key:
+        out.update(task=state.manifest.task, labels=state.manifest.label_names, backend=state.predictor.backend)
+    return out
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def docs() -> HTMLResponse:
+    return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))

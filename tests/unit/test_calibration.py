@@ -166,7 +166,7 @@ def _ml_operating_point(logits: np.ndarray, targets: np.ndarray, names=("a", "b"
 
     task = get_task("multilabel")
     manifest = Manifest(architecture={}, label_space=LabelSpace(tuple(names), "multilabel"), preprocessing=resolve_preprocessing(32, 1))
-    cfg = SimpleNamespace(trainer=SimpleNamespace(calibrate=True, threshold_method="fixed", fixed_threshold=0.5))
+    cfg = SimpleNamespace(task_options={"calibrate": True, "threshold_method": "fixed", "fixed_threshold": 0.5})
     op = task.fit_operating_point(cfg, manifest, logits, SimpleNamespace(targets=targets), None)
     return task, manifest, op
 

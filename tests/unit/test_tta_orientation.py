@@ -62,7 +62,7 @@ def test_orientation_check_flips_an_inverted_binary_model(tmp_path, caplog) -> N
     table = SampleTable(LabelSpace(("normal", "abnormal"), "binary"), [str(i) for i in range(40)], np.stack(imgs),
                         np.stack([1 - y, y], axis=1))
     assert binary_auroc(pred.predict_table(table)[:, 0], y) < 0.5
-    cfg = SimpleNamespace(trainer=SimpleNamespace(orientation_check=True, calibrate=True, threshold_method="f1", fixed_threshold=0.5))
+    cfg = SimpleNamespace(task_options={"orientation_check": True, "calibrate": True, "threshold_method": "f1", "fixed_threshold": 0.5})
     with caplog.at_level(logging.WARNING, logger="medlens.train"):
         pred.task.fit_operating_point(cfg, bundle.manifest, pred.predict_table(table, logits=True), table, pred)
     assert bundle.manifest.extra["orientation"] == -1
@@ -76,7 +76,7 @@ def test_orientation_check_flips_an_inverted_binary_model(tmp_path, caplog) -> N
     assert binary_auroc(again.predict_table(table)[:, 0], y) > 0.5
     # off by default: nothing is flipped
     b2 = load_bundle(random_bundle(tmp_path / "keep", image_size=32))
-    cfg.trainer.orientation_check = False
+    cfg.task_options["orientation_check"] = False
     b2p = Predictor(b2)
     b2p.task.fit_operating_point(cfg, b2.manifest, b2p.predict_table(table, logits=True), table, b2p)
     assert "orientation" not in b2.manifest.extra

@@ -380,11 +380,27 @@ def classification_metrics(
     pred = predictions(s, task, thresholds)
     thr_list = None if task == "multiclass" else (
         [0.5] * s.shape[1] if thresholds is None or len(thresholds) == 0 else [float(t) for t in thresholds])
+    gcodes = None if groups is None else group_codes(groups, len(s))
+    per, total, warnings = _per_label(s, yb, known, pred, names, thr_list, gcodes, intervals, warn)
+    out: dict[str, Any] = {"task": task, "n": int(known.any(axis=1).sum()) if known.size else 0}
+    out.update(_averaged(per, names, total, s, yb, known))
+    out.update(_kind_metrics(task, s, y, yb, known, pred, per[names[0]], out))
+    if intervals:  # pooled over labels (binary: the one label); multiclass/binary also accuracy
+        out["wilson"] = _pooled_wilson(task, s, y, known, total)
+    if calibration:  # the same definitions as medlens.calibration, on the arrays already at hand
+        out.update(_calibration(task, s, y, known))
+    out["per_label"] = {n: {k: _nan_to_none(v) for k, v in d.items()} for n, d in per.items()}
+    out["warnings"] = warnings
+    return {k: _nan_to_none(v) for k, v in out.items()}
+
+
+def _per_label(s: np.ndarray, yb: np.ndarray, known: np.ndarray, pred: np.ndarray, names: Sequence[str], thr_list: list[float] | None,
+               gcodes: np.ndarray | None, intervals: bool, warn: bool) -> tuple[dict[str, dict[str, Any]], dict[str, int], list[str]]:
+    """Step 1: every metric of each label (confusion counts of all labels at once, over known entries), the counts
+    summed over labels, and the warnings (small samples, missing classes, AUROC below 0.5)."""
     per: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-    gcodes = None if groups is None else group_codes(groups, len(s))
-    # confusion counts of all labels at once (columns), over known entries only
     counts = {
         "tp": (pred & yb & known).sum(axis=0), "fp": (pred & ~yb & known).sum(axis=0),
         "tn": (~pred & ~yb & known).sum(axis=0), "fn": (~pred & yb & known).sum(axis=0),
@@ -412,22 +428,34 @@ def classification_metrics(
             pos_groups = len(set(gcodes[k & yb[:, j]].tolist()))
             d["positive_groups"] = pos_groups
         d["small_sample"] = n_pos > 0 and (n_pos < MIN_POSITIVES or (pos_groups is not None and pos_groups < MIN_POSITIVE_GROUPS))
-        if d["small_sample"]:
-            src = "" if pos_groups is None else f" from {pos_groups} patient(s)/group(s)"
-            warnings.append(f"label {name!r} has {n_pos} positive(s){src}: too few for the bootstrap to vary "
-                            f"(needs >= {MIN_POSITIVES} positives from >= {MIN_POSITIVE_GROUPS} patients); rely on the Wilson intervals")
-        if d["support"] == 0:
-            warnings.append(f"label {name!r} has no positives among {d['n']} known samples: AUROC, average precision and sensitivity are undefined")
-        elif d["negatives"] == 0:
-            warnings.append(f"label {name!r} has no negatives among {d['n']} known samples: AUROC and specificity are undefined")
-        auc = d["auroc"]
-        if auc == auc and auc < 0.5:
-            warnings.append(f"label {name!r} has AUROC {auc:.3f} < 0.5: the score may be inverted")
-            if warn:
-                log.warning("label %r has AUROC %.3f < 0.5: the score may be inverted", name, auc)
+        warnings += _label_warnings(name, d, pos_groups, warn)
         per[name] = d
+    return per, total, warnings
 
-    out: dict[str, Any] = {"task": task, "n": int(known.any(axis=1).sum()) if known.size else 0}
+
+def _label_warnings(name: str, d: dict[str, Any], pos_groups: int | None, warn: bool) -> list[str]:
+    out = []
+    n_pos = d["support"]
+    if d["small_sample"]:
+        src = "" if pos_groups is None else f" from {pos_groups} patient(s)/group(s)"
+        out.append(f"label {name!r} has {n_pos} positive(s){src}: too few for the bootstrap to vary "
+                   f"(needs >= {MIN_POSITIVES} positives from >= {MIN_POSITIVE_GROUPS} patients); rely on the Wilson intervals")
+    if n_pos == 0:
+        out.append(f"label {name!r} has no positives among {d['n']} known samples: AUROC, average precision and sensitivity are undefined")
+    elif d["negatives"] == 0:
+        out.append(f"label {name!r} has no negatives among {d['n']} known samples: AUROC and specificity are undefined")
+    auc = d["auroc"]
+    if auc == auc and auc < 0.5:
+        out.append(f"label {name!r} has AUROC {auc:.3f} < 0.5: the score may be inverted")
+        if warn:
+            log.warning("label %r has AUROC %.3f < 0.5: the score may be inverted", name, auc)
+    return out
+
+
+def _averaged(per: dict[str, dict[str, Any]], names: Sequence[str], total: dict[str, int], s: np.ndarray, yb: np.ndarray,
+              known: np.ndarray) -> dict[str, Any]:
+    """Step 2: macro and support-weighted means over labels, micro rates from the summed counts, micro AUROC/AP."""
+    out: dict[str, Any] = {}
     supports = [per[n]["support"] for n in names]
     for m in AVERAGED_METRICS:
         vals = [per[n][m] for n in names]
@@ -438,42 +466,52 @@ def classification_metrics(
         out[f"{m}_micro"] = micro[m]
     out["auroc_micro"], out["average_precision_micro"] = _rank_metrics(s[known], yb[known])
     out.update(total)
+    return out
+
+
+def _kind_metrics(task: str, s: np.ndarray, y: np.ndarray, yb: np.ndarray, known: np.ndarray, pred: np.ndarray,
+                  first: dict[str, Any], averaged: dict[str, Any]) -> dict[str, Any]:
+    """Step 3: accuracy and the confusion matrix (binary, multiclass), or exact match and Hamming accuracy (multi-label)."""
+    out: dict[str, Any] = {}
     if task == "multiclass":
         rows = known[:, 0]
         yt = y[rows].argmax(axis=1)
         yp = s[rows].argmax(axis=1)
         out["accuracy"] = float(np.mean(yp == yt)) if len(yt) else float("nan")
-        kk = len(names)
+        kk = y.shape[1]
         out["confusion_matrix"] = np.bincount(yt * kk + yp, minlength=kk * kk).reshape(kk, kk).tolist()
     elif task == "multilabel":
-        out["accuracy"] = out["accuracy_macro"]
-        out["hamming_accuracy"] = out["accuracy_micro"]
+        out["accuracy"] = averaged["accuracy_macro"]
+        out["hamming_accuracy"] = averaged["accuracy_micro"]
         rows = known.any(axis=1)
         agree = (pred == yb) | ~known
         out["exact_match"] = float(np.mean(agree[rows].all(axis=1))) if rows.any() else float("nan")
     else:
-        d = per[names[0]]
-        out["accuracy"] = d["accuracy"]
-        out["confusion_matrix"] = [[d["tn"], d["fp"]], [d["fn"], d["tp"]]]
-    if intervals:  # pooled over labels (binary: the one label); multiclass/binary also accuracy
-        out["wilson"] = wilson_rates(total)
-        if task == "multiclass":
-            rows = known[:, 0]
-            out["wilson"]["accuracy"] = wilson_interval(int(np.sum(s[rows].argmax(axis=1) == y[rows].argmax(axis=1))), int(rows.sum()))
-        elif task != "multilabel":
-            out["wilson"]["accuracy"] = wilson_interval(total["tp"] + total["tn"], sum(total.values()))
-    if calibration:  # the same definitions as medlens.calibration, on the arrays already at hand
-        if task == "multiclass":
-            rows = known[:, 0]
-            sr, yr = s[rows], y[rows]
-            out["ece"] = ece_from_pairs(sr.max(axis=1), (sr.argmax(axis=1) == yr.argmax(axis=1)).astype(float)) if rows.any() else float("nan")
-            out["brier"] = float(np.mean(np.sum((sr - yr) ** 2, axis=1))) if rows.any() else float("nan")
-        else:
-            out["ece"] = ece_from_pairs(s[known], y[known])
-            out["brier"] = float(np.mean((s[known] - y[known]) ** 2)) if known.any() else float("nan")
-    out["per_label"] = {n: {k: _nan_to_none(v) for k, v in d.items()} for n, d in per.items()}
-    out["warnings"] = warnings
-    return {k: _nan_to_none(v) for k, v in out.items()}
+        out["accuracy"] = first["accuracy"]
+        out["confusion_matrix"] = [[first["tn"], first["fp"]], [first["fn"], first["tp"]]]
+    return out
+
+
+def _pooled_wilson(task: str, s: np.ndarray, y: np.ndarray, known: np.ndarray, total: dict[str, int]) -> dict[str, Any]:
+    """Step 4: Wilson intervals from the counts summed over labels (and of accuracy, binary and multiclass)."""
+    out = wilson_rates(total)
+    if task == "multiclass":
+        rows = known[:, 0]
+        out["accuracy"] = wilson_interval(int(np.sum(s[rows].argmax(axis=1) == y[rows].argmax(axis=1))), int(rows.sum()))
+    elif task != "multilabel":
+        out["accuracy"] = wilson_interval(total["tp"] + total["tn"], sum(total.values()))
+    return out
+
+
+def _calibration(task: str, s: np.ndarray, y: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """Step 5: expected calibration error and Brier score (top label for multiclass, pooled known labels otherwise)."""
+    if task == "multiclass":
+        rows = known[:, 0]
+        sr, yr = s[rows], y[rows]
+        return {"ece": ece_from_pairs(sr.max(axis=1), (sr.argmax(axis=1) == yr.argmax(axis=1)).astype(float)) if rows.any() else float("nan"),
+                "brier": float(np.mean(np.sum((sr - yr) ** 2, axis=1))) if rows.any() else float("nan")}
+    return {"ece": ece_from_pairs(s[known], y[known]),
+            "brier": float(np.mean((s[known] - y[known]) ** 2)) if known.any() else float("nan")}
 
 
 # ------------------------------------------------------------------------------------------ thresholds

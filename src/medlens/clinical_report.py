@@ -167,7 +167,7 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
 
     Args:
         image: the decoded uint8 image (H, W) or (H, W, C).
-        prediction: its :class:`~medlens.predict.Prediction`.
+        prediction: its :class:`~medlens.tasks.Prediction` (the task's own subclass).
         explanations: overlays to show (may be empty).
         manifest: the bundle manifest (model name, version, intended use).
         title: page title (default: "medlens report: " and the input's file name, or "image").

@@ -1,6 +1,6 @@
 """Evaluate a bundle on a split of its dataset: ``medlens evaluate BUNDLE --split test``.
 
-Probabilities come from :class:`medlens.predict.Predictor` -- the same code path as ``medlens predict`` --
+Probabilities come from :class:`medlens.inference.Predictor` -- the same code path as ``medlens predict`` --
 so the scores evaluated here are exactly the ones a user gets for the same images.
 """
 

@@ -1,4 +1,4 @@
-"""Export a bundle to ONNX, and predict with ONNX Runtime behind the same :class:`~medlens.predict.Predictor` API.
+"""Export a bundle to ONNX, and predict with ONNX Runtime behind the same :class:`~medlens.inference.Predictor` API.
 
 ``export_onnx(bundle)`` writes ``model.onnx`` (input ``image`` (N, C, H, W) float32 already preprocessed, plus
 ``metadata`` (N, D) for fusion models; output ``logits`` (N, K), or ``reconstruction`` for anomaly

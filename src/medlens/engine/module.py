@@ -137,7 +137,7 @@ class TaskModule(L.LightningModule):
     Args:
         model: the network (``forward(images, metadata)`` -> logits).
         label_space: label names and task.
-        loss: a loss from :func:`medlens.losses.create_loss`.
+        loss: a loss from the task's ``create_loss`` hook.
         optim: optimiser/schedule settings.
         monitor_metric: the validation metric used for checkpoints (without the ``val/`` prefix).
         seed: the run's seed; every epoch's randomness is derived from (seed, epoch).

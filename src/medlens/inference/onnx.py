@@ -35,7 +35,7 @@ def onnx_session(data: bytes, providers: list[str] | None = None, threads: int |
 
 
 class OnnxPredictor(BasePredictor):
-    """:class:`~medlens.predict.Predictor` on ONNX Runtime: same inputs, preprocessing, temperature, thresholds.
+    """:class:`~medlens.inference.Predictor` on ONNX Runtime: same inputs, preprocessing, temperature, thresholds.
 
     Args:
         manifest: the bundle manifest (labels, preprocessing, thresholds, temperature, metadata encoder).

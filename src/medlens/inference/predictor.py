@@ -1,4 +1,4 @@
-"""Prediction from a trained bundle on PyTorch: :class:`Predictor`, ``medlens.predict`` and its CSV.
+"""Prediction from a trained bundle on PyTorch: :class:`Predictor` (the runtime-independent part: :mod:`medlens.inference.base`).
 
 Inputs may be file paths (PNG, JPEG, DICOM, ...), raw bytes, PIL images or numpy arrays. Preprocessing,
 temperature and thresholds come from the manifest, through the same functions training used; outputs, scores

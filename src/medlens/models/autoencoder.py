@@ -11,7 +11,7 @@ Two networks, both ``forward(x, metadata=None) -> reconstruction`` with the inpu
   stage) and a light decoder (one per stage) with NO skip connections: everything the decoder draws has to pass
   through the ``latent_dim``-sized bottleneck, so it cannot copy what it has not learned from normal images.
 
-Scores (pure torch, used by training, :class:`medlens.predict.Predictor`, explain and serve):
+Scores (pure torch, used by training, :class:`medlens.inference.Predictor`, explain and serve):
 :func:`error_map` is the per-pixel squared error (or local SSIM dissimilarity) averaged over channels,
 ``(N, 1, H, W)`` at the input size; :func:`anomaly_scores` reduces it to one number per image (mean, or a high
 percentile). :class:`ScoreSpec` holds these choices and travels in the bundle manifest.

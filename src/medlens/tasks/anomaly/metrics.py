@@ -20,7 +20,7 @@ def anomaly_metrics(
     """Metrics of anomaly scores at the bundle's threshold, with bootstrap CIs.
 
     Args:
-        probs: (N, 1) anomaly scores (what :class:`medlens.predict.Predictor` returns for anomaly bundles).
+        probs: (N, 1) anomaly scores (what :class:`medlens.inference.Predictor` returns for anomaly bundles).
         targets: (N, 2) anomaly targets (normal, abnormal), NaN unknown.
         manifest: the bundle's manifest (label names, threshold, score settings).
         groups: patient ids for a cluster bootstrap, or None.
@@ -28,7 +28,7 @@ def anomaly_metrics(
         seed: bootstrap seed.
 
     Returns:
-        :func:`medlens.metrics.classification_metrics` output for task ``anomaly`` (``auroc_macro``,
+        :func:`medlens.tasks.classification.metrics.classification_metrics` output for task ``anomaly`` (``auroc_macro``,
         ``average_precision_macro``, ``f1_macro``, ... with ``abnormal`` the positive label) plus the short names
         ``auroc``, ``average_precision``, ``f1``, ``sensitivity``, ``specificity``, ``fpr`` (at the threshold),
         ``threshold``, ``fpr_target``, ``score_method`` and ``ci`` (:func:`medlens.uncertainty.bootstrap_ci`).

@@ -4,7 +4,7 @@ Temperature scaling (Guo et al., 2017) divides logits by T > 0 chosen to minimis
 log-likelihood: one scalar for binary and multiclass models, one T per label for multi-label models
 (:func:`fit_temperatures`; the manifest's ``temperature`` is then a list, divided column-wise). It changes confidence, not ranking: AUROC is unchanged, and for binary/multi-label
 models a threshold on probabilities moves with it (thresholds are tuned after calibration). Training stores T
-in the bundle manifest (``temperature``); :class:`medlens.predict.Predictor` applies it unless built with
+in the bundle manifest (``temperature``); :class:`medlens.inference.Predictor` applies it unless built with
 ``calibrated=False`` (``--uncalibrated`` on the command line).
 
 Reliability is measured on the same entries the metrics use:

@@ -89,7 +89,7 @@ def bootstrap_ci(
     """Percentile bootstrap CIs for headline and per-label metrics, resampling groups when given.
 
     Args:
-        probs: (N, K) scores as for :func:`medlens.metrics.classification_metrics`.
+        probs: (N, K) scores as for :func:`medlens.tasks.classification.metrics.classification_metrics`.
         targets: (N, L) targets with NaN unknown.
         task: binary, multiclass or multilabel.
         label_names: label names.

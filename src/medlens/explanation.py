@@ -27,6 +27,7 @@ class Explanation:
         heatmap: float32 (H, W) in [0, 1] at the ORIGINAL decoded image size (1 = most important).
         overlay_png: PNG bytes of the heatmap blended over the image.
         target_layer: the network layer the map was computed at (empty for error maps).
+        warning: one line for the reader when the map is coarse (e.g. a 2x2 feature map), else None.
     """
 
     label: str
@@ -35,6 +36,7 @@ class Explanation:
     heatmap: np.ndarray
     overlay_png: bytes
     target_layer: str = ""
+    warning: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -137,7 +139,8 @@ def write_explanations(explanations: Sequence[Explanation], out_dir: str | Path,
         np.save(tmp, e.heatmap)
         tmp.replace(npy)
         paths += [png, npy]
-        summary.append({"label": e.label, "method": e.method, "probability": e.probability, "target_layer": e.target_layer, "overlay": png.name, "heatmap": npy.name})
+        summary.append({"label": e.label, "method": e.method, "probability": e.probability, "target_layer": e.target_layer,
+                        "warning": e.warning, "overlay": png.name, "heatmap": npy.name})
     js = out / f"{_safe(stem)}_explanations.json"
     write_json_atomic(js, summary)
     paths.append(js)

@@ -52,7 +52,9 @@ def explain(
         label: a label name (or several); default: the task's choice (e.g. the predicted findings).
         method: one of the task's methods (``task.explain_methods()``); default: its first.
         metadata: patient metadata for fusion models (missing fields allowed).
-        target_layer: module name to explain (class-activation maps); default: the last convolutional stage.
+        target_layer: module name to explain (class-activation maps); default: the deepest stage whose feature map
+            is at least 7x7 at the bundle's input size. A layer with a 2x2 or smaller map is explained with a
+            warning (``Explanation.warning``, also logged).
 
     Returns:
         One :class:`Explanation` per label, heatmaps at the decoded image's size.

@@ -104,12 +104,12 @@ def test_ensemble_maps_come_from_every_member(tmp_path):
     other = build_ensemble([members[0], members[1], members[1]], tmp_path / "ens2", _cfg(tmp_path), *oof)
     img = _imgs(1, seed=5)[0]
     e = explain(Predictor.from_bundle(ens), img, method="gradcam")[0]
-    assert e.target_layer == "members.*.backbone.layer4"
+    assert e.target_layer == "members.*.backbone.layer3"  # 32 px: layer3 is 8x8 (the deepest of >= 7x7), layer4 4x4
     assert e.heatmap.shape == img.shape and np.isfinite(e.heatmap).all()
     e2 = explain(Predictor.from_bundle(other), img, method="gradcam")[0]
     assert np.abs(e.heatmap - e2.heatmap).max() > 1e-3  # the third member's weights change the map
-    named = explain(Predictor.from_bundle(ens), img, method="gradcam", target_layer="backbone.layer3")[0]
-    assert named.target_layer == "members.*.backbone.layer3"
+    named = explain(Predictor.from_bundle(ens), img, method="gradcam", target_layer="backbone.layer4")[0]
+    assert named.target_layer == "members.*.backbone.layer4"
 
 
 def test_odd_members_are_refused_with_the_file_named(tmp_path):

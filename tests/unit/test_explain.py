@@ -1,5 +1,6 @@
 """Explanations: the map of a bright patch that decides the class peaks inside the patch; heatmaps are at the
-original image size; target layers are found for every timm family the configs use; labels and methods."""
+original image size; target layers are found for every timm family the configs use, at least 7x7 at the bundle's
+input size, with a warning for a 2x2 layer asked for by name; labels and methods."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ from torch import nn
 from medlens.bundle import Manifest, save_bundle
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import make_transform, resolve_preprocessing
-from medlens.inference import Prediction, Predictor
+from medlens.inference import Predictor
 from medlens.interpret import Explanation, explain, list_methods, overlay_png, write_explanations
 from medlens.models import create_model
-from medlens.tasks.classification.cam import default_labels, find_target_layer
+from medlens.tasks.classification.cam import (
+    MIN_MAP_SIDE,
+    choose_target_layer,
+    default_labels,
+    find_target_layer,
+)
 from tests.unit._bundles import random_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +75,50 @@ def test_target_layer_is_the_last_conv_stage(backbone: str, expected: str) -> No
         feats = m.forward_features(x)
     h.remove()
     assert seen["shape"] == tuple(feats.shape)  # the map Grad-CAM sees is the backbone's final feature map
+
+
+# (timm backbone, the automatic layer at 64 px (small-input stem; its map, cells a side)): the deepest stage of >= 7x7
+AT_64 = {
+    "resnet10t": ("backbone.layer3", 8), "resnet18": ("backbone.layer3", 8), "test_resnet": ("backbone.layer3", 8),
+    "efficientnet_b0": ("backbone.blocks.4", 8), "test_efficientnet": ("backbone.blocks.3", 8),
+    "convnext_atto": ("backbone.stages.2", 8), "densenet121": ("backbone.features.denseblock3", 8),
+}
+
+
+@pytest.mark.parametrize("backbone,expected", FAMILIES)
+def test_the_automatic_layer_is_the_deepest_with_a_7x7_map(backbone: str, expected: str) -> None:
+    # at 224 px every family's last stage is 7x7: the last stage; at 64 px the deepest stage still 7x7 or more
+    for size, want in ((224, (expected, 7)), (64, AT_64[backbone])):
+        m = create_model({"type": "classifier", "backbone": backbone, "num_outputs": 2, "in_chans": 1, "image_size": size}).eval()
+        t = choose_target_layer(m, torch.zeros(1, 1, size, size))
+        assert (t.name, t.map_size[0]) == want and min(t.map_size) >= MIN_MAP_SIDE and t.warning is None
+    seen = {}
+    h = dict(m.named_modules())[t.name].register_forward_hook(lambda _m, _i, o: seen.update(shape=tuple(o.shape)))
+    with torch.no_grad():
+        m(torch.zeros(1, 1, 64, 64))
+    h.remove()
+    assert seen["shape"][2:] == t.map_size  # the map Grad-CAM sees
+
+
+def test_a_layer_with_a_2x2_map_is_explained_with_a_warning(tmp_path: Path, caplog) -> None:
+    import logging
+
+    # the stock stride-32 stem at 64 px: layer4 is 2x2, layer2 the deepest of at least 7x7 (8x8)
+    arch = {"type": "classifier", "backbone": "test_resnet", "num_outputs": 1, "in_chans": 1, "image_size": 64, "small_input": False}
+    p = Predictor.from_bundle(random_bundle(tmp_path / "b", arch=arch, image_size=64))
+    img = np.random.default_rng(0).integers(0, 256, (80, 80), dtype=np.uint8)
+    (auto,) = explain(p, img)
+    assert auto.target_layer == "backbone.layer2" and auto.warning is None
+    with caplog.at_level(logging.WARNING, logger="medlens.explain"):
+        (coarse,) = explain(p, img, target_layer="layer4")
+    assert coarse.target_layer == "backbone.layer4" and coarse.heatmap.shape == (80, 80)
+    assert coarse.warning == ("target layer backbone.layer4 has a 2x2 feature map at this model's 64x64 px input: the heatmap "
+                              "can only show 2x2 regions; backbone.layer2 gives 8x8")
+    assert coarse.warning in caplog.text
+    (mid,) = explain(p, img, target_layer="layer3")  # 4x4: coarse, but no warning
+    assert mid.warning is None
+    summary = json.loads(write_explanations([coarse], tmp_path / "out", "x")[-1].read_text())
+    assert summary[0]["warning"] == coarse.warning
 
 
 def test_generic_search_and_layer_by_name() -> None:
@@ -175,8 +225,9 @@ def test_trained_model_points_at_the_patch(tmp_path: Path) -> None:
     """A tiny ResNet trained a few steps on "bright patch anywhere = positive" localises the patch.
 
     A briefly trained network's map is a blob about one feature cell wider than the patch (its features fire
-    on the patch's edges too), so the peak is required inside the patch for most positions and the map's mass
-    must concentrate on the patch for every one; the exact-peak requirement is the patch-detector test above.
+    on the patch's edges too), so the peak is required within one feature cell of the patch (the automatic layer
+    at 32 px is layer3, an 8x8 map: 6 px cells in these 48 px images) for most positions and the map's mass must
+    concentrate on the patch for every one; the exact-peak requirement is the patch-detector test above.
     """
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -212,12 +263,13 @@ def test_trained_model_points_at_the_patch(tmp_path: Path) -> None:
     for k, (r, c) in enumerate(positions):
         img = _patch_image(S, S, (r, c, r + P, c + P), 1000 + k)
         (e,) = explain(p, img)
-        assert e.probability > 0.5
+        assert e.probability > 0.5 and e.target_layer == "backbone.layer3"
         pr, pc = _peak(e.heatmap)
-        hits += (r <= pr < r + P) and (c <= pc < c + P)
+        cell = S // 8
+        hits += (r - cell <= pr < r + P + cell) and (c - cell <= pc < c + P + cell)
         inside = e.heatmap[r : r + P, c : c + P].mean()
         ratios.append(inside / max(1e-6, (e.heatmap.sum() - e.heatmap[r : r + P, c : c + P].sum()) / (S * S - P * P)))
-    assert hits >= 7, f"peak inside the patch for only {hits}/10 positions"
+    assert hits >= 7, f"peak within a feature cell of the patch for only {hits}/10 positions"
     assert min(ratios) > 1.5, ratios
 
 
@@ -234,7 +286,8 @@ def test_multilabel_one_map_per_label_at_original_size(multilabel: Predictor, tm
     assert [e.label for e in exps] == ["a", "c"]
     pred = multilabel.predict_one(img)
     for e in exps:
-        assert isinstance(e, Explanation) and e.method == "gradcam" and e.target_layer == "backbone.layer4"
+        # 32 px: layer4 is 4x4, layer3 8x8 -- the deepest of at least 7x7
+        assert isinstance(e, Explanation) and e.method == "gradcam" and e.target_layer == "backbone.layer3" and e.warning is None
         assert e.heatmap.shape == (50, 70) and e.heatmap.dtype == np.float32
         assert 0.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0
         assert e.probability == pytest.approx(pred.probabilities[e.label])
@@ -286,7 +339,7 @@ def test_fusion_model_is_explained_on_its_image_branch(tmp_path: Path) -> None:
     arch = {"type": "fusion", "backbone": "test_resnet", "num_outputs": 2, "in_chans": 1, "image_size": 32, "meta_dim": 4, "meta_hidden": [8], "meta_dropout": 0.0}
     p = Predictor.from_bundle(random_bundle(tmp_path / "f", arch=arch, task="multiclass", names=("u", "v")))
     exps = explain(p, np.random.default_rng(2).integers(0, 256, (40, 40), dtype=np.uint8))
-    assert exps[0].target_layer == "backbone.layer4" and exps[0].heatmap.shape == (40, 40)
+    assert exps[0].target_layer == "backbone.layer3" and exps[0].heatmap.shape == (40, 40)  # 8x8 at 32 px
 
 
 def test_overlay_shrinks_large_images() -> None:
@@ -319,3 +372,65 @@ def test_public_api(multilabel: Predictor) -> None:
     exps = medlens.explain(multilabel, np.zeros((32, 32, 3), np.uint8), label="b")
     assert isinstance(exps[0], medlens.Explanation)
     assert medlens.OnnxPredictor.backend == "onnx" and callable(medlens.export_onnx)
+
+
+def _corner_image(size: int, square: int, corner: int | None, seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Grey noise with, unless ``corner`` is None, a bright square in corner 0 (top left), 1 (top right), 2 (bottom
+    left) or 3 (bottom right), a few pixels from the edges; returns the image and the square's box."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(70, 12, (size, size))
+    box = (0, 0, 0, 0)
+    if corner is not None:
+        r0 = int(rng.integers(0, 5)) if corner in (0, 1) else size - square - int(rng.integers(0, 5))
+        c0 = int(rng.integers(0, 5)) if corner in (0, 2) else size - square - int(rng.integers(0, 5))
+        box = (r0, c0, r0 + square, c0 + square)
+        img[r0 : r0 + square, c0 : c0 + square] = rng.normal(220, 10, (square, square))
+    return np.clip(img, 0, 255).astype(np.uint8), box
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_a_corner_square_points_at_that_corner(tmp_path: Path) -> None:
+    """A tiny ResNet trained for a few epochs on 80 px images -- positive: a bright square in one of the four corners,
+    negative: none -- explained at its 64 px input by the automatic layer (layer3, 8x8; layer4 would be 4x4): for a
+    square in each corner, the heatmap peaks in that corner and its mass sits on the square."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    S, P, n = 80, 24, 160
+    y = rng.integers(0, 2, n)
+    corners = rng.integers(0, 4, n)
+    imgs = [_corner_image(S, P, int(corners[i]) if y[i] else None, i)[0] for i in range(n)]
+    arch = {"type": "classifier", "backbone": "test_resnet", "num_outputs": 1, "in_chans": 1, "image_size": 64}
+    pp = resolve_preprocessing(64, 1)
+    tf = make_transform(pp)
+    x = torch.from_numpy(np.stack([tf(im) for im in imgs]))
+    t = torch.from_numpy(y.astype(np.float32))
+    model = create_model(arch)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(3):  # epochs
+        for idx in torch.randperm(n, generator=g).split(32):
+            loss = nn.functional.binary_cross_entropy_with_logits(model(x[idx])[:, 0], t[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():  # BatchNorm statistics of the final weights
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.reset_running_stats()
+                mod.momentum = None
+        model(x)
+    model.eval()
+    bundle = save_bundle(model, Manifest(architecture=arch, label_space=LabelSpace(("clear", "square"), "binary"),
+                                         preprocessing=pp, thresholds=[0.5]), tmp_path / "b")
+    p = Predictor.from_bundle(bundle)
+    for corner in range(4):
+        img, (r0, c0, r1, c1) = _corner_image(S, P, corner, 1000 + corner)
+        (e,) = explain(p, img)
+        assert e.probability > 0.5 and e.target_layer == "backbone.layer3" and e.warning is None
+        pr, pc = _peak(e.heatmap)
+        top, left = corner in (0, 1), corner in (0, 2)
+        assert (pr < S // 2) == top and (pc < S // 2) == left, f"corner {corner}: peak at {(pr, pc)}"
+        inside = e.heatmap[r0:r1, c0:c1].mean()
+        outside = (e.heatmap.sum() - e.heatmap[r0:r1, c0:c1].sum()) / (S * S - P * P)
+        assert inside > 2 * outside, (corner, inside, outside)

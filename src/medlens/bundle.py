@@ -293,15 +293,21 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from medlens.models import create_model
+    from medlens.models import ArchitectureError, check_architecture, model_from_manifest
+    from medlens.runfolder import readable_dir
 
-    p = Path(path)
+    p = readable_dir(Path(path))  # where a replacement without atomic exchange was cut short, the old bundle
     if not p.is_dir():
         raise BundleError(f"{p}: bundle folder not found")
     manifest = read_manifest(p)
     wf = p / WEIGHTS
     if not wf.is_file():
         raise BundleError(f"{p}: {WEIGHTS} is missing")
+    where = f"{p / MANIFEST}: architecture"
+    try:  # bounds before anything is read or allocated: a 2 KB manifest cannot ask for a 12 GB network
+        check_architecture(manifest.architecture, where, weights_bytes=wf.stat().st_size)
+    except ArchitectureError as e:
+        raise BundleError(str(e)) from None
     if verify and not manifest.weights_sha256:
         raise BundleError(f"{p / MANIFEST}: manifest field 'weights_sha256' is missing (cannot verify {WEIGHTS})")
     if verify and sha256_file(wf) != manifest.weights_sha256:
@@ -310,7 +316,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         state = load_file(str(wf))
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{wf}: not a valid safetensors file ({e})") from None
-    model = create_model(manifest.architecture)
+    model = model_from_manifest(manifest.architecture, where)  # never pretrained: the weights are the bundle's
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

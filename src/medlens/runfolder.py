@@ -3,8 +3,10 @@
 - :func:`contained_run_dir` joins ``output.dir`` and ``output.name``, refusing a name that would leave the folder;
 - :func:`check_writable` says at once when ``output.dir`` is a file or cannot be written;
 - :class:`RunLock` makes a second training into the same run folder fail at once instead of mixing two runs;
-- :func:`replace_dir_atomically` replaces a bundle folder so that a complete bundle exists at every instant,
-  and :func:`restore_interrupted_replace` puts the old one back when a process was killed half-way.
+- :func:`replace_dir_atomically` replaces a bundle folder so that a complete bundle is at its path at every
+  instant (one atomic exchange of the two folders where the system has one: Linux ``renameat2``, macOS
+  ``renamex_np``), and :func:`restore_interrupted_replace` / :func:`readable_dir` cover the two-rename fallback
+  of other systems when a process was killed half-way.
 
 Folders and files are created with the user's umask (``mkdir``/``open`` defaults), never forced private.
 Only the standard library is used, so every layer may import this module.
@@ -17,10 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
@@ -244,6 +249,60 @@ def backup_path(final_dir: str | os.PathLike[str]) -> Path:
     return final.with_name(f".{final.name}.old")
 
 
+def readable_dir(final_dir: str | os.PathLike[str]) -> Path:
+    """The folder to read for ``final_dir``: itself, or its backup while a two-rename replacement is cut short.
+
+    Readers (``load_bundle``) use it, so even on a system without an atomic folder exchange a bundle being
+    replaced (or whose replacement was killed between the renames) is read from its complete previous version.
+
+    Example:
+        >>> readable_dir("runs/x/bundle")  # doctest: +SKIP
+        PosixPath('runs/x/bundle')
+    """
+    final = Path(final_dir)
+    if not final.exists() and not final.is_symlink() and backup_path(final).is_dir():
+        return backup_path(final)
+    return final
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no C library to load (Windows)
+        return None
+
+
+def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in one atomic step (``renameat2(RENAME_EXCHANGE)`` on Linux >= 3.15,
+    ``renamex_np(RENAME_SWAP)`` on macOS >= 10.12). Both must be on one file system.
+
+    Returns:
+        True when swapped; False where the system or file system has no such call (nothing changed then).
+
+    Raises:
+        OSError: the call exists but failed (a missing path, permissions, different file systems).
+    """
+    libc = _libc()
+    fa, fb = os.fsencode(os.fspath(a)), os.fsencode(os.fspath(b))
+    if libc is None:  # pragma: no cover
+        return False
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        rc = libc.renameat2(at_fdcwd, fa, at_fdcwd, fb, rename_exchange)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):  # pragma: no cover - macOS
+        rename_swap = 2
+        rc = libc.renamex_np(fa, fb, rename_swap)
+    else:  # pragma: no cover - no exchange call
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", -1), getattr(errno, "EOPNOTSUPP", -1)):
+        return False  # the kernel or this file system cannot exchange: the caller falls back
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
 def restore_interrupted_replace(final_dir: str | os.PathLike[str]) -> bool:
     """Finish what a replacement killed between its two renames left: the old folder goes back in place.
 
@@ -266,11 +325,15 @@ def restore_interrupted_replace(final_dir: str | os.PathLike[str]) -> bool:
 def replace_dir_atomically(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathLike[str]) -> Path:
     """Move the complete folder ``tmp_dir`` to ``final_dir``, replacing what is there without a gap.
 
-    Steps: the old ``final_dir`` is renamed to a sibling backup (:func:`backup_path`), ``tmp_dir`` is renamed
-    into place, then the backup is removed. At every instant a complete folder exists: the old one (at
-    ``final_dir`` or, between the renames, at the backup) or the new one. A failure between the renames puts
-    the old folder back; a kill there is undone by :func:`restore_interrupted_replace`, which this function
-    also runs first. ``tmp_dir`` must be on the same file system as ``final_dir`` (make it beside it).
+    Where the system can exchange two folders atomically (:func:`exchange_paths`), ``tmp_dir`` and ``final_dir``
+    swap in one step: a reader of ``final_dir`` finds the old folder or the new one at every instant, and a kill at
+    any moment leaves one of them in place. The old folder then moves to the sibling backup
+    (:func:`backup_path`) and is removed; a kill before that leaves a stale backup, removed by the next call.
+
+    Elsewhere two renames: the old ``final_dir`` goes to the backup, ``tmp_dir`` into place, the backup is
+    removed. Between the renames the complete old folder is at the backup, where :func:`readable_dir` finds it;
+    a failure there puts it back, and a kill there is undone by :func:`restore_interrupted_replace` (run first
+    by this function). ``tmp_dir`` must be on the same file system as ``final_dir`` (make it beside it).
 
     Args:
         tmp_dir: the new, complete folder.
@@ -300,6 +363,11 @@ def replace_dir_atomically(tmp_dir: str | os.PathLike[str], final_dir: str | os.
     if not final.exists():
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        return final
+    if exchange_paths(tmp, final):  # one atomic step: the new folder at final, the old one at tmp
+        _fsync_dir(final.parent)
+        os.replace(tmp, backup)  # a name the next call cleans up, should this process die now
+        shutil.rmtree(backup, ignore_errors=True)
         return final
     os.replace(final, backup)
     try:

@@ -179,6 +179,12 @@ def test_replace_dir_atomically_moves_in_and_replaces(tmp_path: Path) -> None:
         replace_dir_atomically(tmp_path / "missing", final)
 
 
+@pytest.fixture
+def two_renames(monkeypatch):
+    """The fallback of systems without an atomic folder exchange (the exchange path: tests/hostile/test_bundle_bounds.py)."""
+    monkeypatch.setattr(runfolder, "exchange_paths", lambda a, b: False)
+
+
 def _fail_on_call(monkeypatch, calls: set[int]) -> list[tuple[str, str]]:
     real, seen = os.replace, []
 
@@ -192,7 +198,7 @@ def _fail_on_call(monkeypatch, calls: set[int]) -> list[tuple[str, str]]:
     return seen
 
 
-def test_failure_between_the_renames_keeps_the_old_bundle(tmp_path: Path, monkeypatch) -> None:
+def test_failure_between_the_renames_keeps_the_old_bundle(tmp_path: Path, monkeypatch, two_renames) -> None:
     final = bundle(tmp_path / "bundle", "old")
     new = bundle(tmp_path / ".bundle.tmp", "new")
     seen = _fail_on_call(monkeypatch, {2})  # old -> backup works, new -> final fails
@@ -203,12 +209,13 @@ def test_failure_between_the_renames_keeps_the_old_bundle(tmp_path: Path, monkey
     assert complete(new) == "new"  # the caller still has its new bundle
 
 
-def test_a_kill_between_the_renames_never_leaves_zero_bundles(tmp_path: Path, monkeypatch) -> None:
+def test_a_kill_between_the_renames_never_leaves_zero_bundles(tmp_path: Path, monkeypatch, two_renames) -> None:
     final = bundle(tmp_path / "bundle", "old")
     _fail_on_call(monkeypatch, {2, 3})  # the undo fails too: as if the process had died after the first rename
     with pytest.raises(OSError):
         replace_dir_atomically(bundle(tmp_path / ".t", "new"), final)
     assert not final.exists() and complete(backup_path(final)) == "old"  # a complete bundle still exists
+    assert complete(runfolder.readable_dir(final)) == "old"  # and readers find it
     monkeypatch.undo()
     assert restore_interrupted_replace(final) is True  # start-up: the old bundle back in place
     assert complete(final) == "old" and not backup_path(final).exists()
@@ -235,6 +242,7 @@ _KILLED = textwrap.dedent("""
             os._exit(9)  # killed between the renames: no except, no finally
         real(src, dst)
     runfolder.os.replace = replace
+    runfolder.exchange_paths = lambda a, b: False  # the two-rename fallback
     runfolder.replace_dir_atomically(sys.argv[1], sys.argv[2])
 """)
 

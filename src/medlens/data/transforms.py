@@ -7,11 +7,15 @@ preset, everything else passes none. Nothing else in medlens resizes or normalis
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+#: the smallest per-channel standard deviation a manifest may carry ([0, 1] units; real ones are ~0.2-0.3)
+MIN_STD = 1e-6
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +37,43 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+        """Read a manifest's ``preprocessing``, refusing what would give non-finite or unbounded model inputs.
+
+        ``image_size`` is an integer in 8..4096 and ``channels`` 1 or 3 (as ``data.image_size`` / ``data.channels``);
+        ``mean`` and ``std`` hold one finite number per channel, and every ``std`` is at least
+        :data:`MIN_STD` (a zero std divides by zero: inputs of inf/NaN, scores of NaN).
+
+        Raises:
+            ValueError: one line naming the field, e.g. ``preprocessing.std[0]: 0.0 ...``.
+
+        Example:
+            >>> Preprocessing.from_dict({"image_size": 28, "channels": 1, "mean": [0.5], "std": [0]})
+            Traceback (most recent call last):
+            ...
+            ValueError: preprocessing.std[0]: 0 is not a usable standard deviation (finite, at least 1e-06)
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocessing: expected an object, got {type(d).__name__}")
+        missing = [k for k in ("image_size", "channels", "mean", "std") if k not in d]
+        if missing:
+            raise ValueError(f"preprocessing: missing field {missing[0]!r}")
+        size, channels = d["image_size"], d["channels"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+            raise ValueError(f"preprocessing.image_size: expected an integer in 8..4096, got {str(size)[:40]}")
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise ValueError(f"preprocessing.channels: expected 1 (grey) or 3 (colour), got {str(channels)[:40]}")
+        stats = {}
+        for name in ("mean", "std"):
+            vals = d[name]
+            if not isinstance(vals, (list, tuple)) or len(vals) != channels:
+                raise ValueError(f"preprocessing.{name}: expected {channels} numbers (one per channel), got {str(vals)[:60]}")
+            for i, v in enumerate(vals):
+                ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                if not ok or (name == "std" and v < MIN_STD):
+                    what = "a usable standard deviation (finite, at least 1e-06)" if name == "std" else "a finite number"
+                    raise ValueError(f"preprocessing.{name}[{i}]: {str(v)[:40]} is not {what}")
+            stats[name] = tuple(float(v) for v in vals)
+        return cls(size, channels, stats["mean"], stats["std"])
 
 
 def resolve_preprocessing(image_size: int, channels: int, mean: list[float] | None = None, std: list[float] | None = None) -> Preprocessing:
@@ -44,6 +84,11 @@ def resolve_preprocessing(image_size: int, channels: int, mean: list[float] | No
         std = list(IMAGENET_STD) if channels == 3 else [0.5]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
+    for name, vals in (("mean", mean), ("std", std)):
+        for i, v in enumerate(vals):
+            if not math.isfinite(float(v)) or (name == "std" and float(v) < MIN_STD):
+                raise ValueError(f"data.{name}[{i}]: {v} is not " + ("a usable standard deviation (finite, at least 1e-06)"
+                                                                      if name == "std" else "a finite number"))
     return Preprocessing(int(image_size), int(channels), tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 

@@ -188,6 +188,10 @@ class BasePredictor:
         out = self.run(views[0], meta)
         for v in views[1:]:
             out = out + self.run(v, meta)
+        bad = ~np.isfinite(out).all(axis=tuple(range(1, out.ndim))) if out.ndim > 1 else ~np.isfinite(out)
+        if bad.any():  # NaN is not "negative": a broken model (weights, preprocessing) gives no scores at all
+            raise ValueError(f"{getattr(self, 'path', None) or 'the model'}: the network's output is not finite (NaN or inf) "
+                             f"for {int(bad.sum())} of {len(bad)} images; the bundle's weights or preprocessing are broken")
         return out / len(views) if len(views) > 1 else out
 
     def activation(self, logits: np.ndarray) -> np.ndarray:

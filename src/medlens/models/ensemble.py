@@ -46,7 +46,7 @@ class EnsembleNet(nn.Module):
             if not isinstance(a, dict) or a.get("type", "classifier") not in ("classifier", "fusion"):
                 raise ValueError(f"architecture.members[{i}]: a member is a classifier or fusion network, not {a.get('type') if isinstance(a, dict) else a!r}")
         self.activation = activation
-        self.members = nn.ModuleList(create_model(a) for a in members)
+        self.members = nn.ModuleList(create_model(a, check=False) for a in members)  # checked as a whole by create_model
         self.register_buffer("member_scale", torch.ones(len(members), int(num_outputs)))
 
     def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:

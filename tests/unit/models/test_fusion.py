@@ -66,9 +66,9 @@ def test_wrong_metadata_width_is_a_clear_error():
 
 
 def test_bad_architecture_is_refused():
-    with pytest.raises(ValueError, match="meta_missing has 2 values"):
+    with pytest.raises(ValueError, match="architecture.meta_missing: 2 values, but meta_dim is"):
         make(meta_missing=[0.0, 1.0])
-    with pytest.raises(ValueError, match="meta_dim must be >= 1"):
+    with pytest.raises(ValueError, match="architecture.meta_dim: 0 is outside 1"):
         make(meta_dim=0)
 
 

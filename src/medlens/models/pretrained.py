@@ -8,7 +8,11 @@ are read with ``torch.load(weights_only=True)``).
 Hub weights are looked up in the Hugging Face cache exactly where ``huggingface_hub`` keeps them
 (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``; the environment is read at call
 time), and downloaded there when online. With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a file missing from
-the cache is a :class:`PretrainedWeightsError` that says where to put it. timm then loads the resolved file
+the cache is a :class:`PretrainedWeightsError` that says where to put it. Without it, a file missing from the cache
+is fetched only after a quick look at the hub (:func:`hub_unreachable`, a few seconds at most): an unreachable hub
+is said at once, before any data is read, instead of after a minute of retries that end in "holds none of the files".
+A local file is opened (its header, or its weights memory-mapped) when it is checked, so a garbage file is one line
+naming ``model.pretrained`` before any data is read. timm then loads the resolved file
 through its normal path (``timm.create_model(pretrained=True, pretrained_cfg_overlay={"file": ...})``), which
 drops the ImageNet classifier and sums a 3-channel first convolution over RGB for 1-channel inputs.
 
@@ -33,6 +37,8 @@ HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 _TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads boolean environment variables
+#: seconds the look at the hub may take (connect + first answer)
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 class PretrainedWeightsError(ValueError):
@@ -67,6 +73,42 @@ def hub_offline() -> bool:
         return bool(constants.HF_HUB_OFFLINE)
     except ImportError:  # pragma: no cover - huggingface_hub is a timm dependency
         return True
+
+
+def hub_endpoint() -> str:
+    """The hub's address: ``$HF_ENDPOINT`` as it is now, else huggingface_hub's (``https://huggingface.co``)."""
+    if os.environ.get("HF_ENDPOINT"):
+        return os.environ["HF_ENDPOINT"].rstrip("/")
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT).rstrip("/")
+    except ImportError:  # pragma: no cover
+        return "https://huggingface.co"
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be reached (no network, refused, timed out, DNS), or None when it answers.
+
+    One ``HEAD`` request to :func:`hub_endpoint` through the environment's proxies; any HTTP answer, an error
+    status included, means the hub is reachable.
+
+    Example:
+        >>> hub_unreachable() is None or isinstance(hub_unreachable(), str)  # doctest: +SKIP
+        True
+    """
+    import urllib.error
+    import urllib.request
+
+    url = hub_endpoint()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD", headers={"User-Agent": "medlens"}), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        return f"{url} cannot be reached ({type(reason).__name__ if not str(reason) else str(reason)[:160]})"
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -169,12 +211,15 @@ def check_pretrained_available(backbone: str, pretrained: bool | str | None) -> 
     if kind == "file":
         if not os.path.isfile(ref):
             raise PretrainedWeightsError(f"model.pretrained: weights file not found: {ref} (backbone {backbone!r})")
+        weight_names(ref)  # opened now: a garbage file is one line before any data is read
         return {"source": ref, "file": ref}
     repo, revision, files = _split_hub(ref)
     cache = hub_cache_dir()
     hit = _cached(repo, revision, files, cache)
     if hit is None and hub_offline():
         raise PretrainedWeightsError(_offline_help(backbone, repo, files, cache))
+    if hit is None and (why := hub_unreachable()) is not None:  # seconds, not a minute of retries
+        raise PretrainedWeightsError(_offline_help(backbone, repo, files, cache, f"{why}; with HF_HUB_OFFLINE=1 nothing is tried"))
     return {"source": f"hf-hub:{repo}" + (f"@{revision}" if revision else ""), "file": hit}
 
 
@@ -215,14 +260,17 @@ def resolve_pretrained(backbone: str, pretrained: bool | str | None) -> dict[str
 
 def _download(backbone: str, repo: str, revision: str | None, files: tuple[str, ...]) -> str:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     cache = hub_cache_dir()
     last: Exception | None = None
     for name in files:
         try:
             return hf_hub_download(repo, name, revision=revision, cache_dir=str(cache))
-        except EntryNotFoundError as e:  # try the next file name (pytorch_model.bin after model.safetensors)
+        except LocalEntryNotFoundError:  # (an EntryNotFoundError too) the hub did not answer and the cache has nothing
+            why = f"the hub at {hub_endpoint()} did not answer; with HF_HUB_OFFLINE=1 nothing is tried"
+            raise PretrainedWeightsError(_offline_help(backbone, repo, files, cache, why)) from None
+        except EntryNotFoundError as e:  # the hub answered: no such file; try the next name (pytorch_model.bin)
             last = e
         except Exception as e:  # no network, unknown repository, gated repository, ...
             why = f"the download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
@@ -256,6 +304,17 @@ def weight_names(path: str | Path) -> set[str]:
     A ``.safetensors`` file is read for its header only; a torch file is memory-mapped, weights only.
     """
     p = str(path)
+    try:
+        return _weight_names(p)
+    except PretrainedWeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors, pickle, zip and torch each raise their own kinds
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise PretrainedWeightsError(f"model.pretrained: {p} is not a readable weights file ({type(e).__name__}"
+                                     f"{': ' + first if first else ''}); give a .safetensors or a weights-only torch file") from None
+
+
+def _weight_names(p: str) -> set[str]:
     if p.endswith(".safetensors"):
         from safetensors import safe_open
 
@@ -319,10 +378,14 @@ def medlens_backbone_info(path: str | Path) -> dict[str, Any] | None:
 
     from safetensors import safe_open
 
-    with safe_open(p, framework="pt") as f:
-        meta = f.metadata() or {}
-    raw = meta.get(MEDLENS_BACKBONE_KEY)
-    return json.loads(raw) if raw else None
+    try:
+        with safe_open(p, framework="pt") as f:
+            meta = f.metadata() or {}
+        raw = meta.get(MEDLENS_BACKBONE_KEY)
+        return json.loads(raw) if raw else None
+    except Exception as e:  # noqa: BLE001 - a garbage header (SafetensorError) or a garbage record (JSON)
+        raise PretrainedWeightsError(f"model.pretrained: {p} is not a readable safetensors file ({type(e).__name__}: "
+                                     f"{str(e).strip()[:160]})") from None
 
 
 def check_input_norm(pretrained: bool | str | None, input_norm: str) -> None:

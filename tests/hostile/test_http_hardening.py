@@ -96,8 +96,9 @@ def test_onnx_server_with_weights_explains_and_reports(onnx_folders):
 
 
 # ------------------------------------------------------------------------------------------ NaN
-def test_a_model_that_outputs_nan_is_a_json_error_and_the_server_keeps_serving(pristine_bundle):
-    with _client(pristine_bundle) as c:
+@pytest.mark.parametrize("tta", ["none", "hflip"])
+def test_a_model_that_outputs_nan_is_a_json_error_and_the_server_keeps_serving(pristine_bundle, tta):
+    with _client(pristine_bundle, tta=tta) as c:
         predictor = c.app.state.medlens.predictor
         good = predictor.transform
         predictor.transform = lambda img: np.full_like(good(img), np.nan)
@@ -105,7 +106,7 @@ def test_a_model_that_outputs_nan_is_a_json_error_and_the_server_keeps_serving(p
             for route in ("/v1/predict", "/v1/report", "/v1/explain"):
                 field = "files" if route == "/v1/predict" else "file"
                 msg = assert_refused(c, c.post(route, files={field: png_file()}), 500, "not a number")
-                assert "x.png" in msg
+                assert "x.png" in msg and str(pristine_bundle) not in msg
         finally:
             predictor.transform = good
         assert c.post("/v1/predict", files={"files": png_file()}).status_code == 200

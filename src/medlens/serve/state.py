@@ -137,8 +137,15 @@ class ServerState:
         """Prepared images (:meth:`prepare`) -> one prediction each, through the batcher: the only way this server
         computes a prediction. A model output that is not a number is a 500 naming the model, not a client's error."""
         meta = encode_metadata(self.predictor, metadata, len(items))
-        scores = await self.batcher.submit(items, meta)
-        if not np.all(np.isfinite(scores)):
+        try:
+            scores = await self.batcher.submit(items, meta)
+            finite = bool(np.all(np.isfinite(scores)))
+        except ValueError as e:  # the predictor's own check (test-time augmentation path); its message names the bundle's path
+            if "not finite" not in str(e):
+                raise
+            log.error("prediction failed: %s", e)
+            finite = False
+        if not finite:
             raise ApiError(500, "model_error", "the model's output is not a number (NaN or infinite) for "
                                                f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: the bundle cannot be "
                                                "served as it is (check its manifest.json preprocessing and weights)")

@@ -1,0 +1,62 @@
+"""The web page renders any task's record from the task's findings alone (no task-specific fields), and offers
+explanations only when the task has them: its script run under Node with a minimal DOM stub (skipped without Node)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from medlens.serve.routes.health import STATIC  # noqa: E402
+from medlens.tasks.base import Finding, Presentation  # noqa: E402
+from tests.hostile._helpers import good_png  # noqa: E402
+from tests.unit._bundles import random_bundle  # noqa: E402
+
+NODE = shutil.which("node")
+STUB = Path(__file__).with_name("page_stub.js")
+
+
+def _served(bundle: Path) -> dict:
+    from medlens.serve.app import create_app
+
+    with TestClient(create_app(bundle)) as c:
+        return {"presentation": c.get("/v1/model").json()["presentation"],
+                "prediction": c.post("/v1/predict", files={"files": ("x.png", good_png(), "image/png")}).json()["predictions"][0]}
+
+
+def _record(pres: Presentation, *findings: Finding) -> dict:
+    """A record as a task without decisions (a value with an interval) writes it: only source and findings shared."""
+    return {"presentation": pres.to_dict(), "prediction": {"source": "x.png", "findings": [f.to_dict() for f in findings]}}
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_page_renders_every_task_from_its_findings(tmp_path):
+    cases = [
+        {"name": "binary", **_served(random_bundle(tmp_path / "b"))},
+        {"name": "multiclass", **_served(random_bundle(tmp_path / "m", task="multiclass", names=("a", "b", "c")))},
+        {"name": "value", **_record(Presentation("Predicted value", "value", [], [], (), "s"),
+                                    Finding("age", 57.2, "value", None, "none", None, text="predicted age 57 (90 % interval 44-70)",
+                                            interval=(44.0, 70.0)))},
+        {"name": "score", **_record(Presentation("Anomaly score", "score", ["pneumonia"], ["error_map"], ("flagged", "normal"), "s"),
+                                    Finding("pneumonia", 0.71, "score", 0.5, "threshold", True))},
+    ]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(cases))
+    r = subprocess.run([NODE, str(STUB), str(STATIC / "index.html"), str(data)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = dict(zip(*[iter(r.stdout.splitlines())] * 2, strict=True))  # "name: text" -> "  explain disabled: ..."
+    rows = {line.split(": ", 1)[0]: (line.split(": ", 1)[1], buttons) for line, buttons in out.items()}
+    assert "Model output: abnormal" in rows["binary"][0] or "Model output: none" in rows["binary"][0]
+    assert "highest" in rows["multiclass"][0]
+    text, buttons = rows["value"]
+    assert "predicted age 57 (90 % interval 44-70)" in text and "positive" not in text and "negative" not in text
+    assert buttons.strip() == "explain disabled: true report disabled: true"  # no explanation methods: nothing to ask
+    assert "flagged" in rows["score"][0] and "0.7100" in rows["score"][0]
+    assert rows["binary"][1].strip() == "explain disabled: false report disabled: false"

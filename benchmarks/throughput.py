@@ -18,9 +18,12 @@ Sections:
   6. GPU (only where CUDA is available; otherwise one line says it is skipped): the hand-written loop and
      `medlens train` with AMP, channels-last and torch.compile.
 
-Section 2 prints the defaults `medlens train` chose on this machine (trainer.precision, and the memory format
-that trainer.channels_last: auto measured) and runs the hand-written loop with the same choices, so the ratio
-compares like with like.
+Section 2 prints the defaults `medlens train` chose on this machine (trainer.precision: auto, and the memory format
+that trainer.channels_last: auto measured, or took from the choices remembered in ~/.cache/medlens/probe.json) and
+runs the hand-written loop with the same choices, so the ratio compares like with like; both are given as a share
+of the matmul peak.
+
+    python benchmarks/throughput.py --sizes 224 --training-only   # section 2 at 224 px alone
 """
 
 from __future__ import annotations
@@ -353,6 +356,8 @@ def gpu_section(tmp: Path, steps: int, warmup: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for reporting)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes of section 2 (default 64 224; --quick: 64)")
+    ap.add_argument("--training-only", action="store_true", help="sections 1 and 2 only (matmul peak and training)")
     args = ap.parse_args(argv)
     import logging
     import warnings
@@ -375,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     d = TrainerConfig()
     print("## 2. training (ResNet-18, stock stem, batch 64, in-memory data, no augmentation)\n")
     print(f"defaults on this machine: trainer.precision {d.precision!r} -> {precision_arg(d.precision, 'cpu')} "
-          f"(precision: auto would pick {precision_arg('auto', 'cpu')}; CPU bf16 support: {cpu_bf16_support()}); "
-          f"trainer.channels_last {d.channels_last!r} (measured per run, below)\n")
-    print("| size | memory format chosen (probe ms: contiguous / channels-last) | hand-written loop img/s, same choices | medlens train img/s | ratio | achieved GFLOP/s | % of matmul |")
+          f"(CPU bf16 support: {cpu_bf16_support()}); "
+          f"trainer.channels_last {d.channels_last!r} (measured once per machine, network and input size, below)\n")
+    print("| size | memory format chosen (probe ms: contiguous / channels-last; how) | hand-written loop img/s, same choices | medlens train img/s | ratio | achieved GFLOP/s | % of matmul (medlens / hand) |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     train_rates: dict[int, float] = {}
     explain: dict[int, tuple[float, float]] = {}
-    for size in (64,) if args.quick else (64, 224):
+    for size in args.sizes or ((64,) if args.quick else (64, 224)):
         b = 64  # at 224 px too: batch 64 is what the table says and what 224 px training commonly uses
         st = steps if size == 64 else max(steps // 4, 4)
         # alternated, best of three (two at 224 px) each, so neither side gets the warmer (or quieter) minute;
@@ -395,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
                                                channels_last=chosen.channels_last is True))
         train_rates[size] = ml
         pr = chosen.probe or {}
-        fmt = f"{'channels-last' if chosen.channels_last is True else 'contiguous'} ({pr.get('ms_contiguous', '-')} / {pr.get('ms_channels_last', '-')}), {chosen.precision}"
+        how = str(pr.get("how", "-")).split(":")[0].split(",")[0]  # "probe" or "cached"
+        fmt = (f"{'channels-last' if chosen.channels_last is True else 'contiguous'} ({pr.get('ms_contiguous', '-')} / "
+               f"{pr.get('ms_channels_last', '-')}; {how}), {chosen.precision}")
         fl = flops_per_image(size)
-        print(f"| {size} | {fmt} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} | {ml * fl / 1e9:.1f} | {100 * ml * fl / 1e9 / peak:.0f}% |")
+        print(f"| {size} | {fmt} | {hand:.1f} | {ml:.1f} | {ml / hand:.3f} | {ml * fl / 1e9:.1f} | "
+              f"{100 * ml * fl / 1e9 / peak:.0f}% / {100 * hand * fl / 1e9 / peak:.0f}% |")
         # where the lead comes from: the same hand-written loop in this process, whose allocator medlens train has
         # tuned (trainer.tune_allocator), with torch's default AdamW and with the fused one medlens uses
         same = {"amp": "bf16" if "bf16" in (chosen.precision or "") else None, "channels_last": chosen.channels_last is True}
@@ -407,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     for size, (tuned, fused) in explain.items():
         print(f"- {size} px: tuned allocator {tuned:.1f} img/s, tuned allocator + fused AdamW {fused:.1f} img/s "
               f"(medlens train {train_rates[size]:.1f})")
+    if args.training_only or 64 not in train_rates:
+        print(f"\ntotal benchmark time: {time.perf_counter() - t_start:.0f} s")
+        return 0
     try:
         ml_cl = medlens_train_rate(64, 64, steps, warmup, tmp, channels_last=True)
         print(f"\nchannels_last forced (true) at 64 px: {ml_cl:.1f} img/s ({ml_cl / train_rates[64]:.2f}x the default, auto)")

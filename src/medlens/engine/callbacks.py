@@ -77,7 +77,7 @@ def format_epoch_summary(row: dict[str, Any], max_epochs: int | None, task_part:
     """One console line for a validated epoch (a row of the module's history).
 
     Shows epoch k/N (1-based), train and val loss, the task's own part (``Task.epoch_line``: e.g. AUROC and the
-    epoch's threshold for a classifier, MAE for a regression) and the learning rate. Missing values are left out.
+    epoch's threshold for a classifier) and the learning rate. Missing values are left out.
 
     Example:
         >>> format_epoch_summary({"epoch": 0, "train/loss": 0.7, "val/loss": 0.69, "lr": 1e-3}, 3, "val acc 0.5000")
@@ -254,3 +254,38 @@ class GracefulStop(L.Callback):
             return None
         ck = self.saved or (str(self.checkpoint) if self.checkpoint.is_file() else None)
         return TrainingInterrupted(self.signal_name, ck)
+
+
+class TrainClock(L.Callback):
+    """Training time summed over sessions: a resumed run reports the time of all its sessions, not of the last one.
+
+    Each checkpoint carries the seconds trained so far (``medlens_train_time_s``); a run resumed from it starts
+    its clock there. Time between sessions (the run stopped, or a crash) is not counted.
+
+    Example:
+        >>> clock = TrainClock()
+        >>> clock.on_load_checkpoint(None, None, {"medlens_train_time_s": 12.5})
+        >>> clock.total_s() >= 12.5
+        True
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.before_s = 0.0  # seconds of earlier sessions (from the resume checkpoint)
+        self._t0 = self._now()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = self._now()
+
+    def total_s(self) -> float:
+        """Seconds trained, earlier sessions included."""
+        return self.before_s + (self._now() - self._t0)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medlens_train_time_s"] = self.total_s()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        v = checkpoint.get("medlens_train_time_s")
+        self.before_s = float(v) if isinstance(v, (int, float)) and v == v and v >= 0 else 0.0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,13 +77,19 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     Example:
         >>> res = fit(cfg, module, train_loader, val_loader, run_dir, ("auroc_macro", "max"))  # doctest: +SKIP
     """
-    from medlens.engine.callbacks import AtomicCheckpointIO, EpochSummary, GracefulStop
+    from medlens.engine.callbacks import AtomicCheckpointIO, EpochSummary, GracefulStop, TrainClock
     from medlens.engine.distributed import DistributedEpochOrder
     from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer
 
     ck = check_resume_checkpoint(resume, module) if resume is not None else None
     resume_path = None if ck is None else ck.path
+    workers = int(getattr(train_loader, "num_workers", 0) or 0)
+    if ck is not None and workers > 0 and getattr(cfg.data, "augment", "none") != "none":
+        # persistent loader workers carry their random state from epoch to epoch, and a resumed run starts new ones:
+        # the augmentation of the epochs still to come is drawn afresh (measured: weights and metrics differ)
+        log.warning("resume: %d data-loader workers draw the remaining epochs' augmentation afresh, so this run will not "
+                    "match an uninterrupted one exactly (data.num_workers: 0 resumes bit for bit)", workers)
     if cfg.trainer.tune_allocator:
         from medlens.engine.allocator import tune_allocator
 
@@ -93,11 +98,11 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
         module.model = torch.compile(module.model)
     loggers = build_loggers(cfg, run_dir, resume_path)
     stop = GracefulStop(Path(run_dir) / "checkpoints" / "last.ckpt")
+    clock = TrainClock()  # train_time_s of a resumed run counts its earlier sessions too
     trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume_path), DistributedEpochOrder(),
                                                                 EpochSummary(cfg.trainer.max_epochs, epoch_line),
-                                                                stop, *(callbacks or [])],
+                                                                stop, clock, *(callbacks or [])],
                                      checkpoint_io=AtomicCheckpointIO(ck))
-    t_fit = time.perf_counter()
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path, weights_only=True)
     except SystemExit:  # Lightning's SIGTERMException (code 0!), or its sys.exit(1) after a second Ctrl-C
@@ -109,7 +114,7 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
         stop.signal_name = "SIGTERM"
     if (interrupted := stop.interrupted()) is not None:  # the final epoch's last.ckpt is the checkpoint
         raise interrupted
-    train_time = time.perf_counter() - t_fit
+    train_time = clock.total_s()
     if not trainer.is_global_zero:  # DDP: rank 0 alone evaluates (whole val/test sets) and writes the bundle
         return FitResult(False, None, history=list(module.history), train_time_s=train_time, loggers=loggers)
 

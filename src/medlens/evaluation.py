@@ -20,6 +20,7 @@ from medlens.config import RunConfig, config_from_dict, load_config
 from medlens.data.samples import SampleTable
 from medlens.data.splits import Splits, config_fold_splits, split_indices
 from medlens.inference import Predictor
+from medlens.subgroups import subgroup_columns, subgroup_performance
 from medlens.tasks import Task, read_table, task_of
 
 log = logging.getLogger("medlens.evaluate")
@@ -143,6 +144,7 @@ def evaluate(
     record: bool = True,
     threshold: float | None = None,
     thresholds_from: str = "bundle",
+    subgroups: list[str] | None = None,
 ) -> EvalResult:
     """Evaluate a bundle on one split (train, val or test) of a dataset.
 
@@ -158,6 +160,8 @@ def evaluate(
         thresholds_from: ``bundle`` (the thresholds saved at training) or ``val`` (tuned again on the validation
             split with the config's ``task_options.threshold_method``). The metrics record the operating point used
             under ``operating_point`` (``source`` and ``thresholds``).
+        subgroups: metadata columns to report performance per subgroup of (:mod:`medlens.subgroups`, in
+            ``metrics["subgroups"]``); None: every metadata column with 2-12 levels; ``[]``: none.
 
     Example:
         >>> r = evaluate("runs/pneumoniamnist/bundle", split="test")  # doctest: +SKIP
@@ -181,11 +185,16 @@ def evaluate(
     if len(rows) == 0:
         raise ValueError(f"the {split} split is empty")
     sub = table.subset(rows)
+    if subgroups:  # an unknown column fails before any scoring
+        subgroup_columns(sub.metadata, subgroups)
     if b.manifest.label_names != list(table.label_space.names):
         raise ValueError(f"the bundle's labels {b.manifest.label_names} differ from the dataset's {list(table.label_space.names)}")
     b, point = operating_point(b, cfg, threshold, thresholds_from, table, splits, batch_size, tta, calibrated)
     result = score_table(Predictor(b, batch_size=batch_size, tta=tta, calibrated=calibrated), sub, split)
     result.metrics["operating_point"] = point
+    sg = subgroup_performance(task_of(b.manifest), result.probs, sub.targets, b.manifest, sub.groups, sub.metadata, subgroups)
+    if sg is not None:  # per subgroup of the metadata (None: the task has none, or subgroups=[])
+        result.metrics["subgroups"] = sg
     if cfg.targets:  # "AUROC 0.88 in 0.86-0.92: MET", the one target rule (medlens.targets)
         from medlens.targets import format_target_checks
 

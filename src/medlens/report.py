@@ -24,6 +24,7 @@ import numpy as np
 
 from medlens._atomic import write_text_atomic
 from medlens.htmlkit import esc, fmt, html_img, html_page, html_table
+from medlens.subgroups import subgroup_columns, subgroup_performance, subgroups_html
 from medlens.targets import check_targets
 from medlens.tasks import ReportInputs, ReportPart, Task, task_of
 
@@ -179,6 +180,7 @@ def build_report(
     required_sensitivity: float = 0.9,
     batch_size: int = 128,
     overrides: list[str] | None = None,
+    subgroups: list[str] | None = None,
 ) -> ReportResult:
     """Score a bundle on a split and write ``report.html`` and ``metrics.json``.
 
@@ -194,6 +196,8 @@ def build_report(
         required_sensitivity: the sensitivity target of the threshold sweep.
         batch_size: inference batch size.
         overrides: ``section.key=value`` overrides for the config.
+        subgroups: metadata columns for the "Subgroups" section (:mod:`medlens.subgroups`); None: every metadata
+            column with 2-12 levels; ``[]``: none.
 
     Returns:
         :class:`ReportResult`.
@@ -206,6 +210,8 @@ def build_report(
     from medlens._atomic import write_json_atomic
 
     ld = load_report_inputs(source, split, config, overrides)
+    if subgroups:  # an unknown column fails before any scoring
+        subgroup_columns(ld.table.metadata, subgroups)
     score, parts = score_split(ld, batch_size, calibrated)
     log.info("report: scoring %d %s samples", len(parts[ld.split]), ld.split)
     sub, scores, raw_scores = score(parts[ld.split])
@@ -219,6 +225,12 @@ def build_report(
     part = ld.task.report_part(ReportInputs(ld.bundle.manifest, sub, scores, raw_scores, ld.split, calibrated, n_boot, confidence, seed,
                                             required_sensitivity, validation))
     doc = report_document(ld, part, sub, calibrated, source)
+    sg = subgroup_performance(ld.task, scores, sub.targets, ld.bundle.manifest, sub.groups, sub.metadata, subgroups, n_boot=n_boot,
+                              confidence=confidence, seed=seed)
+    if sg is not None:  # performance per subgroup of the metadata (None: the task has none, or subgroups=[])
+        doc["subgroups"] = sg
+        if sg["warnings"]:
+            doc["warnings"].append(f"{len(sg['warnings'])} subgroup warning(s): see Subgroups")
     html_text = render_report(doc, part, plots.training_curves_png(ld.bundle.manifest.history))
     out_dir = Path(out) if out is not None else (ld.run_dir / "report" if ld.run_dir is not None else ld.bundle_dir.parent / f"{ld.bundle_dir.name}_report")
     html_path = write_text_atomic(out_dir / "report.html", html_text)
@@ -287,6 +299,7 @@ def render_report(doc: dict[str, Any], part: ReportPart, training_png: bytes | N
     parts.extend(f'<div class="warn">{esc(n)}</div>' for n in doc["notes"])
     parts.append(_data_html(doc))
     parts.extend(part.sections)
+    parts.append(subgroups_html(doc.get("subgroups")))
     parts.append("<h2>Targets</h2>" + _targets_html(doc["targets"]))
     parts.append("<h2>Training</h2>" + html_img(training_png, "training curves"))
     if doc["warnings"]:

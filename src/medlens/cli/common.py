@@ -45,12 +45,14 @@ ResumeHint = Callable[[dict[str, Any], str | None], str]
 
 def setup_logging(verbose: bool = False) -> None:
     """Library log lines through rich on stderr (DEBUG with ``verbose``, which also turns tracebacks on)."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     if verbose:
         os.environ["MEDLENS_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)], force=True)
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)],
+                        force=True)  # stderr: stdout carries results only (``--json``)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:  # Lightning's internal deprecation/perf notes are not actionable for a user of the CLI

@@ -9,6 +9,10 @@ import typer
 
 from medlens.cli.common import fmt, guarded, print_json, setup_logging
 
+#: the --subgroups option of evaluate and report
+SUBGROUPS_HELP = ("Metadata columns to report performance per subgroup of, comma-separated (default: every metadata column "
+                  "with 2-12 levels, numbers in bands; none: no subgroups).")
+
 
 def evaluate(
     bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
@@ -22,21 +26,25 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(metavar="X", help="Decide at this threshold instead of the bundle's.")] = None,
     thresholds_from: Annotated[str | None, typer.Option(metavar="val|bundle", help="Where the decision thresholds come from: the bundle (default) or refitted on the val split.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print only the metrics JSON on stdout (logs go to stderr).")] = False,
+    subgroups: Annotated[str | None, typer.Option(metavar="COL1,COL2", help=SUBGROUPS_HELP)] = None,
 ) -> None:
     """Evaluate BUNDLE on a split: a short table (headline with 95% CI and n, per label, targets), or --json."""
     setup_logging()
     from medlens.console import metrics_text
     from medlens.evaluation import evaluate as evaluate_bundle
+    from medlens.subgroups import parse_columns, subgroups_text
 
     extra = {} if threshold is None else {"threshold": threshold}
     if thresholds_from is not None:
         extra["thresholds_from"] = thresholds_from
     r = evaluate_bundle(bundle, config, split, out, tta if tta != "none" else False, overrides=set_ or [], calibrated=calibrated,
-                        record=record, **extra)
+                        record=record, subgroups=parse_columns(subgroups), **extra)
     if json_:
         print_json({"split": split, **r.metrics})
     else:
         typer.echo(metrics_text(r.metrics, split))
+        if r.metrics.get("subgroups"):
+            typer.echo("\n" + subgroups_text(r.metrics["subgroups"]))
 
 
 def report(
@@ -49,13 +57,15 @@ def report(
     calibrated: Annotated[bool, typer.Option("--calibrated/--uncalibrated", help="Apply the bundle's temperature scaling.")] = True,
     sensitivity: Annotated[float, typer.Option(metavar="X", help="Required sensitivity for the threshold sweep.")] = 0.9,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Config override (repeatable).")] = None,
+    subgroups: Annotated[str | None, typer.Option(metavar="COL1,COL2", help=SUBGROUPS_HELP)] = None,
 ) -> None:
     """Write an HTML evaluation report (metrics with CIs, thresholds, calibration, plots) and metrics.json."""
     setup_logging()
     from medlens.report import build_report
+    from medlens.subgroups import parse_columns
 
     r = build_report(source, out, split, config, n_boot=n_boot, seed=seed, calibrated=calibrated, required_sensitivity=sensitivity,
-                     overrides=set_ or [])
+                     overrides=set_ or [], subgroups=parse_columns(subgroups))
     typer.echo(f"report:  {r.html}")
     typer.echo(f"metrics: {r.metrics_json}")
     headline = (r.metrics.get("ci") or {}).get("headline") or {}

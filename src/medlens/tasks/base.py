@@ -451,6 +451,13 @@ class Task:
         """Per-epoch validation metrics (no thresholds, no warnings)."""
         raise NotImplementedError
 
+    def subgroup_metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Manifest, groups: Sequence | None,
+                         levels: Sequence[str | None], n_boot: int = 500, confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
+        """Performance per subgroup of one metadata column (``levels``: each row's subgroup, None = missing) with
+        patient-bootstrap intervals, the largest gap between subgroups and warnings for subgroups too small to read
+        (see :mod:`medlens.subgroups` for the shape). None (the default): this task has no subgroup metrics."""
+        return None
+
     def lower_is_better(self, metric: str) -> bool:
         """Whether a smaller value of ``metric`` is better (target checks read bounds the right way round)."""
         return metric == "loss"

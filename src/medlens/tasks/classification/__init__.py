@@ -299,6 +299,18 @@ class ClassificationTask(Task):
     def epoch_metrics(self, scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         return classification_metrics(scores, targets, self.kind, names, warn=False)
 
+    def subgroup_metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Manifest, groups: Sequence | None,
+                         levels: Sequence[str | None], n_boot: int = 500, confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
+        """AUROC, sensitivity and specificity at the deployed thresholds per subgroup (binary: the positive class;
+        multi-label: the macro and each label), patient-bootstrap intervals, the largest gaps and the size rule
+        (:mod:`medlens.tasks.classification.subgroups`). Multiclass: None (no subgroup metrics yet)."""
+        if self.kind == "multiclass":
+            return None
+        from medlens.tasks.classification.subgroups import subgroup_metrics
+
+        return subgroup_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups, levels,
+                                n_boot=n_boot, confidence=confidence, seed=seed)
+
     # ------------------------------------------------------------------ decisions and presentation
     def to_predictions(self, scores: np.ndarray, sources: Sequence[str], manifest: Manifest) -> list[Prediction]:
         names = manifest.label_names

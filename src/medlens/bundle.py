@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from medlens._atomic import chmod_as_created, jsonable, write_json_atomic
 from medlens.data.labels import LAYOUT, LabelSpace, layout_from_dict
 from medlens.data.transforms import Preprocessing
+from medlens.ood import OOD_FILE
 from medlens.runfolder import replace_dir_atomically, restore_interrupted_replace
 
 if TYPE_CHECKING:  # torch is imported only where a network is built or saved (the ONNX path needs none)
@@ -95,6 +96,8 @@ class Manifest:
     intended_use: str = ""
     #: the task's own section (operating-point details, score settings, intervals): written and read by the task only
     task_section: dict[str, Any] | None = None
+    #: the out-of-distribution gate's record (method, threshold, sha256 of ``ood.safetensors``); None: the bundle has none
+    ood: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -123,6 +126,7 @@ class Manifest:
             "temperature": self.temperature,
             "metadata_encoder": self.metadata_encoder,
             "task_section": self.task_section,
+            "ood": self.ood,
             "weights_source": self.weights_source,
             "weights_sha256": self.weights_sha256,
             "metrics": self.metrics,
@@ -164,6 +168,7 @@ class Manifest:
                 weights_source=d.get("weights_source", "raw"),
                 intended_use=d.get("intended_use", ""),
                 task_section=d.get("task_section"),
+                ood=d.get("ood") if isinstance(d.get("ood"), dict) else None,
                 extra=d.get("extra") or {},
                 versions=d.get("versions") or {},
                 created=d.get("created", ""),
@@ -238,8 +243,11 @@ class Bundle:
     path: Path | None = None
 
 
-def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True) -> Path:
+def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrite: bool = True, ood: Any = None) -> Path:
     """Write a bundle folder atomically (temp folder, then :func:`~medlens.runfolder.replace_dir_atomically`).
+
+    ``ood``: an :class:`~medlens.ood.OodDetector` written beside the weights (``ood.safetensors``, its record in
+    ``manifest.ood``); None keeps the manifest's record and copies nothing.
 
     Example:
         >>> save_bundle(model, manifest, "runs/demo/bundle")  # doctest: +SKIP
@@ -258,6 +266,9 @@ def save_bundle(model: nn.Module, manifest: Manifest, path: str | Path, overwrit
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         chmod_as_created(tmp / WEIGHTS)  # safetensors writes 0600
         manifest.weights_sha256 = sha256_file(tmp / WEIGHTS)
+        if ood is not None:
+            manifest.ood = ood.save(tmp)
+            chmod_as_created(tmp / OOD_FILE)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest.to_dict(), f, indent=2)
         replace_dir_atomically(tmp, dest)  # the old bundle or the new one exists at every instant

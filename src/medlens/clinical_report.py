@@ -36,6 +36,7 @@ from medlens.explanation import Explanation, image_png
 from medlens.inference import ImageInput, Prediction, Predictor, decode_input
 from medlens.progress import progress_iter
 from medlens.tasks import task_of
+from medlens.tasks.base import ood_text
 
 if TYPE_CHECKING:
     from medlens.bundle import Manifest
@@ -208,6 +209,11 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         parts.append("</tbody></table>")
     if not prediction.ok:
         parts.append(f"<p class='err'>This image could not be analysed: {esc(str(prediction.error))}</p>")
+    elif prediction.ood:  # the out-of-distribution gate: shown before the findings, which stay visible but marked
+        parts.append(f"<p class='err' role='alert'><strong>Outside the training distribution.</strong> "
+                     f"{esc(ood_text(prediction))}.</p>")
+    elif manifest.ood is None:
+        parts.append("<p class='meta'>This model has no out-of-distribution gate: an image unlike its training images is not flagged.</p>")
     parts.append("<h2>Image and explanation</h2><div class='imgs'>")
     parts.append(f"<figure><img alt='input image' src='{_b64_png(image_png(image, 768))}'><figcaption>Input ({image.shape[1]}&times;{image.shape[0]} px)</figcaption></figure>")
     symbol = "p" if task.presentation(manifest).value_kind == "probability" else "value"
@@ -276,6 +282,8 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     lines = []
     if not prediction.ok:
         lines.append(f"Could not be analysed: {prediction.error}")
+    elif prediction.ood:
+        lines.append(ood_text(prediction)[:110])
     else:
         for f in task_of(manifest).findings(prediction, manifest):
             lines.append(f"{f.label[:28]:<30}{f.value_text():>10}{f.threshold_text():>12}   {f.decision or f.text}")

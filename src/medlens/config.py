@@ -401,6 +401,20 @@ class TrainerConfig(StrictModel):
         return v
 
 
+class OodConfig(StrictModel):
+    """The out-of-distribution gate fitted at the end of training (tasks that have one: the classifiers).
+
+    A detector on the penultimate features of the training images flags inputs unlike them; its threshold lets
+    ``val_pass`` of the validation images through (0.95: 5 % of in-distribution images are flagged). See medlens.ood.
+    """
+
+    # mahalanobis: measured the better gate here (benchmarks/ood.py); knn: nearest training images; none: no gate
+    method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
+    k: int = Field(10, ge=1, le=1000)  # knn: the neighbour whose cosine distance is the score
+    val_pass: float = Field(0.95, gt=0.5, lt=1.0)
+    max_train: int = Field(4096, ge=10, le=20000)  # training images whose features are kept (a seeded subset beyond)
+
+
 class OutputConfig(StrictModel):
     """Where runs go."""
 
@@ -465,6 +479,7 @@ class RunConfig(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    ood: OodConfig = Field(default_factory=OodConfig)
     # the task's own options (loss, operating point, detector, ...): carried as given here and validated by the task
     # that data.task selects (``Task.options_model``; ``medlens.tasks.get_task(kind).options(cfg)``)
     task_options: dict[str, Any] = Field(default_factory=dict)

@@ -63,6 +63,13 @@ def score_table(predictor: Predictor, table: SampleTable, split: str = "", progr
     """Predict every row of ``table`` and compute metrics at the manifest's thresholds."""
     probs = predictor.predict_table(table, progress=progress)
     metrics = predictor.task.metrics(probs, table.targets, predictor.manifest, groups=table.groups)
+    ood = getattr(predictor, "ood", None)
+    if ood is not None and len(table):  # the gate on this split: in-distribution images it flags (about 1 - val_pass)
+        scores = predictor.ood_scores_table(table)
+        metrics["ood"] = {"method": ood.method, "threshold": ood.threshold, "n": int(len(scores)),
+                          "flagged": int(np.sum(scores > ood.threshold)), "flagged_fraction": float(np.mean(scores > ood.threshold))}
+    elif predictor.task.supports_ood and predictor.manifest.ood is None:
+        metrics["ood"] = None  # the bundle has no gate (trained without one)
     return EvalResult(
         split, metrics, probs, table.targets, [str(i) for i in table.ids],
         None if table.groups is None else list(table.groups),

@@ -36,6 +36,7 @@ from torch import nn
 from medlens._atomic import write_bytes_atomic, write_json_atomic
 from medlens.bundle import MANIFEST, Manifest, load_bundle
 from medlens.inference.onnx import ONNX_FILE, OnnxPredictor, onnx_session
+from medlens.ood import OOD_FILE
 from medlens.tasks import task_of
 
 log = logging.getLogger("medlens.export")
@@ -72,12 +73,12 @@ def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bo
     gives identical graphs for these CNNs; the dynamo exporter is the fallback (and the only one in torch
     versions without the former).
     """
-    wrapper = task_of(manifest).inference_head(model, manifest).eval()
+    wrapper = export_head(model, manifest)
     x, m = _example_inputs(manifest, 2)  # batch 2, so no size-1 special case is baked in
     args = (x,) if m is None else (x, m)
     names = ["image"] if m is None else ["image", "metadata"]
-    output = output_name(manifest)
-    dyn_axes = {n: {0: "batch"} for n in [*names, output]}
+    outputs = output_names(model, manifest)
+    dyn_axes = {n: {0: "batch"} for n in [*names, *outputs]}
     errors = []
     for use_dynamo in ([False, True] if dynamo is None else [dynamo]):
         buf = io.BytesIO()
@@ -87,10 +88,10 @@ def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bo
                 if use_dynamo:
                     batch = torch.export.Dim("batch", min=1, max=4096)
                     shapes = {"image": {0: batch}} if m is None else {"image": {0: batch}, "metadata": {0: batch}}
-                    prog = torch.onnx.export(wrapper, args, input_names=names, output_names=[output], dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False)
+                    prog = torch.onnx.export(wrapper, args, input_names=names, output_names=outputs, dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False)
                     buf.write(prog.model_proto.SerializeToString())
                 else:
-                    torch.onnx.export(wrapper, args, buf, input_names=names, output_names=[output], dynamic_axes=dyn_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+                    torch.onnx.export(wrapper, args, buf, input_names=names, output_names=outputs, dynamic_axes=dyn_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
             data = buf.getvalue()
             if data:
                 return data, "dynamo" if use_dynamo else "torchscript"
@@ -98,6 +99,21 @@ def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bo
         except Exception as e:  # exporters raise many types; try the other one, then report both
             errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: {type(e).__name__}: {str(e)[:300]}")
     raise RuntimeError(f"ONNX export of {manifest.architecture.get('backbone', manifest.architecture.get('type'))} failed ({'; '.join(errors)})")
+
+
+def export_head(model: nn.Module, manifest: Manifest) -> nn.Module:
+    """The graph exported: the task's inference head, or its feature head (outputs and penultimate features) when
+    the bundle has an out-of-distribution gate, so ONNX Runtime scores the gate too."""
+    task = task_of(manifest)
+    fh = task.feature_head(model, manifest) if manifest.ood is not None and task.supports_ood else None
+    return (fh if fh is not None else task.inference_head(model, manifest)).eval()
+
+
+def output_names(model: nn.Module, manifest: Manifest) -> list[str]:
+    """The graph's outputs: the task's output, then ``features`` for the gate when exported."""
+    task = task_of(manifest)
+    with_features = manifest.ood is not None and task.supports_ood and task.feature_head(model, manifest) is not None
+    return [output_name(manifest), *(["features"] if with_features else [])]
 
 
 def output_name(manifest: Manifest) -> str:
@@ -136,6 +152,7 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     info: dict[str, Any] = {
         "file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset if exporter == "torchscript" else max(opset, 18),
         "exporter": exporter, "inputs": ["image", "metadata"] if metadata_dim(manifest) else ["image"], "output": output_name(manifest),
+        "outputs": output_names(bundle.model, manifest),
         "dynamic_axes": {"batch": 0}, "torch": torch.__version__,
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -153,6 +170,8 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     dest = Path(out_dir) if out_dir is not None else src
     dest.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(dest / ONNX_FILE, data)
+    if manifest.ood is not None and dest.resolve() != src.resolve():  # the gate travels with the exported model
+        write_bytes_atomic(dest / OOD_FILE, (src / OOD_FILE).read_bytes())
     extra = {**manifest.extra, "onnx": info}
     if dest.resolve() == src.resolve():
         from medlens.bundle import update_manifest

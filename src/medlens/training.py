@@ -278,6 +278,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     predictor = Predictor(bundle, batch_size=128, tta=cfg.trainer.tta)
     raw_val = predictor.predict_table(val_table, logits=True)
     op = task.fit_operating_point(cfg, manifest, raw_val, val_table, predictor)
+    ood = fit_ood_gate(cfg, task, predictor, table, train_rows, val_table)
 
     # ---- evaluate (test read once, at the end)
     results: dict[str, EvalResult] = {"val": score_table(predictor, val_table, "val")}
@@ -292,7 +293,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
         "train_rows": int(len(train_rows)), "train_rows_left_out": int(len(splits.train) - len(train_rows)),
         "split_label_counts": {k: task.target_summary(table.subset(v)) for k, v in splits.as_dict().items()},
     }
-    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers)
+    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers, ood)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
     final_split = "test" if "test" in results else "val"
@@ -301,15 +302,40 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     return RunResult(run_dir, bundle_dir, metrics, fitted.history, fitted.best_checkpoint, summary, wall, fitted.train_time_s)
 
 
+def fit_ood_gate(cfg: RunConfig, task: Any, predictor: Predictor, table: SampleTable, train_rows: np.ndarray, val_table: SampleTable):
+    """The out-of-distribution gate (``ood`` section) on the penultimate features of the training rows (a seeded subset
+    of ``ood.max_train``), its threshold passing ``ood.val_pass`` of the validation rows; None for tasks without one,
+    ``ood.method: none`` or a network without such features (an ensemble)."""
+    from medlens.ood import fit_detector
+
+    o = cfg.ood
+    if o.method == "none" or not task.supports_ood:
+        return None
+    if getattr(predictor, "feature_head", None) is None:
+        log.info("ood: this network has no penultimate features; the bundle has no out-of-distribution gate")
+        return None
+    rows = np.asarray(train_rows)
+    if len(rows) > o.max_train:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, o.max_train, replace=False))
+    t0 = time.perf_counter()
+    det = fit_detector(predictor.features_table(table.subset(rows)), predictor.features_table(val_table), o.method, o.k, o.val_pass,
+                       max_bank=o.max_train, seed=cfg.seed)
+    predictor.ood = det
+    log.info("ood gate: %s on %d-d features of %d training images; threshold %.4g lets %.1f%% of %d validation images through (%.1f s)",
+             o.method if o.method != "knn" else f"kNN (k={o.k})", det.record["feature_dim"], len(rows), det.threshold,
+             100 * det.record["val_pass_rate"], det.record["n_val"], time.perf_counter() - t0)
+    return det
+
+
 def save_run_outputs(cfg: RunConfig, run_dir: Path, bundle_dir: Path, model: torch.nn.Module, manifest: Manifest, summary: dict[str, Any],
-                     results: dict[str, EvalResult], history: list[dict[str, Any]], loggers: list) -> None:
+                     results: dict[str, EvalResult], history: list[dict[str, Any]], loggers: list, ood: Any = None) -> None:
     """What every finished run writes: the bundle, ``metrics.json``, ``history.csv``, ``predictions.npz``, trackers."""
     from medlens.engine.tracking import finish_tracking
 
     manifest.extra["data_summary"] = summary
     if (run_dir / "environment.json").is_file():  # the reproducibility record (engine.tracking.RunRecorder)
         manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
-    save_bundle(model, manifest, bundle_dir)
+    save_bundle(model, manifest, bundle_dir, ood=ood)
     write_json_atomic(run_dir / "metrics.json", manifest.metrics)
     _write_history(run_dir / "history.csv", history)
     with atomic_open(run_dir / "predictions.npz", "wb") as f:

@@ -159,6 +159,16 @@ class BasePredictor:
         if self.tta_preset != "none" and not self.task.supports_tta:
             raise ValueError(f"test-time augmentation does not apply to task {self.task.name!r}")
         self.transform = make_transform(self.manifest.preprocessing)
+        self.ood = None  # the out-of-distribution gate (medlens.ood), when the bundle has one
+        if self.manifest.ood is not None and getattr(self, "path", None) is not None:
+            from medlens.ood import OodDetector, OodError
+
+            try:
+                self.ood = OodDetector.load(self.path, self.manifest.ood)
+            except OodError as e:
+                from medlens.bundle import BundleError
+
+                raise BundleError(str(e)) from None
         self.meta_encoder = None
         if self.manifest.metadata_encoder:
             from medlens.data.metadata import MetadataEncoder
@@ -182,17 +192,58 @@ class BasePredictor:
         """The runtime: preprocessed batch (N, C, H, W) -> the task head's raw outputs (N, K)."""
         raise NotImplementedError
 
+    def run_full(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The runtime with the penultimate features the out-of-distribution gate scores: (raw outputs, features or
+        None when the network has none)."""
+        return self.run(x, meta), None
+
     def _forward(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
-        """Raw outputs, averaged over the views of the test-time augmentation preset (one view without)."""
+        return self._forward_full(x, meta, features=False)[0]
+
+    def _forward_full(self, x: np.ndarray, meta: np.ndarray | None, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw outputs, averaged over the views of the test-time augmentation preset (one view without), and the
+        features of the image as given (the first view) when asked for."""
         views = tta_views(x, self.tta_preset)
-        out = self.run(views[0], meta)
+        out, feats = self.run_full(views[0], meta) if features else (self.run(views[0], meta), None)
         for v in views[1:]:
             out = out + self.run(v, meta)
         bad = ~np.isfinite(out).all(axis=tuple(range(1, out.ndim))) if out.ndim > 1 else ~np.isfinite(out)
         if bad.any():  # NaN is not "negative": a broken model (weights, preprocessing) gives no scores at all
             raise ValueError(f"{getattr(self, 'path', None) or 'the model'}: the network's output is not finite (NaN or inf) "
                              f"for {int(bad.sum())} of {len(bad)} images; the bundle's weights or preprocessing are broken")
-        return out / len(views) if len(views) > 1 else out
+        return (out / len(views) if len(views) > 1 else out), feats
+
+    def features_table(self, table) -> np.ndarray:
+        """The penultimate features of every row of a :class:`SampleTable` (N, D), for fitting or checking the gate.
+
+        Raises:
+            ValueError: the network has no penultimate features (an ensemble, a detector).
+        """
+        out = []
+        for i in range(0, len(table), self.batch_size):
+            idx = range(i, min(i + self.batch_size, len(table)))
+            imgs = [table.images[j] if table.in_memory else load_image(table.images[j]) for j in idx]
+            meta = None if self.meta_encoder is None else self.meta_encoder.transform_table(table.subset(np.asarray(list(idx))))
+            _, f = self._forward_full(np.stack([self.transform(im) for im in imgs]), meta, features=True)
+            if f is None:
+                raise ValueError("this network has no penultimate features for an out-of-distribution gate")
+            out.append(np.asarray(f, dtype=np.float32))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def features_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The penultimate features of decoded uint8 images (N, D), through the bundle's preprocessing (image-only
+        networks; fusion models need :meth:`features_table`)."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            _, f = self._forward_full(np.stack([self.transform(im) for im in images[i : i + self.batch_size]]), None, features=True)
+            if f is None:
+                raise ValueError("this network has no penultimate features for an out-of-distribution gate")
+            out.append(np.asarray(f, dtype=np.float32))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def ood_scores_table(self, table) -> np.ndarray | None:
+        """The gate's score of every row of a table (None: the bundle has no gate)."""
+        return None if self.ood is None else self.ood.score(self.features_table(table))
 
     def activation(self, logits: np.ndarray) -> np.ndarray:
         """Raw outputs -> the task's scores (probabilities with the manifest's temperature, or anomaly scores)."""
@@ -266,8 +317,13 @@ class BasePredictor:
             if xs:
                 m = self._encode_rows(metas, srcs)
                 x = np.stack(xs)
-                probs = self._predict_preprocessed(x, m)
-                for j, pr in zip(where, self.to_predictions(probs, srcs), strict=True):
+                probs, feats = self._predict_preprocessed_full(x, m)
+                preds = self.to_predictions(probs, srcs)
+                if self.ood is not None and feats is not None:
+                    scores = self.ood.score(feats)
+                    for pr, sc in zip(preds, scores, strict=True):
+                        pr.ood_score, pr.ood, pr.ood_threshold = float(sc), bool(sc > self.ood.threshold), float(self.ood.threshold)
+                for j, pr in zip(where, preds, strict=True):
                     results[j] = pr
         return [r for r in results if r is not None]
 
@@ -277,11 +333,18 @@ class BasePredictor:
 
     def _predict_preprocessed(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         """Preprocessed (N, C, H, W) -> probabilities, in chunks of ``batch_size``."""
-        out = [
-            self.activation(self._forward(x[i : i + self.batch_size], None if meta is None else meta[i : i + self.batch_size]))
-            for i in range(0, len(x), self.batch_size)
-        ]
-        return np.concatenate(out)
+        return self._predict_preprocessed_full(x, meta)[0]
+
+    def _predict_preprocessed_full(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocessed (N, C, H, W) -> (probabilities, the gate's features or None), in chunks of ``batch_size``."""
+        want = self.ood is not None
+        out, feats = [], []
+        for i in range(0, len(x), self.batch_size):
+            z, f = self._forward_full(x[i : i + self.batch_size], None if meta is None else meta[i : i + self.batch_size], want)
+            out.append(self.activation(z))
+            if f is not None:
+                feats.append(np.asarray(f, dtype=np.float32))
+        return np.concatenate(out), (np.concatenate(feats) if want and feats else None)
 
     def _encode_rows(self, rows: list[dict | None], srcs: list[str]) -> np.ndarray | None:
         """Encode the metadata rows of a batch (None for image-only models).

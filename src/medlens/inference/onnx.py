@@ -116,9 +116,14 @@ class OnnxPredictor(BasePredictor):
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         """ONNX Runtime: preprocessed batch -> the exported task head's outputs (logits, or anomaly scores)."""
+        return self.run_full(x, meta)[0]
+
+    def run_full(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """ONNX Runtime: (raw outputs, the exported ``features`` output when the graph has one)."""
         feeds: dict[str, np.ndarray] = {"image": np.ascontiguousarray(x, dtype=np.float32)}
         if "metadata" in self._input_names:
             if meta is None:
                 raise ValueError("this model needs metadata: pass one dict per image (missing fields allowed)")
             feeds["metadata"] = np.ascontiguousarray(meta, dtype=np.float32)
-        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+        outs = self.session.run(None, feeds)
+        return np.asarray(outs[0], dtype=np.float32), (np.asarray(outs[1], dtype=np.float32) if len(outs) > 1 else None)

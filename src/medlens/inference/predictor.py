@@ -50,6 +50,8 @@ class Predictor(BasePredictor):
         self.path: Path | None = bundle.path
         self.init_common()
         self.head = self.task.inference_head(self.model, self.manifest).eval()
+        fh = self.task.feature_head(self.model, self.manifest) if self.task.supports_ood else None
+        self.feature_head = None if fh is None else fh.eval()
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "torch", **kw: Any) -> BasePredictor:
@@ -73,6 +75,16 @@ class Predictor(BasePredictor):
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; valid: torch, onnx")
         return cls(load_bundle(path), **kw)
+
+    def run_full(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """PyTorch: (raw outputs, pooled penultimate features) from one pass (features None when the task has none)."""
+        if self.feature_head is None:
+            return self.run(x, meta), None
+        with torch.inference_mode():
+            xt = torch.from_numpy(x).to(self.device)
+            mt = None if meta is None else torch.from_numpy(meta.astype(np.float32)).to(self.device)
+            out, feats = self.feature_head(xt, mt)
+            return out.float().cpu().numpy(), feats.float().cpu().numpy()
 
     def run(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         """PyTorch: preprocessed batch (N, C, H, W) -> the task head's raw outputs (N, K)."""

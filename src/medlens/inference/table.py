@@ -48,9 +48,12 @@ def prediction_rows(preds: Sequence[Prediction], manifest: Manifest) -> tuple[li
     """
     task = task_of(manifest)
     columns = task.table_columns(manifest)
-    header = ["source", *columns, "error"]
+    gate = manifest.ood is not None  # the out-of-distribution gate's columns, when the bundle has one
+    header = ["source", *columns, *(["ood", "ood_score"] if gate else []), "error"]
     rows = []
     for p in preds:
         own = task.table_row(p, manifest) if p.ok else [""] * len(columns)
-        rows.append([p.source, *own, "" if p.ok else plain_error(p.source, p.error)])
+        flags = ([("" if p.ood is None else str(bool(p.ood)).lower()), ("" if p.ood_score is None else f"{p.ood_score:.6g}")]
+                 if gate else [])
+        rows.append([p.source, *own, *flags, "" if p.ok else plain_error(p.source, p.error)])
     return header, rows

@@ -19,38 +19,18 @@ known type and keys, sizes in range, and a parameter count (counted on the meta 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from torch import nn
 
 from medlens.models.bounds import ArchitectureError, check_architecture, model_from_manifest
 from medlens.models.pretrained import PretrainedWeightsError, check_pretrained_available, resolve_pretrained
-from medlens.registry import Registry
+from medlens.models.registry import MODELS, build_model, list_models
 
 __all__ = [
     "MODELS", "ArchitectureError", "PretrainedWeightsError", "check_architecture", "check_pretrained_available", "create_model",
     "list_models", "model_from_manifest", "resolve_pretrained",
 ]
-
-MODELS: Registry = Registry("model type")
-
-_MODULES = {
-    "classifier": "medlens.models.classifier",
-    "fusion": "medlens.models.fusion",
-    "unet_ae": "medlens.models.autoencoder",
-    "reversed_ae": "medlens.models.autoencoder",
-    "patchcore": "medlens.models.patchcore",
-    "ensemble": "medlens.models.ensemble",
-}
-
-
-@MODELS.register("classifier")
-def _make_classifier(**kw: Any) -> nn.Module:
-    from medlens.models.classifier import ImageClassifier
-
-    return ImageClassifier(**kw)
-
 
 def create_model(arch: dict[str, Any], check: bool = True) -> nn.Module:
     """Build a network from an architecture dict (as a task builds it; a bundle's: :func:`model_from_manifest`).
@@ -67,13 +47,4 @@ def create_model(arch: dict[str, Any], check: bool = True) -> nn.Module:
     """
     if check:
         check_architecture(arch)
-    arch = dict(arch)
-    arch.pop("pretrained_weights", None)  # provenance of the pretrained weights a bundle was trained from; not an argument
-    kind = arch.pop("type", "classifier")
-    if kind not in MODELS and kind in _MODULES:
-        importlib.import_module(_MODULES[kind])
-    return MODELS.create(kind, **arch)
-
-
-def list_models() -> list[str]:
-    return sorted(_MODULES)
+    return build_model(arch)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medlens.models import MODELS
+from medlens.models.registry import MODELS
 
 SCORE_METHODS = ("mean", "percentile")
 ERROR_MAPS = ("mse", "ssim", "distance")  # distance: the model outputs the map (feature detectors)

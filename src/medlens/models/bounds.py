@@ -131,7 +131,7 @@ def constructor_fields(kind: str) -> frozenset[str]:
 
 
 def _check_fields(arch: Any, where: str, depth: int = 0) -> None:
-    from medlens.models import list_models
+    from medlens.models.registry import list_models
 
     if not isinstance(arch, dict):
         raise _fail(where, f"expected an object, got {type(arch).__name__}")
@@ -209,10 +209,10 @@ def _elements_of(key: str) -> int:
     """Parameters + buffers of the (non-ensemble) network ``key`` (its JSON), counted on the meta device."""
     import torch
 
-    from medlens.models import create_model
+    from medlens.models.registry import build_model
 
     with torch.device("meta"):
-        model = create_model(json.loads(key), check=False)
+        model = build_model(json.loads(key))
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     if hasattr(model, "memory_size") and hasattr(model, "feature_dim"):  # a feature detector's bank (data-sized)
         n += int(model.memory_size) * int(model.feature_dim)
@@ -270,7 +270,7 @@ def model_from_manifest(arch: dict[str, Any], where: str = "architecture", weigh
         >>> m = model_from_manifest({"type": "classifier", "backbone": "resnet10t", "num_outputs": 1, "in_chans": 1,
         ...                          "image_size": 32, "pretrained": True})  # no hub access
     """
-    from medlens.models import create_model
+    from medlens.models.registry import build_model
 
     check_architecture(arch, where, weights_bytes=weights_bytes)
-    return create_model(without_pretrained(arch), check=False)
+    return build_model(without_pretrained(arch))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medlens.models import MODELS
+from medlens.models.registry import MODELS
 
 #: most members a manifest may list (a k-fold ensemble has k); more is refused before any network is built
 MAX_MEMBERS = 64
@@ -36,7 +36,7 @@ class EnsembleNet(nn.Module):
 
     def __init__(self, members: list[dict[str, Any]], activation: str, num_outputs: int, **display: Any) -> None:  # noqa: ARG002
         super().__init__()
-        from medlens.models import create_model
+        from medlens.models.registry import build_model as create_model
 
         if activation not in ("softmax", "sigmoid"):
             raise ValueError(f"ensemble activation must be softmax or sigmoid, not {activation!r}")
@@ -46,7 +46,7 @@ class EnsembleNet(nn.Module):
             if not isinstance(a, dict) or a.get("type", "classifier") not in ("classifier", "fusion"):
                 raise ValueError(f"architecture.members[{i}]: a member is a classifier or fusion network, not {a.get('type') if isinstance(a, dict) else a!r}")
         self.activation = activation
-        self.members = nn.ModuleList(create_model(a, check=False) for a in members)  # checked as a whole by create_model
+        self.members = nn.ModuleList(create_model(a) for a in members)  # checked as a whole by create_model
         self.register_buffer("member_scale", torch.ones(len(members), int(num_outputs)))
 
     def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medlens.models import MODELS
 from medlens.models.classifier import ImageClassifier
+from medlens.models.registry import MODELS
 
 
 def embedding_dim(cardinality: int) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medlens.models import MODELS
+from medlens.models.registry import MODELS
 
 INPUT_NORMS = ("dataset", "image")
 

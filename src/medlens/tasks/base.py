@@ -44,10 +44,17 @@ class Prediction:
     Attributes:
         source: the file name or a description of the input.
         error: why the input could not be predicted (then the task's fields are empty).
+        ood_score: the out-of-distribution gate's score (None: the bundle has no gate).
+        ood: the score is above the gate's threshold: the input is unlike the training images and the result is
+            not reliable (None: no gate).
+        ood_threshold: the gate's threshold.
     """
 
     source: str
     error: str | None = None
+    ood_score: float | None = field(default=None, kw_only=True)
+    ood: bool | None = field(default=None, kw_only=True)
+    ood_threshold: float | None = field(default=None, kw_only=True)
 
     @property
     def ok(self) -> bool:
@@ -229,6 +236,12 @@ def refuse_keys(keys: Sequence[str], why: str) -> None:
         raise ValueError(f"{', '.join(keys)}: {why}; remove {'them' if len(keys) > 1 else 'it'}")
 
 
+def ood_text(prediction: Prediction) -> str:
+    """The words every surface shows for an input the out-of-distribution gate flags."""
+    return (f"OUTSIDE THE TRAINING DISTRIBUTION: score {prediction.ood_score:.3g} above {prediction.ood_threshold:.3g}; "
+            "the finding below is not reliable")
+
+
 def lookup_metric(metrics: dict[str, Any], name: str) -> float | None:
     """A metric by name (``auroc_macro``), or per label (``auroc/Effusion``) in ``metrics["per_label"]``; None when
     absent or not a finite number.
@@ -259,6 +272,10 @@ CORE_CAPABILITIES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
     ("optim.backbone_lr", lambda c: c.optim.backbone_lr is not None, "uses_backbone", "a backbone learning rate"),
     ("optim.freeze_backbone", lambda c: bool(c.optim.freeze_backbone), "uses_backbone", "a frozen backbone"),
     ("optim.freeze_epochs", lambda c: c.optim.freeze_epochs > 0, "uses_backbone", "backbone warm-up freezing"),
+    ("ood.method", lambda c: c.ood.method not in ("mahalanobis", "none"), "supports_ood", "an out-of-distribution gate"),
+    ("ood.k", lambda c: c.ood.k != 10, "supports_ood", "an out-of-distribution gate"),
+    ("ood.val_pass", lambda c: c.ood.val_pass != 0.95, "supports_ood", "an out-of-distribution gate"),
+    ("ood.max_train", lambda c: c.ood.max_train != 4096, "supports_ood", "an out-of-distribution gate"),
 )
 
 
@@ -298,6 +315,8 @@ class Task:
     supports_metadata: ClassVar[bool] = False
     #: the network is a timm backbone with a head (``model.checkpoint``, dropout, backbone LR and freezing apply)
     uses_backbone: ClassVar[bool] = False
+    #: an out-of-distribution gate is fitted on the penultimate features at the end of training (``ood`` section)
+    supports_ood: ClassVar[bool] = False
 
     def __init__(self, kind: str) -> None:
         if kind not in self.kinds:
@@ -412,6 +431,11 @@ class Task:
         """``(image, metadata) -> raw outputs (N, K)``: the graph the torch predictor runs and ONNX exports."""
         raise NotImplementedError
 
+    def feature_head(self, model: nn.Module, manifest: Manifest) -> nn.Module | None:
+        """``(image, metadata) -> (raw outputs, pooled penultimate features)`` in one pass, for the out-of-distribution
+        gate (``supports_ood``); None when the network has no such features."""
+        return None
+
     def num_outputs(self, manifest: Manifest) -> int:
         raise NotImplementedError
 
@@ -489,8 +513,9 @@ class Task:
         raise NotImplementedError
 
     def summary_line(self, prediction: Prediction, manifest: Manifest) -> str:
-        """One CLI line: the finding's own words, or ``label value (threshold t): decision`` per finding."""
-        parts = []
+        """One CLI line: the finding's own words, or ``label value (threshold t): decision`` per finding; an input the
+        out-of-distribution gate flags is marked first."""
+        parts = [f"[{ood_text(prediction)}]"] if prediction.ood else []
         for f in self.findings(prediction, manifest):
             if f.text:
                 parts.append(f.text)
@@ -514,6 +539,10 @@ class Task:
         if not prediction.ok:
             return {"source": prediction.source, "error": prediction.error}
         own = {k: v for k, v in asdict(prediction).items() if k not in ("source", "error")}
+        if manifest.ood is None:
+            own["ood_note"] = "this model has no out-of-distribution gate (trained without one): inputs unlike its training images are not flagged"
+        elif prediction.ood:
+            own["ood_note"] = ood_text(prediction)
         return {"source": prediction.source, **own, "findings": [f.to_dict() for f in self.findings(prediction, manifest)]}
 
     def table_columns(self, manifest: Manifest) -> list[str]:

@@ -83,8 +83,9 @@ class AnomalyPrediction(Prediction):
     label: str = ""
 
 
-def architecture_for_anomaly(cfg: RunConfig, opts: AnomalyOptions) -> dict[str, Any]:
+def architecture_for_anomaly(cfg: RunConfig, opts: AnomalyOptions | None = None) -> dict[str, Any]:
     """The manifest's architecture dict of an anomaly config (an autoencoder, or the ``patchcore`` feature detector)."""
+    opts = AnomalyOptions.model_validate(cfg.task_options) if opts is None else opts
     if opts.detector == PATCHCORE:
         return {"type": "patchcore", "backbone": cfg.model.backbone, "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
                 "small_input": cfg.model.small_input, "patch_layers": list(opts.patch_layers), "memory_size": opts.memory_size,

@@ -88,6 +88,7 @@ class ClassificationTask(Task):
     supports_sampler = True
     supports_metadata = True
     uses_backbone = True
+    supports_ood = True
 
     @property
     def supports_thresholds(self) -> bool:  # type: ignore[override]
@@ -162,6 +163,13 @@ class ClassificationTask(Task):
         from medlens.tasks.classification.head import ClassifierHead
 
         return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")))
+
+    def feature_head(self, model: nn.Module, manifest: Manifest) -> nn.Module | None:
+        from medlens.tasks.classification.head import ClassifierHead
+
+        if not all(hasattr(model, a) for a in ("forward_features", "forward_head", "pool")):
+            return None  # an ensemble: no one penultimate feature space
+        return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")), with_features=True)
 
     def num_outputs(self, manifest: Manifest) -> int:
         return manifest.label_space.num_outputs

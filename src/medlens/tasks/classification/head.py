@@ -6,12 +6,21 @@ from torch import nn
 
 
 class ClassifierHead(nn.Module):
-    """``(image, metadata) -> logits``: the graph the predictors run and ONNX exports."""
+    """``(image, metadata) -> logits``: the graph the predictors run and ONNX exports.
 
-    def __init__(self, model: nn.Module, with_metadata: bool) -> None:
+    With ``with_features`` it returns ``(logits, pooled features)`` from one pass through the backbone: the
+    features the out-of-distribution gate scores (``medlens.ood``).
+    """
+
+    def __init__(self, model: nn.Module, with_metadata: bool, with_features: bool = False) -> None:
         super().__init__()
         self.model = model
         self.with_metadata = with_metadata
+        self.with_features = with_features
 
     def forward(self, image, metadata=None):
-        return self.model(image, metadata if self.with_metadata else None)
+        meta = metadata if self.with_metadata else None
+        if not self.with_features:
+            return self.model(image, meta)
+        fmap = self.model.forward_features(image)
+        return self.model.forward_head(fmap, meta), self.model.pool(fmap)

@@ -126,3 +126,20 @@ def test_ood_options_act_and_are_refused_where_they_cannot(tmp_path: Path) -> No
                             "task_options": {"normal_label": "negative"}})
     with pytest.raises(ValueError, match="ood.method: an out-of-distribution gate cannot act for task 'anomaly'"):
         get_task("anomaly").validate_config(cfg)
+
+
+def test_the_server_flags_a_dermoscopy_photo_and_publishes_its_gate(chest_bundle: Path, shared_data: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from medlens.serve.app import create_app
+
+    skin = sorted((shared_data / "ham10000_subset100" / "images").glob("*.jpg"))[:20]
+    with TestClient(create_app(chest_bundle)) as client:
+        assert client.get("/v1/model").json()["ood"]["method"] == "mahalanobis"
+        files = [("files", (f.name, f.read_bytes(), "image/jpeg")) for f in skin]
+        r = client.post("/v1/predict", files=files)
+        assert r.status_code == 200, r.text
+        recs = r.json()["predictions"]
+        assert sum(bool(x["ood"]) for x in recs) >= 12 and all(x["ood_score"] is not None for x in recs)
+        flagged = next(x for x in recs if x["ood"])
+        assert "not reliable" in flagged["ood_note"] and flagged["findings"]  # the finding is still shown, marked

@@ -317,12 +317,9 @@ class BasePredictor:
             if xs:
                 m = self._encode_rows(metas, srcs)
                 x = np.stack(xs)
-                probs, feats = self._predict_preprocessed_full(x, m)
+                probs, ood_scores = self.scores_and_ood(x, m)
                 preds = self.to_predictions(probs, srcs)
-                if self.ood is not None and feats is not None:
-                    scores = self.ood.score(feats)
-                    for pr, sc in zip(preds, scores, strict=True):
-                        pr.ood_score, pr.ood, pr.ood_threshold = float(sc), bool(sc > self.ood.threshold), float(self.ood.threshold)
+                self.apply_ood(preds, ood_scores)
                 for j, pr in zip(where, preds, strict=True):
                     results[j] = pr
         return [r for r in results if r is not None]
@@ -330,6 +327,19 @@ class BasePredictor:
     def predict_one(self, image: ImageInput, metadata: dict | None = None, name: str | None = None) -> Prediction:
         """Predict one input (see :meth:`predict`); the result may carry ``error``."""
         return self.predict([image], None if metadata is None else [metadata], None if name is None else [name])[0]
+
+    def scores_and_ood(self, x: np.ndarray, meta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocessed (N, C, H, W) -> (the task's scores, the out-of-distribution gate's scores or None when the
+        bundle has no gate): what every prediction path (the CLI, the server's batcher) computes."""
+        probs, feats = self._predict_preprocessed_full(x, meta)
+        return probs, (self.ood.score(feats) if self.ood is not None and feats is not None else None)
+
+    def apply_ood(self, preds: Sequence[Prediction], ood_scores: np.ndarray | None) -> None:
+        """Mark each prediction with the gate's score and verdict (nothing when there is no gate)."""
+        if self.ood is None or ood_scores is None:
+            return
+        for pr, sc in zip(preds, ood_scores, strict=True):
+            pr.ood_score, pr.ood, pr.ood_threshold = float(sc), bool(sc > self.ood.threshold), float(self.ood.threshold)
 
     def _predict_preprocessed(self, x: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         """Preprocessed (N, C, H, W) -> probabilities, in chunks of ``batch_size``."""

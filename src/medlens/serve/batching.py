@@ -40,15 +40,16 @@ class MicroBatcher:
         """A decoded uint8 image -> what :meth:`submit` takes (the preprocessed float32 (C, H, W) array)."""
         return self.predictor.transform(image) if self.preprocessed else image
 
-    def infer(self, items: list[np.ndarray], metadata: np.ndarray | None) -> np.ndarray:
-        """Prepared items -> scores (N, K), in forward passes of at most ``max_batch`` images (blocking)."""
-        if not self.preprocessed:
-            return self.predictor.predict_arrays(items, metadata)
-        x = np.stack(items)
+    def infer(self, items: list[np.ndarray], metadata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared items -> (scores (N, K), the out-of-distribution gate's scores or None), in forward passes of at
+        most ``max_batch`` images (blocking), through the predictor's one scoring path."""
         p = self.predictor
-        out = [p.activation(p.run(x[i : i + self.max_batch], None if metadata is None else metadata[i : i + self.max_batch]))
-               for i in range(0, len(x), self.max_batch)]
-        return np.concatenate(out)
+        x = np.stack(items if self.preprocessed else [p.transform(im) for im in items])
+        parts = [p.scores_and_ood(x[i : i + self.max_batch], None if metadata is None else metadata[i : i + self.max_batch])
+                 for i in range(0, len(x), self.max_batch)]
+        scores = np.concatenate([s for s, _ in parts])
+        ood = None if any(o is None for _, o in parts) else np.concatenate([o for _, o in parts])
+        return scores, ood
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -65,8 +66,8 @@ class MicroBatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    async def submit(self, items: list[np.ndarray], metadata: np.ndarray | None) -> np.ndarray:
-        """Scores (len(items), K) for the prepared items (:meth:`prepare`) of one request."""
+    async def submit(self, items: list[np.ndarray], metadata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scores (len(items), K), gate scores or None) for the prepared items (:meth:`prepare`) of one request."""
         if self.queue is None:  # not started (e.g. used without lifespan): run directly
             return await asyncio.to_thread(self.infer, items, metadata)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -101,7 +102,7 @@ class MicroBatcher:
         metas = [b[1] for b in batch]
         meta = None if any(m is None for m in metas) else np.concatenate(metas)
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self._pool, self.infer, items, meta)
+            probs, ood = await asyncio.get_running_loop().run_in_executor(self._pool, self.infer, items, meta)
         except Exception as e:  # a failed batch fails its requests, not the server
             for b in batch:
                 if not b[2].done():
@@ -113,5 +114,5 @@ class MicroBatcher:
         for b in batch:
             k = len(b[0])
             if not b[2].done():
-                b[2].set_result(probs[i : i + k])
+                b[2].set_result((probs[i : i + k], None if ood is None else ood[i : i + k]))
             i += k

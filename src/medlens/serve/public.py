@@ -12,7 +12,7 @@ from typing import Any
 
 #: Fields of the manifest a client may see; the rest (config, extra, history, environment) stays on the host.
 PUBLIC_FIELDS = ("format", "format_version", "created", "task", "label_names", "architecture", "preprocessing", "thresholds",
-                 "temperature", "task_section", "weights_source", "metrics", "intended_use")
+                 "temperature", "task_section", "ood", "weights_source", "metrics", "intended_use")
 _PATH_LIKE = re.compile(r"^(~|/|[A-Za-z]:[\\/]|\\\\)")
 #: formats ``/v1/predict`` reads (recognised from bytes, not names)
 INPUT_FORMATS = ["png", "jpeg", "tiff", "bmp", "dicom"]

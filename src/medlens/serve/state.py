@@ -138,7 +138,7 @@ class ServerState:
         computes a prediction. A model output that is not a number is a 500 naming the model, not a client's error."""
         meta = encode_metadata(self.predictor, metadata, len(items))
         try:
-            scores = await self.batcher.submit(items, meta)
+            scores, ood_scores = await self.batcher.submit(items, meta)
             finite = bool(np.all(np.isfinite(scores)))
         except ValueError as e:  # the predictor's own check (test-time augmentation path); its message names the bundle's path
             if "not finite" not in str(e):
@@ -149,7 +149,9 @@ class ServerState:
             raise ApiError(500, "model_error", "the model's output is not a number (NaN or infinite) for "
                                                f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: the bundle cannot be "
                                                "served as it is (check its manifest.json preprocessing and weights)")
-        return self.predictor.to_predictions(scores, list(names))
+        preds = self.predictor.to_predictions(scores, list(names))
+        self.predictor.apply_ood(preds, ood_scores)  # the out-of-distribution gate, when the bundle has one
+        return preds
 
     async def predict_image(self, img: np.ndarray, name: str, metadata: list[dict | None] | None) -> Prediction:
         """One decoded image -> its prediction, by :meth:`predict` (preprocessed off the event loop)."""

@@ -36,8 +36,9 @@ class FakeRuntime:
     def activation(self, z: np.ndarray) -> np.ndarray:
         return z * 2.0
 
-    def predict_arrays(self, images, metadata=None):  # pragma: no cover - only the TTA path uses it
-        raise AssertionError("not used without TTA")
+    def scores_and_ood(self, x: np.ndarray, meta: np.ndarray | None):
+        """The predictor's one scoring path: scores and the out-of-distribution gate's scores (none here)."""
+        return self.activation(self.run(x, meta)), None
 
 
 def _images(n: int) -> list[np.ndarray]:
@@ -58,14 +59,15 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
     out = asyncio.run(main())
     assert len(rt.batch_sizes) < 16 and sum(rt.batch_sizes) == 16 and max(rt.batch_sizes) > 1
     assert b.images == 16 and b.batches == len(rt.batch_sizes)
-    for i, probs in enumerate(out):  # each request gets its own image's score back
+    for i, (probs, ood) in enumerate(out):  # each request gets its own image's score back
         np.testing.assert_allclose(probs, [[2.0 * 10 * i / 255.0]], rtol=1e-6)
+        assert ood is None
 
 
 def test_batches_never_exceed_max_batch():
     rt = FakeRuntime(delay=0.0)
     b = MicroBatcher(rt, max_batch=4, max_wait_ms=5.0)
-    probs = b.infer([b.prepare(im) for im in _images(10)], None)
+    probs, _ = b.infer([b.prepare(im) for im in _images(10)], None)
     assert rt.batch_sizes == [4, 4, 2] and probs.shape == (10, 1)
 
 
@@ -73,10 +75,6 @@ def test_a_tta_predictor_gets_decoded_images():
     class Tta(FakeRuntime):
         tta = True
 
-        def predict_arrays(self, images, metadata=None):
-            assert all(im.dtype == np.uint8 for im in images)
-            return np.ones((len(images), 1), np.float32)
-
     b = MicroBatcher(Tta())
-    item = b.prepare(_images(1)[0])
-    assert item.dtype == np.uint8 and b.infer([item], None).shape == (1, 1)
+    item = b.prepare(_images(1)[0])  # decoded, not preprocessed: the predictor's TTA views are made from it
+    assert item.dtype == np.uint8 and b.infer([item], None)[0].shape == (1, 1)

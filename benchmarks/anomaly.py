@@ -269,8 +269,9 @@ def load_split(ds: dict, max_samples: int | None):
     from medlens.data.io import load_image
     from medlens.tasks import read_table
 
-    data = config_from_dict({"data": data_section(ds, max_samples)}).data
-    table = read_table(data)  # the anomaly view: column 0 = normal
+    cfg = config_from_dict({"data": data_section(ds, max_samples)})  # old-style data.normal_label moves to task_options
+    data = cfg.data
+    table = read_table(cfg)  # the anomaly view: column 0 = normal
     normal = table.targets[:, 0] == 1
     size = data.image_size
     if table.in_memory:

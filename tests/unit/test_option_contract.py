@@ -78,7 +78,7 @@ def make(*overrides: str, raw: dict | None = None) -> RunConfig:
 def table_of(cfg: RunConfig):
     from medlens.tasks import read_table
 
-    return read_table(cfg.data)
+    return read_table(cfg)
 
 
 def splits_of(cfg: RunConfig) -> dict[str, list[int]]:
@@ -268,6 +268,17 @@ def _anomaly_effect(probe: Callable[[RunConfig], object], *overrides: str) -> Ca
         a, b = probe(_anomaly()), probe(_anomaly(*overrides))
         assert a != b, f"{overrides} changed nothing for task: anomaly"
     return check
+
+
+def _recon_loss(cfg: RunConfig) -> float:
+    """The anomaly task's reconstruction loss of one fixed pair (MSE alone vs MSE + SSIM differ)."""
+    from medlens.data.transforms import preprocessing_from_config
+    from medlens.tasks import get_task
+
+    loss = get_task("anomaly").create_loss(cfg, None, preprocessing_from_config(cfg.data))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, SIZE, SIZE, generator=g)
+    return float(loss(x, torch.rand(2, 1, SIZE, SIZE, generator=g)).mean())
 
 
 def _score_spec(cfg: RunConfig) -> dict:
@@ -606,6 +617,7 @@ EFFECTS: dict[str, Callable[[Path], None]] = {
     "task_options(anomaly).anomaly_fpr": _anomaly_effect(_operating_point, "task_options.anomaly_fpr=0.5"),
     # ---- optim: the loss
     "task_options(classification).loss": lambda tmp: differs(loss_of, "task_options.loss=focal"),
+    "task_options(anomaly).loss": _anomaly_effect(_recon_loss, "task_options.loss=mse_ssim"),
     "task_options(classification).focal_gamma": lambda tmp: differs(loss_of, "task_options.focal_gamma=0.5", default=("task_options.loss=focal",)),
     "task_options(classification).focal_alpha": lambda tmp: differs(loss_of, "task_options.focal_alpha=0.9", default=("task_options.loss=focal",)),
     "task_options(classification).class_weights": lambda tmp: differs(loss_of, "task_options.class_weights=[1, 5]"),
@@ -679,6 +691,16 @@ REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
 
 #: key -> "tests/...py::test_name": the test that proves the key's effect (it must exist and name the key)
 COVERED_BY: dict[str, str] = {
+    "ood.method": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
+    "ood.k": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
+    "ood.val_pass": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
+    "ood.max_train": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
+    "task_options(regression).loss": "tests/integration/test_regression.py::test_regression_options_act",
+    "task_options(regression).huber_delta": "tests/integration/test_regression.py::test_regression_options_act",
+    "task_options(regression).standardize": "tests/integration/test_regression.py::test_regression_options_act",
+    "task_options(regression).interval_level": "tests/integration/test_regression.py::test_regression_options_act",
+    "task_options(regression).min_value": "tests/integration/test_regression.py::test_regression_options_act",
+    "task_options(regression).max_value": "tests/integration/test_regression.py::test_regression_options_act",
     "trainer.tune_allocator": "tests/unit/engine/test_allocator.py::test_fit_tunes_the_allocator_only_when_the_key_is_on",
     "data.cache_mb": "tests/unit/data/test_dataset_cache.py::test_cache_mb_caps_the_cached_count_train_first",
     "data.disk_cache": "tests/unit/data/test_diskcache.py::test_training_datasets_use_the_disk_cache_as_configured",
@@ -825,17 +847,17 @@ def test_refused_key_says_so(key: str) -> None:
 
 # --------------------------------------------------------------------------------------------- refusals per task
 ANOMALY_REFUSALS = {
-    "task_options(classification).focal_gamma": "task_options.focal_gamma=1.0",
-    "task_options(classification).class_weights": "task_options.class_weights=[1, 2]",
-    "task_options(classification).pos_weight": "task_options.pos_weight=auto",
-    "task_options(classification).label_smoothing": "task_options.label_smoothing=0.1",
+    "task_options.focal_gamma": "task_options.focal_gamma=1.0",
+    "task_options.class_weights": "task_options.class_weights=[1, 2]",
+    "task_options.pos_weight": "task_options.pos_weight=auto",
+    "task_options.label_smoothing": "task_options.label_smoothing=0.1",
     "optim.backbone_lr": "optim.backbone_lr=0.01",
     "optim.freeze_epochs": "optim.freeze_epochs=1",
     "model.drop_rate": "model.drop_rate=0.2",
     "data.sampler": "data.sampler=weighted",
-    "task_options(classification).threshold_method": "task_options.threshold_method=youden",
-    "task_options(classification).fixed_threshold": "task_options.fixed_threshold=0.3",
-    "task_options(classification).calibrate": "task_options.calibrate=false",
+    "task_options.threshold_method": "task_options.threshold_method=youden",
+    "task_options.fixed_threshold": "task_options.fixed_threshold=0.3",
+    "task_options.calibrate": "task_options.calibrate=false",
     "optim.ema": "optim.ema=true",
     "trainer.tta": "trainer.tta=true",
 }

@@ -349,6 +349,12 @@ class Task:
         Raises:
             ConfigError: an unknown key or a bad value, named ``task_options.KEY``.
         """
+        return self.parse_options(cfg)
+
+    @classmethod
+    def parse_options(cls, cfg: RunConfig) -> TaskOptions:
+        """:meth:`options` for the class (readers run before a task object exists)."""
+        self = cls
         try:
             return self.options_model.model_validate(cfg.task_options)
         except ValidationError as err:

@@ -85,7 +85,7 @@ class AnomalyPrediction(Prediction):
 
 def architecture_for_anomaly(cfg: RunConfig, opts: AnomalyOptions | None = None) -> dict[str, Any]:
     """The manifest's architecture dict of an anomaly config (an autoencoder, or the ``patchcore`` feature detector)."""
-    opts = AnomalyOptions.model_validate(cfg.task_options) if opts is None else opts
+    opts = AnomalyTask.parse_options(cfg) if opts is None else opts  # type: ignore[assignment]
     if opts.detector == PATCHCORE:
         return {"type": "patchcore", "backbone": cfg.model.backbone, "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
                 "small_input": cfg.model.small_input, "patch_layers": list(opts.patch_layers), "memory_size": opts.memory_size,
@@ -165,7 +165,7 @@ class AnomalyTask(Task):
         """Read the source's own labels, then relabel normal vs abnormal."""
         from medlens.data.readers import read_dataset
 
-        normal = cls.options_model.model_validate(cfg.task_options).normal_label
+        normal = cls.parse_options(cfg).normal_label
         return to_anomaly_table(read_dataset(cfg.data.model_copy(update={"task": None})), normal)
 
     def prepare_table(self, table: SampleTable, cfg: RunConfig) -> SampleTable:

@@ -144,7 +144,7 @@ class RegressionTask(Task):
         """Read the source's label column as numbers (the column's name becomes the label)."""
         from medlens.data.readers import read_dataset
 
-        opts = cls.options_model.model_validate(cfg.task_options)
+        opts = cls.parse_options(cfg)
         name = cfg.data.label_names[0] if cfg.data.label_names and len(cfg.data.label_names) == 1 else (
             getattr(cfg.data, "label_column", None) or "value")
         source = read_dataset(cfg.data.model_copy(update={"task": None, "label_names": None}))

@@ -144,6 +144,8 @@ def test_multilabel_gives_the_macro_and_each_label_and_counts_images_with_any_fi
     assert e["auroc"]["value"] == pytest.approx(plain["auroc_macro"])  # the macro over labels defined here (Hernia: none)
     assert e["per_label"]["Mass"]["auroc"]["value"] == pytest.approx(plain["per_label"]["Mass"]["auroc"])
     assert e["per_label"]["Hernia"]["auroc"]["value"] is None and "Hernia" in e["labels_below_rule"]
+    below = [w for w in sg["warnings"] if "labels below the size rule" in w]  # one line for the column, not one per subgroup
+    assert len(below) == 1 and below[0].startswith("View Position: ") and f"PA {len(e['labels_below_rule'])}/3" in below[0]
     anyfinding = (np.nan_to_num(y[rows]) > 0.5).any(axis=1)
     assert e["positives"] == int(anyfinding.sum()) and e["negatives"] == int((~anyfinding).sum())
 

@@ -47,6 +47,10 @@ def test_page_renders_every_task_from_its_findings(tmp_path):
         {"name": "score", **_record(Presentation("Anomaly score", "score", ["pneumonia"], ["error_map"], ("flagged", "normal"), "s"),
                                     Finding("pneumonia", 0.71, "score", 0.5, "threshold", True))},
     ]
+    ood = _record(Presentation("Probability", "probability", ["p"], ["gradcam"], ("positive", "negative"), "s"),
+                  Finding("p", 0.9, "probability", 0.5, "threshold", True))
+    ood["prediction"].update(ood=True, ood_score=41.5, ood_threshold=20.25, ood_note="outside")
+    cases.append({"name": "ood", **ood})
     data = tmp_path / "records.json"
     data.write_text(json.dumps(cases))
     r = subprocess.run([NODE, str(STUB), str(STATIC / "index.html"), str(data)], capture_output=True, text=True, timeout=60)
@@ -60,3 +64,5 @@ def test_page_renders_every_task_from_its_findings(tmp_path):
     assert buttons.strip() == "explain disabled: true report disabled: true"  # no explanation methods: nothing to ask
     assert "flagged" in rows["score"][0] and "0.7100" in rows["score"][0]
     assert rows["binary"][1].strip() == "explain disabled: false report disabled: false"
+    # the out-of-distribution gate's verdict comes first; the finding is still shown
+    assert rows["ood"][0].index("Outside the training distribution: score 41.5 above 20.3") < rows["ood"][0].index("Model output: p")

@@ -56,6 +56,8 @@ _EXPORTS = {
     "list_tasks": "medlens.tasks",
     "Task": "medlens.tasks",
     "run_demo": "medlens.demo",
+    "TrainingInterrupted": "medlens.engine.signals",
+    "OodDetector": "medlens.ood",
     "classification_metrics": "medlens.tasks.classification.metrics",
     "bootstrap_ci": "medlens.tasks.classification.uncertainty",
     "build_report": "medlens.report",

@@ -18,7 +18,7 @@ The run folder (``output.dir / pretrain.name``, default ``<name>-pretrain``) end
     backbone.json          backbone, in_chans, image_size, stem_reduction, epochs, rows, sha256
 
 ``model.pretrained: RUN/backbone.safetensors`` then loads it for fine-tuning (classifier) or for the feature
-anomaly detector (``model.detector: patchcore``); a file of another backbone, channel count or stem is refused.
+anomaly detector (``task_options.detector: patchcore``); a file of another backbone, channel count or stem is refused.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def test_shipped_anomaly_configs_load(path):
     from medlens.tasks.anomaly import architecture_for_anomaly
 
     cfg = load_config(path)
-    assert cfg.data.task == "anomaly" and cfg.data.normal_label
+    assert cfg.data.task == "anomaly" and cfg.task_options["normal_label"]
     arch = architecture_for_anomaly(cfg)
     assert arch["type"] in ("unet_ae", "reversed_ae", "patchcore")
     assert monitor_for(cfg, get_task("anomaly").default_monitor()) == ("loss", "min")  # early stopping / checkpoints on val reconstruction loss

@@ -113,7 +113,7 @@ def test_image_norm_makes_distances_indifferent_to_brightness_and_contrast():
         dist[norm], new[norm] = float(m.patch_distances(shifted).mean()), float(m.patch_distances(other).mean())
     assert dist["image"] < 0.05 * new["image"]  # the shifted copies are still their own nearest neighbours
     assert dist["dataset"] > new["dataset"]  # without it they look more anomalous than new images do
-    with pytest.raises(ValueError, match="model.input_norm"):
+    with pytest.raises(ValueError, match="task_options.input_norm"):
         PatchCoreDetector("resnet10t", 1, 28, input_norm="patch")
 
 
@@ -153,16 +153,16 @@ def test_patchcore_options_are_checked(tmp_path):
     w = _weights(tmp_path)
     with pytest.raises(ValueError, match="trainer.max_epochs"):
         train(config_from_dict(_raw(tmp_path, w, trainer={"max_epochs": 3})))
-    with pytest.raises(ValueError, match="model.ae_depth"):
+    with pytest.raises(ValueError, match="task_options.ae_depth"):
         train(config_from_dict(_raw(tmp_path, w, model={"ae_depth": 4})))
-    with pytest.raises(ValueError, match="model.memory_size"):  # an autoencoder refuses the detector's keys
+    with pytest.raises(ValueError, match="task_options.memory_size"):  # an autoencoder refuses the detector's keys
         train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder"})))
-    with pytest.raises(ValueError, match="model.input_norm"):
+    with pytest.raises(ValueError, match="task_options.input_norm"):
         train(config_from_dict(_raw(tmp_path, None, model={"detector": "autoencoder", "memory_size": 4096, "input_norm": "image"})))
     torch.manual_seed(0)
     net, red, _ = build_backbone("resnet10t", 1, 28)
     std_views = write_backbone(net.state_dict(), tmp_path / "std_views", {"backbone": "resnet10t", "in_chans": 1, "stem_reduction": red, "input_norm": "image"})
-    with pytest.raises(ValueError, match="pretrained with model.input_norm: image, this model uses dataset"):
+    with pytest.raises(ValueError, match="pretrained with task_options.input_norm: image, this model uses dataset"):
         train(config_from_dict(_raw(tmp_path, std_views)))
     other = _weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match="different network"):

@@ -71,9 +71,9 @@ def test_fixed_threshold_override_acts_when_the_method_is_fixed(tmp_path: Path) 
 
 
 def test_fixed_threshold_override_is_refused_for_a_tuned_method(binary_bundle: Path) -> None:
-    with pytest.raises(ValueError, match=r"trainer.fixed_threshold acts only with trainer.threshold_method: fixed.*--threshold 0.3"):
+    with pytest.raises(ValueError, match=r"task_options.fixed_threshold acts only with task_options.threshold_method: fixed.*--threshold 0.3"):
         evaluate(binary_bundle, overrides=["trainer.fixed_threshold=0.3"], record=False)
-    with pytest.raises(ValueError, match="trainer.threshold_method acts in evaluate only with --thresholds-from val"):
+    with pytest.raises(ValueError, match="task_options.threshold_method acts in evaluate only with --thresholds-from val"):
         evaluate(binary_bundle, overrides=["trainer.threshold_method=youden"], record=False)
 
 

@@ -264,13 +264,13 @@ def test_multiclass_focal_label_smoothing_and_class_weights():
 
 
 def test_options_that_cannot_act_are_refused():
-    with pytest.raises(ValueError, match="optim.pos_weight .* use optim.class_weights"):
+    with pytest.raises(ValueError, match="task_options.pos_weight .* use task_options.class_weights"):
         create_loss("focal", "multiclass", pos_weight=torch.tensor([2.0, 1.0]))
-    with pytest.raises(ValueError, match="optim.pos_weight"):
+    with pytest.raises(ValueError, match="task_options.pos_weight"):
         create_loss("ce", "multiclass", pos_weight=torch.tensor([2.0, 1.0]))
-    with pytest.raises(ValueError, match="optim.focal_alpha acts only with optim.loss: focal"):
+    with pytest.raises(ValueError, match="task_options.focal_alpha acts only with task_options.loss: focal"):
         create_loss("bce", "multilabel", alpha=0.25)
-    with pytest.raises(ValueError, match="optim.focal_alpha"):
+    with pytest.raises(ValueError, match="task_options.focal_alpha"):
         create_loss("auto", "multiclass", alpha=0.25)
-    with pytest.raises(ValueError, match="optim.focal_alpha"):
+    with pytest.raises(ValueError, match="task_options.focal_alpha"):
         create_loss("focal", "multiclass", alpha=0.25)

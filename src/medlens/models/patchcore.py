@@ -95,7 +95,7 @@ class PatchCoreDetector(nn.Module):
                  input_norm: str = "dataset") -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
-            raise ValueError(f"model.input_norm {input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
+            raise ValueError(f"task_options.input_norm {input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
         self.input_norm = input_norm
         from medlens.models.classifier import build_backbone
 

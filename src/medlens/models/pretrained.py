@@ -391,7 +391,7 @@ def medlens_backbone_info(path: str | Path) -> dict[str, Any] | None:
 def check_input_norm(pretrained: bool | str | None, input_norm: str) -> None:
     """Refuse a ``medlens pretrain`` file whose views were normalised otherwise than this model's inputs will be.
 
-    ``medlens pretrain`` records ``model.input_norm`` in the file: a backbone pretrained on per-image
+    ``medlens pretrain`` records ``task_options.input_norm`` in the file: a backbone pretrained on per-image
     standardised views (``image``) describes other inputs badly, and the reverse. Files without the record pass.
 
     Raises:
@@ -401,8 +401,8 @@ def check_input_norm(pretrained: bool | str | None, input_norm: str) -> None:
         return
     info = medlens_backbone_info(pretrained) or {}
     if "input_norm" in info and info["input_norm"] != input_norm:
-        raise PretrainedWeightsError(f"model.pretrained: {pretrained} was pretrained with model.input_norm: {info['input_norm']}, "
-                                     f"this model uses {input_norm}; pretrain again with this config (or set model.input_norm: {info['input_norm']})")
+        raise PretrainedWeightsError(f"model.pretrained: {pretrained} was pretrained with task_options.input_norm: {info['input_norm']}, "
+                                     f"this model uses {input_norm}; pretrain again with this config (or set task_options.input_norm: {info['input_norm']})")
 
 
 def load_medlens_backbone(net: Any, path: str | Path, backbone: str, in_chans: int, stem_reduction: int) -> dict[str, Any]:

@@ -29,15 +29,20 @@ def cli(*args: object, cwd: Path | None = None):
         os.chdir(old)
 
 
+#: log lines the CLI writes on stderr before an error when stderr is not a terminal (one line each, unwrapped)
+LOG_PREFIXES = ("DEBUG: ", "INFO: ", "WARNING: ")
+
+
 def stderr_lines(res) -> list[str]:
     return [ln for ln in res.stderr.splitlines() if ln.strip()]
 
 
 def assert_one_line(res, *needles: str) -> str:
-    """Exit code != 0, exactly one non-empty stderr line (no traceback) holding every needle."""
+    """Exit code != 0, exactly one non-empty stderr line (no traceback) holding every needle; the library's log
+    lines before it (a reader's warning about the rows it dropped) are plain one-line records and not the error."""
     assert res.exit_code != 0, (res.exit_code, res.output)
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    lines = stderr_lines(res)
+    lines = [ln for ln in stderr_lines(res) if not ln.startswith(LOG_PREFIXES)]
     assert len(lines) == 1, lines
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     for n in needles:

@@ -12,7 +12,10 @@ from medlens.targets import check_targets, format_target_checks
 def test_targets_accept_ranges_and_bounds_and_print_met_lines() -> None:
     cfg = config_from_dict({"data": {"kind": "synthetic"}, "targets": {"auroc_macro": [0.86, 0.92], "f1_macro": {"min": 0.7},
                                                                        "ece": 0.05, "accuracy": {"max": 0.99}}})
-    lines = format_target_checks({"auroc_macro": 0.88, "f1_macro": 0.65, "ece": 0.03, "accuracy": 0.995}, cfg.targets)
+    from medlens.tasks import get_task
+
+    # the task says which metrics are lower-is-better (ece)
+    lines = format_target_checks({"auroc_macro": 0.88, "f1_macro": 0.65, "ece": 0.03, "accuracy": 0.995}, cfg.targets, get_task("binary"))
     assert lines == [
         "target auroc_macro 0.8800 in 0.86-0.92: MET",
         "target f1_macro 0.6500 >= 0.7: NOT MET",

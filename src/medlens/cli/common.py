@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -50,8 +51,12 @@ def setup_logging(verbose: bool = False) -> None:
 
     if verbose:
         os.environ["MEDLENS_DEBUG"] = "1"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)],
+    if sys.stderr.isatty():  # a person at a terminal: rich's aligned, coloured lines
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
+        fmt = "%(message)s"
+    else:  # a log file or a pipe (cluster jobs, CI): plain, unwrapped lines, so URLs and paths stay whole
+        handler, fmt = logging.StreamHandler(sys.stderr), "%(levelname)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler],
                         force=True)  # stderr: stdout carries results only (``--json``)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

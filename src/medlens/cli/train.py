@@ -43,7 +43,11 @@ def train(
         if isinstance(m, dict) and m:
             typer.echo(headline(m, split))
     final = result.metrics.get("test") or result.metrics.get("val") or {}
-    for line in format_target_checks(final, cfg.targets) if cfg.targets else []:
+    from medlens.bundle import read_manifest
+    from medlens.tasks import task_of
+
+    task = task_of(read_manifest(result.bundle_dir)) if cfg.targets and result.bundle_dir.is_dir() else None
+    for line in format_target_checks(final, cfg.targets, task) if cfg.targets else []:
         typer.echo(line)
 
 

@@ -68,10 +68,11 @@ def test_missing_or_unknown_normal_label_is_a_clear_error():
 
 
 def test_read_dataset_gives_the_anomaly_view(pneumonia_npz):
-    from medlens.config import MedMNISTData
-    from medlens.data.readers import read_dataset
+    from medlens.config import config_from_dict
+    from medlens.tasks import read_table
 
-    t = read_dataset(MedMNISTData(kind="medmnist", path=str(pneumonia_npz), task="anomaly", normal_label="normal", download=False))
+    t = read_table(config_from_dict({"data": {"kind": "medmnist", "path": str(pneumonia_npz), "task": "anomaly", "download": False},
+                                     "task_options": {"normal_label": "normal"}}))
     assert t.label_space == LabelSpace(("normal", "pneumonia"), "anomaly")
     raw = np.load(pneumonia_npz)
     assert int(t.targets[t.splits == "train", 0].sum()) == int((raw["train_labels"] == 0).sum()) == 1214

@@ -34,7 +34,8 @@ LOG_PREFIXES = ("DEBUG: ", "INFO: ", "WARNING: ")
 
 
 def stderr_lines(res) -> list[str]:
-    return [ln for ln in res.stderr.splitlines() if ln.strip()]
+    """The non-empty stderr lines that are not the library's log records (those are one line each, prefixed)."""
+    return [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(LOG_PREFIXES)]
 
 
 def assert_one_line(res, *needles: str) -> str:

@@ -17,6 +17,7 @@ from medlens.bundle import Manifest, save_bundle
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import resolve_preprocessing
 from medlens.models.autoencoder import ReversedAutoencoder, ScoreSpec
+from medlens.tasks import list_kinds  # noqa: F401 -- importing the tasks registers their own label kinds (anomaly)
 
 THRESHOLD = 0.25
 
@@ -69,11 +70,11 @@ def test_predictor_gives_score_threshold_and_decision(bundle: Path) -> None:
     preds = p.predict(imgs, names=[f"i{i}" for i in range(len(imgs))])
     for pr in preds:
         assert pr.ok and pr.score is not None and math.isfinite(pr.score) and pr.score >= 0.0
-        assert pr.thresholds == {"pneumonia": THRESHOLD}
+        assert pr.threshold == THRESHOLD
         positive = pr.score >= THRESHOLD
-        assert pr.decisions == {"pneumonia": positive}
-        assert pr.predicted == (["pneumonia"] if positive else ["normal"])
-        assert pr.probabilities == {}  # a score is not a probability
+        assert pr.flagged == positive
+        assert pr.label == ("pneumonia" if positive else "normal")
+        assert not hasattr(pr, "probabilities")  # a score is not a probability
 
 
 def test_onnx_export_gives_the_torch_scores(bundle: Path, tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_onnx_export_gives_the_torch_scores(bundle: Path, tmp_path: Path) -> Non
     onnx_scores = [p.score for p in onnx_preds]
     assert all(s is not None for s in onnx_scores)
     assert np.allclose(onnx_scores, torch_scores, atol=1e-4), (onnx_scores, torch_scores)
-    assert [p.predicted for p in onnx_preds] == [["pneumonia"] if s >= THRESHOLD else ["normal"] for s in onnx_scores]
+    assert [p.label for p in onnx_preds] == ["pneumonia" if s >= THRESHOLD else "normal" for s in onnx_scores]
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +124,10 @@ def test_predict_findings_carry_the_score_and_the_threshold(client, bundle: Path
     assert "NaN" not in r.text and "Infinity" not in r.text
     body = r.json()
     _no_nan(body)
-    threshold = json.loads((bundle / "manifest.json").read_text())["anomaly"]["threshold"]
+    threshold = json.loads((bundle / "manifest.json").read_text())["task_section"]["threshold"]
     assert len(body["predictions"]) == 3
     for p in body["predictions"]:
-        assert p["probabilities"] == {}
+        assert "probabilities" not in p  # a detector records a score and a flag, not probabilities
         (f,) = p["findings"]
         assert f["label"] == "pneumonia" and f["value_kind"] == "score" and f["rule"] == "threshold"
         assert f["value"] == pytest.approx(p["score"]) and f["threshold"] == pytest.approx(threshold)

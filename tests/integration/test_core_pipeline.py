@@ -28,7 +28,8 @@ def cli(*args: str):
 
 
 def stderr_lines(result) -> list[str]:
-    return [ln for ln in result.stderr.splitlines() if ln.strip()]
+    """stderr's lines that are not the library's log records (one line each, prefixed, when stderr is not a terminal)."""
+    return [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(("DEBUG: ", "INFO: ", "WARNING: "))]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from medlens.bundle import Manifest, save_bundle
 from medlens.data.labels import LabelSpace
 from medlens.data.transforms import resolve_preprocessing
 from medlens.models import create_model
+from medlens.tasks import list_kinds  # noqa: F401 -- importing the tasks registers their own label kinds (anomaly)
 
 
 def make_bundle(path: Path, task: str = "multilabel", names=("Effusion", "Mass", "Nodule"), size: int = 32, channels: int = 1) -> Path:

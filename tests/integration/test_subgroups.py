@@ -86,7 +86,7 @@ def test_subgroups_option_picks_columns_and_refuses_unknown_ones(nih_meta_run, t
     assert "Patient Gender" not in res.stdout.split("subgroups (95% CI")[1]
     bad = runner.invoke(app, ["evaluate", str(bundle), "--subgroups", "Patient Sex", "--no-record"])
     assert bad.exit_code == 2
-    lines = [ln for ln in bad.output.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in bad.output.strip().splitlines() if ln.strip() and not ln.startswith(("DEBUG: ", "INFO: ", "WARNING: "))]
     assert len(lines) == 1 and "'Patient Sex'" in lines[0] and all(c in lines[0] for c in META), bad.output
     off = runner.invoke(app, ["evaluate", str(bundle), "--subgroups", "none", "--json", "--no-record"])
     assert off.exit_code == 0 and "subgroups" not in json.loads(off.stdout)

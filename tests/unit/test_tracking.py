@@ -216,7 +216,7 @@ def test_training_logs_to_mlflow_tensorboard_and_csv_at_once(tmp_path, pneumonia
     assert run.data.metrics["final/test/accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"bundle", "metrics.json", "config.yaml", "history.csv", "environment.json"} <= top
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "bundle")} == {"bundle/manifest.json", "bundle/model.safetensors"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "bundle")} == {"bundle/manifest.json", "bundle/model.safetensors", "bundle/ood.safetensors"}
     assert run.info.artifact_uri.startswith((tmp_path / "runs").resolve().as_uri())
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
 

@@ -378,6 +378,11 @@ class TrainerConfig(StrictModel):
     monitor: str = "auto"  # e.g. val/auroc_macro; auto picks by task
     monitor_mode: Literal["max", "min", "auto"] = "auto"
     early_stopping_patience: int | None = None
+    # an epoch counts as improved only when the monitored metric moves by more than this (its units; 0: any move)
+    early_stopping_min_delta: float = Field(0.0, ge=0.0)
+    # also keep the k best checkpoints in checkpoints/top/ (-1: every validated epoch; 1: only checkpoints/best.ckpt)
+    save_top_k: int = Field(1, ge=-1)
+    checkpoint_every_n_epochs: int | None = Field(None, ge=1)  # also write checkpoints/every/epochNNN.ckpt each N epochs
     # test-time augmentation: none, hflip, flips (original + h + v), d4 (8 rotations/flips); true = hflip
     tta: bool | Literal["none", "hflip", "flips", "d4"] = False
     deterministic: bool = True
@@ -386,6 +391,14 @@ class TrainerConfig(StrictModel):
     auto_resume: bool = False
     resume: str | None = None
     val_check_interval: float | int | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_options_act(self) -> TrainerConfig:
+        if self.early_stopping_min_delta > 0 and self.early_stopping_patience is None:
+            raise ValueError("trainer.early_stopping_min_delta acts only with trainer.early_stopping_patience set")
+        if self.save_top_k == 0:
+            raise ValueError("trainer.save_top_k: 0 would keep no best checkpoint; use 1 (best.ckpt only), k > 1 or -1 (all)")
+        return self
 
     @field_validator("tta", mode="after")
     @classmethod

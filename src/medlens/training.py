@@ -5,7 +5,8 @@ Run folder layout (``<output.dir>/<name>/``)::
     config.yaml        the resolved config, written before training starts
     environment.json   reproducibility record (seed, package versions, git commit, hardware, launch)
     tracking.json      where the trackers wrote (MLflow URI and run id, TensorBoard/CSV folders)
-    checkpoints/       best.ckpt and last.ckpt (Lightning, for resume; atomic writes)
+    checkpoints/       best.ckpt and last.ckpt (Lightning, for resume; atomic writes); top/ and every/ with
+                       trainer.save_top_k and trainer.checkpoint_every_n_epochs
     logs/              tracker output (csv, tensorboard, ...)
     history.csv        per-epoch validation metrics
     metrics.json       final validation and test metrics
@@ -223,7 +224,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     if env_is_global_zero():
         restore_interrupted_replace(bundle_dir)  # a bundle replacement killed half-way: the old bundle goes back
         if resume is None and ckpt_dir.exists():
-            for f in ckpt_dir.glob("*.ckpt"):  # stale checkpoints of an overwritten run must not be picked up
+            # stale checkpoints of an overwritten run must not be picked up (nor kept among its top k)
+            for f in [*ckpt_dir.glob("*.ckpt"), *ckpt_dir.glob("top/*.ckpt"), *ckpt_dir.glob("every/*.ckpt")]:
                 f.unlink()
         write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
 

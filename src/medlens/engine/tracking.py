@@ -170,7 +170,9 @@ def _wandb_logger(cfg, run_dir: Path, previous: dict[str, Any]):
 
     project = cfg.tracking.wandb_project or os.environ.get("WANDB_PROJECT") or cfg.tracking.experiment
     prev = previous.get("wandb") or {}
-    logs = run_dir / "logs"
+    # WANDB_DIR, when set, is where W&B writes (as wandb itself does); else the run's own logs/ folder. Lightning
+    # passes save_dir to wandb.init(dir=...), which wins over WANDB_DIR, so the variable is read here.
+    logs = Path(os.environ["WANDB_DIR"]).expanduser() if os.environ.get("WANDB_DIR") else run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, name=run_dir.name, save_dir=str(logs), id=prev.get("id"), resume="allow")
 

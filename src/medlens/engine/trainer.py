@@ -235,9 +235,18 @@ class MemoryFormatChoice(L.Callback):
             pass
 
 
+class TopKCheckpoint(ModelCheckpoint):
+    """``trainer.save_top_k``: the k best checkpoints beside ``best.ckpt``, following the same metric.
+
+    Its own class so that its state key (Lightning builds it from the class name, monitor and mode) differs from
+    the best-checkpoint callback's, which follows the same metric: both are saved in and restored from a checkpoint.
+    """
+
+
 def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, extra_callbacks=None,
                   checkpoint_io: AtomicCheckpointIO | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer for a run: best + last checkpoints (atomic), early stopping, freezing, progress bar.
+    """A Trainer for a run: best + last checkpoints (atomic; optionally the top k and every N epochs), early stopping,
+    freezing, progress bar.
 
     ``checkpoint_io``: the checkpoint plugin (default a fresh :class:`AtomicCheckpointIO`); :func:`~medlens.engine.fit.fit`
     passes one holding the resume checkpoint it has read, so Lightning restores that object, not the file again.
@@ -258,10 +267,21 @@ def build_trainer(cfg, run_dir: Path, monitor: tuple[str, str], loggers=None, ex
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [ckpt]
+    if t.save_top_k != 1:  # best.ckpt stays the one best; the k best (all: -1) are kept beside it, named by epoch
+        callbacks.append(TopKCheckpoint(
+            dirpath=str(run_dir / "checkpoints" / "top"), filename="epoch{epoch:03d}", monitor=f"val/{metric}", mode=mode,
+            save_top_k=t.save_top_k, auto_insert_metric_name=False, enable_version_counter=False,
+        ))
+    if t.checkpoint_every_n_epochs is not None:  # a checkpoint every N epochs, whatever the metric, none dropped
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints" / "every"), filename="epoch{epoch:03d}", monitor=None, save_top_k=-1,
+            every_n_epochs=t.checkpoint_every_n_epochs, auto_insert_metric_name=False, enable_version_counter=False,
+        ))
     if t.channels_last == "auto":
         callbacks.append(MemoryFormatChoice())  # before the module's own probe: a remembered choice skips it
     if t.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=t.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor=f"val/{metric}", mode=mode, patience=t.early_stopping_patience,
+                                       min_delta=t.early_stopping_min_delta))
     if cfg.optim.freeze_backbone or cfg.optim.freeze_epochs > 0:
         callbacks.append(FreezeBackbone(None if cfg.optim.freeze_backbone else cfg.optim.freeze_epochs))
     if t.progress_bar:

@@ -129,3 +129,43 @@ def test_early_stopping_and_checkpoints_follow_the_monitor(tmp_path):
     assert es.monitor == "val/loss" and es.mode == "min" and es.patience == 2
     assert ckpt.monitor == "val/loss" and ckpt.mode == "min" and ckpt.save_last
     assert any(isinstance(c, Timer) for c in tr.callbacks)
+
+
+def test_early_stopping_min_delta_stops_when_moves_are_smaller(tmp_path):
+    # this tiny run's val/loss rises every epoch (by 0.3-0.7), so followed upwards (mode max) each epoch "improves":
+    # without min_delta patience 1 never runs out; with min_delta 5 no move is large enough and epoch 2 stops the run
+    trainer = {"max_epochs": 4, "monitor": "val/loss", "monitor_mode": "max", "early_stopping_patience": 1}
+    free, m, _ = _fit(tmp_path / "a", optim={"lr": 1e-3}, trainer=trainer)
+    strict, _, _ = _fit(tmp_path / "b", optim={"lr": 1e-3}, trainer={**trainer, "early_stopping_min_delta": 5.0})
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    losses = [h["val/loss"] for h in m.history]
+    assert all(0 < b - a < 5 for a, b in zip(losses, losses[1:], strict=False)), losses  # the premise above
+    es = next(c for c in strict.callbacks if isinstance(c, EarlyStopping))
+    assert es.min_delta == 5.0 and es.mode == "max"
+    assert free.current_epoch == 4 and not free.should_stop
+    assert strict.current_epoch == 2 and strict.should_stop  # epoch 1 set the best, epoch 2 did not beat it by 5
+
+
+def test_min_delta_without_patience_and_save_top_k_zero_are_refused(tmp_path):
+    from medlens.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.early_stopping_min_delta acts only with trainer.early_stopping_patience"):
+        tiny_cfg(tmp_path, trainer={"early_stopping_min_delta": 0.01})
+    with pytest.raises(ConfigError, match="trainer.save_top_k: 0"):
+        tiny_cfg(tmp_path, trainer={"save_top_k": 0})
+
+
+def test_top_k_and_every_n_epoch_checkpoints_are_written(tmp_path):
+    from medlens.engine.checkpoint import load_checkpoint
+
+    _fit(tmp_path / "a", trainer={"max_epochs": 3, "save_top_k": 2, "checkpoint_every_n_epochs": 2})
+    ck = tmp_path / "a" / "checkpoints"
+    assert (ck / "best.ckpt").is_file() and (ck / "last.ckpt").is_file()
+    top = sorted(p.name for p in (ck / "top").glob("*.ckpt"))
+    assert len(top) == 2 and set(top) <= {"epoch000.ckpt", "epoch001.ckpt", "epoch002.ckpt"}
+    assert sorted(p.name for p in (ck / "every").glob("*.ckpt")) == ["epoch001.ckpt"]  # the 2nd epoch (0-based 1)
+    assert load_checkpoint(ck / "every" / "epoch001.ckpt")["epoch"] == 1
+    _fit(tmp_path / "b", trainer={"max_epochs": 3, "save_top_k": -1})
+    assert len(list((tmp_path / "b" / "checkpoints" / "top").glob("*.ckpt"))) == 3
+    assert not (tmp_path / "b" / "checkpoints" / "every").exists()

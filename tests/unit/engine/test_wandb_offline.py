@@ -1,4 +1,5 @@
-"""tracking.backends: [wandb] in offline mode: a real W&B run is written locally with the per-epoch metrics and lr."""
+"""tracking.backends: [wandb] in offline mode: a real W&B run is written locally (in WANDB_DIR when it is set) with the
+per-epoch metrics and lr."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def test_wandb_offline_run_records_epoch_metrics_and_lr(tmp_path, monkeypatch) -
     import wandb
 
     wandb.finish()
-    runs = list(run_dir.rglob("offline-run-*"))
-    assert runs, "no offline W&B run folder was written"
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert runs, "no offline W&B run folder was written in WANDB_DIR"
+    assert not list(run_dir.rglob("offline-run-*"))  # WANDB_DIR is honoured: not the run's logs/ folder
     deadline = time.monotonic() + 20
     while True:  # wandb's writer process may still be flushing the last records after finish()
         rows = _history(next(runs[0].glob("run-*.wandb")))

@@ -77,7 +77,8 @@ def format_epoch_summary(row: dict[str, Any], max_epochs: int | None, task_part:
     """One console line for a validated epoch (a row of the module's history).
 
     Shows epoch k/N (1-based), train and val loss, the task's own part (``Task.epoch_line``: e.g. AUROC and the
-    epoch's threshold for a classifier) and the learning rate. Missing values are left out.
+    epoch's threshold for a classifier) and the learning rate (head and backbone when they differ). Missing values
+    are left out.
 
     Example:
         >>> format_epoch_summary({"epoch": 0, "train/loss": 0.7, "val/loss": 0.69, "lr": 1e-3}, 3, "val acc 0.5000")
@@ -91,7 +92,8 @@ def format_epoch_summary(row: dict[str, Any], max_epochs: int | None, task_part:
     if task_part:
         parts.append(task_part)
     if (x := _num(row, "lr", ".2e")) is not None:
-        parts.append(f"lr {x}")
+        back = _num(row, "lr/backbone", ".2e")  # only in rows where the backbone's rate differs from the head's
+        parts.append(f"lr {x}" if back is None else f"lr head {x} backbone {back}")
     return " | ".join(parts)
 
 

@@ -179,6 +179,7 @@ class TaskModule(L.LightningModule):
         self._train_loss_sum = 0.0
         self._train_loss_n = 0
         self._epoch_lr: float | None = None  # the head's learning rate as the epoch started
+        self._epoch_backbone_lr: float | None = None  # the backbone's, when it differs from the head's
 
     # ----------------------------------------------------------------- task specifics
     def task_targets(self, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,11 +285,24 @@ class TaskModule(L.LightningModule):
             return None
         return float(opt.param_groups[-1]["lr"]) if opt.param_groups else None
 
+    def group_lrs(self) -> dict[str, float]:
+        """The learning rate of each named parameter group (``backbone``, ``head``), after this step's schedule."""
+        try:
+            opt = self.trainer.optimizers[0]
+        except (AttributeError, IndexError, RuntimeError):
+            return {}
+        out: dict[str, float] = {}
+        for g in opt.param_groups:
+            if "name" in g:
+                out.setdefault(str(g["name"]), float(g["lr"]))
+        return out
+
     def history_row(self, logs: dict[str, float]) -> dict[str, Any]:
         """One history row for the epoch being validated: its own training loss (mean so far), LR, metrics.
 
         ``lr`` is the head's learning rate the epoch started with (the value logged as ``lr``), not the one
         after its last scheduler step: a cosine schedule ends at ``min_lr``, which no step of the last epoch used.
+        ``lr/backbone`` is the backbone's, there only when it differs from the head's (``optim.backbone_lr``).
         """
         row: dict[str, Any] = {"epoch": int(self.current_epoch), "step": int(self.global_step)}
         if self._train_loss_n:
@@ -296,6 +310,8 @@ class TaskModule(L.LightningModule):
         lr = self._epoch_lr if self._epoch_lr is not None else self.current_lr()
         if lr is not None:
             row["lr"] = lr
+        if self._epoch_backbone_lr is not None:
+            row["lr/backbone"] = self._epoch_backbone_lr
         row.update(logs)
         return row
 
@@ -414,6 +430,11 @@ class TaskModule(L.LightningModule):
         lr = self._epoch_lr = self.current_lr()
         if lr is not None:
             self.log("lr", lr, on_step=False, on_epoch=True, prog_bar=False)
+        # backbone and head at different rates (optim.backbone_lr): the backbone's is logged too, as lr/backbone
+        back = self.group_lrs().get("backbone")
+        self._epoch_backbone_lr = back if back is not None and lr is not None and back != lr else None
+        if self._epoch_backbone_lr is not None:
+            self.log("lr/backbone", self._epoch_backbone_lr, on_step=False, on_epoch=True, prog_bar=False)
         s = (self.seed * 1000003 + int(self.current_epoch)) % (2**31 - 1)
         random.seed(s)
         np.random.seed(s)
@@ -450,12 +471,12 @@ class TaskModule(L.LightningModule):
             return decay, no_decay
 
         groups = []
-        for params, lr in ((back, o.backbone_lr or o.lr), (head, o.lr)):
+        for name, params, lr in (("backbone", back, o.backbone_lr or o.lr), ("head", head, o.lr)):
             d, nd = split_decay(params)
-            if d:
-                groups.append({"params": d, "lr": lr, "weight_decay": o.weight_decay})
+            if d:  # "name": which part a group trains (group_lrs logs the backbone's rate when it differs)
+                groups.append({"params": d, "lr": lr, "weight_decay": o.weight_decay, "name": name})
             if nd:
-                groups.append({"params": nd, "lr": lr, "weight_decay": 0.0})
+                groups.append({"params": nd, "lr": lr, "weight_decay": 0.0, "name": name})
         if o.optimizer == "adamw":
             opt = self._optimizer(torch.optim.AdamW, groups, lr=o.lr)
         elif o.optimizer == "adam":

@@ -94,6 +94,9 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     weights_source: str = "raw"  # "raw" or "ema": which weights were kept
     intended_use: str = ""
+    #: what the model was trained on (``medlens.provenance``): source kind and name, n per split and class, date,
+    #: population, intended use, ``generated``; None: a bundle written before it was recorded
+    training_data: dict[str, Any] | None = None
     #: the task's own section (operating-point details, score settings, intervals): written and read by the task only
     task_section: dict[str, Any] | None = None
     #: the out-of-distribution gate's record (method, threshold, sha256 of ``ood.safetensors``); None: the bundle has none
@@ -132,6 +135,7 @@ class Manifest:
             "metrics": self.metrics,
             "history": self.history,
             "intended_use": self.intended_use,
+            "training_data": self.training_data,
             "versions": self.versions,
             "config": self.config,
             "extra": self.extra,
@@ -167,6 +171,7 @@ class Manifest:
                 config=d.get("config") or {},
                 weights_source=d.get("weights_source", "raw"),
                 intended_use=d.get("intended_use", ""),
+                training_data=d.get("training_data") if isinstance(d.get("training_data"), dict) else None,
                 task_section=d.get("task_section"),
                 ood=d.get("ood") if isinstance(d.get("ood"), dict) else None,
                 extra=d.get("extra") or {},

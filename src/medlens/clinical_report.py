@@ -35,6 +35,7 @@ from medlens._atomic import write_bytes_atomic
 from medlens.explanation import Explanation, image_png
 from medlens.inference import ImageInput, Prediction, Predictor, decode_input
 from medlens.progress import progress_iter
+from medlens.provenance import manifest_training_data
 from medlens.tasks import task_of
 from medlens.tasks.base import ood_text
 
@@ -85,9 +86,12 @@ def model_card(manifest: Manifest) -> dict[str, str]:
         "Weights SHA-256": (manifest.weights_sha256 or "-")[:16],
         "Input": f"{manifest.preprocessing.image_size} px, {manifest.preprocessing.channels} channel(s)",
     }
+    data = manifest_training_data(manifest)
+    card["Training data"] = data["summary"] + (f" ({data['banner']})" if data["banner"] else "")
     test = (manifest.metrics or {}).get("test") or {}
     if isinstance(test, dict) and test.get("auroc_macro") is not None:
-        card["Test AUROC (macro)"] = f"{float(test['auroc_macro']):.3f}"
+        card["Test AUROC" if manifest.label_space.num_outputs == 1 else "Test AUROC (macro)"] = (
+            f"{float(test['auroc_macro']):.3f}" + (" (on generated images)" if data["generated"] else ""))
     return card
 
 
@@ -190,12 +194,14 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
     title = title or f"medlens report: {report_title(src)}"
     ids = identifiers if identifiers is not None else input_identifiers(None, src)
     when = generated or _utc_now()
+    data = manifest_training_data(manifest)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p class='warn' role='note'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p>",
+        *([f"<p class='err' role='alert' id='generated-banner'><strong>{esc(data['banner'])}</strong></p>"] if data["banner"] else []),
         "<h2>What went in</h2><table class='meta'>",
         *[f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>" for k, v in ids.items()],
         f"<tr><td><strong>Model</strong></td><td>{esc(model_card(manifest)['Model'])}</td></tr>",
@@ -225,18 +231,29 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         parts.append(f"<p class='meta'>{esc(method)}: {esc(task.caption(method))} Maps show where the model looked, not where disease is.</p>")
     if prediction.ok:
         pres = task.presentation(manifest)
-        parts.append("<h2>Findings</h2><table><thead><tr><th>Finding</th>"
-                     f"<th>{esc(pres.value_name)}</th><th>Threshold</th><th>Decision</th></tr></thead><tbody>")
+        # the decision first, then the number it was made on (a score unless calibration is good) and the threshold
+        parts.append("<h2>Findings</h2><table><thead><tr><th>Finding</th><th>Decision</th>"
+                     f"<th>{esc(pres.value_name)}</th><th>Threshold</th></tr></thead><tbody>")
         for f in task.findings(prediction, manifest):
             p = f.value
             bar = "" if p is None or f.value_kind != "probability" else f"<span class='bar' style='width:{int(round(100 * max(0.0, min(1.0, p))))}px'></span> "
             decision = f.decision or (f.text if f.text else "-")  # a task without decisions: its own words
-            parts.append(f"<tr class='{'pos' if f.positive else ''}'><td>{esc(f.label)}</td><td>{bar}{esc(f.value_text())}</td>"
-                         f"<td>{esc(f.threshold_text())}</td><td>{esc(decision)}</td></tr>")
+            parts.append(f"<tr class='{'pos' if f.positive else ''}'><td>{esc(f.label)}</td><td>{esc(decision)}</td>"
+                         f"<td>{bar}{esc(f.value_text())}</td><td>{esc(f.threshold_text())}</td></tr>")
         parts.append("</tbody></table>")
+        if pres.summary:
+            parts.append(f"<p class='meta'>{esc(pres.summary)}</p>")
+        op = task.operating_point(manifest)
+        if op:  # how the model does at the deployed threshold, with intervals, on a named split
+            parts.append("<h3>At this threshold</h3><ul id='operating-point'>")
+            parts.extend(f"<li>{esc(line)}</li>" for line in op.get("text") or [])
+            if op.get("calibration"):
+                parts.append(f"<li>{esc(op['calibration'])}</li>")
+            parts.append("</ul>")
         parts.append(f"<p><strong>Model output:</strong> {esc(task.outcome(prediction, manifest))}</p>")
     parts.append("<h2>Intended use</h2>")
     parts.append(f"<p>{esc(manifest.intended_use or NO_INTENDED_USE)}</p>")
+    parts.append(f"<h2>Training data</h2><p id='training-data'>{esc(data['summary'])}</p>")
     parts.append("<h2>Model</h2><table class='meta'>")
     for k, v in model_card(manifest).items():
         parts.append(f"<tr><td><strong>{esc(k)}</strong></td><td>{esc(v)}</td></tr>")

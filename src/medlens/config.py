@@ -502,6 +502,9 @@ class RunConfig(StrictModel):
         "Research use only. Not a medical device; outputs are not a diagnosis and must be reviewed by a "
         "qualified clinician."
     )
+    # who the training images come from (site, period, age range, scanner, ...): written to the bundle's training_data
+    # record and shown beside every decision (the page, the per-image report, /v1/model)
+    population: str = ""
 
     @field_validator("targets")
     @classmethod

@@ -41,6 +41,7 @@ from medlens.data.splits import LeakageError, Splits, config_fold_splits, find_g
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
+from medlens.provenance import GENERATED_KEY, training_data_record
 from medlens.targets import format_target_checks
 from medlens.tasks import read_table, task_for_config, task_of
 
@@ -295,6 +296,9 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
         "train_rows": int(len(train_rows)), "train_rows_left_out": int(len(splits.train) - len(train_rows)),
         "split_label_counts": {k: task.target_summary(table.subset(v)) for k, v in splits.as_dict().items()},
     }
+    manifest.training_data = training_data_record(
+        manifest.config.get("data", {}), {k: (len(v), table.subset(v).label_counts()) for k, v in splits.as_dict().items()},
+        generated=bool((table.provenance or {}).get(GENERATED_KEY)), population=cfg.population, intended_use=cfg.intended_use)
     save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers, ood)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)

@@ -33,7 +33,8 @@ def test_html_report_content(predictor: Predictor) -> None:
     assert "scan&lt;1&gt;.png" in page and "Mass &lt;b&gt;" in page and "<b>" not in page  # user text is escaped
     row = re.search(r"<tr class='pos'><td>Effusion</td>.*?</tr>", page)
     assert row and "0.000" in row.group(0) and "positive" in row.group(0)  # threshold 0 -> always positive
-    assert re.search(r"<tr class=''><td>Mass &lt;b&gt;</td>.*?1.000.*?negative", page)
+    # the decision first, then the number and the threshold it was compared with
+    assert re.search(r"<tr class=''><td>Mass &lt;b&gt;</td><td>negative</td>.*?1.000", page)
     assert "src='http" not in page and "<script" not in page
 
 

@@ -792,6 +792,7 @@ COVERED_BY: dict[str, str] = {
     "pretrain.flip": "tests/integration/test_pretrain.py::test_pretrain_options_act",
     "pretrain.name": "tests/integration/test_pretrain.py::test_pretrain_options_act",
     "pretrain.rows": "tests/integration/test_pretrain.py::test_pretraining_rows_never_include_test",
+    "population": "tests/integration/test_provenance.py::test_training_records_its_data",
 }
 
 #: pure metadata: accepted, acts on nothing but what is written (none left: name, intended_use, targets are checked above)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from medlens.provenance import manifest_training_data
+
 #: Fields of the manifest a client may see; the rest (config, extra, history, environment) stays on the host.
 PUBLIC_FIELDS = ("format", "format_version", "created", "task", "label_names", "architecture", "preprocessing", "thresholds",
                  "temperature", "task_section", "ood", "weights_source", "metrics", "intended_use")
@@ -37,6 +39,8 @@ def public_model_info(manifest: Any) -> dict[str, Any]:
     d = manifest.to_dict()
     out = {k: scrub(d[k]) for k in PUBLIC_FIELDS if k in d}
     out["versions"] = {"medlens": str(manifest.versions.get("medlens", ""))}
+    # what the model was trained on (kind, base name, counts, date; a banner for generated images), scrubbed like the rest
+    out["training_data"] = scrub(manifest_training_data(manifest))
     return out
 
 

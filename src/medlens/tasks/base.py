@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medlens.config import ConfigError
+from medlens.provenance import manifest_training_data
 
 if TYPE_CHECKING:  # no torch at import: ONNX Runtime predicts without it
     from torch import nn
@@ -508,6 +509,13 @@ class Task:
             f" (n={n})" if n is not None else "")
         return f"{self.headline_metric} {v:.3f}{interval}"
 
+    def operating_point(self, manifest: Manifest) -> dict[str, Any] | None:
+        """The deployed operating point as every surface shows it under the findings (``/v1/model``, the page, the
+        per-image report): ``text`` (one line per finding naming the split and its n, each rate with its interval),
+        ``calibration`` (one sentence on whether the number reads as a probability) and the task's own fields.
+        None (the default): this task shows none."""
+        return None
+
     # ------------------------------------------------------------------ results and their presentation
     def to_predictions(self, scores: np.ndarray, sources: Sequence[str], manifest: Manifest) -> list[Prediction]:
         raise NotImplementedError
@@ -549,6 +557,8 @@ class Task:
             own["ood_note"] = "this model has no out-of-distribution gate (trained without one): inputs unlike its training images are not flagged"
         elif prediction.ood:
             own["ood_note"] = ood_text(prediction)
+        data = manifest_training_data(manifest)  # what the model was trained on, beside every record it makes
+        own["training_data"] = {k: data[k] for k in ("summary", "generated", "banner")}
         return {"source": prediction.source, **own, "findings": [f.to_dict() for f in self.findings(prediction, manifest)]}
 
     def table_columns(self, manifest: Manifest) -> list[str]:

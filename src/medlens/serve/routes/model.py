@@ -23,6 +23,7 @@ async def model_info(state: ServerState = Depends(get_state)) -> dict:
     d["backend"] = state.predictor.backend
     d["explain_methods"] = state.explain_methods()
     d["presentation"] = state.task.presentation(m).to_dict()
+    d["operating_point"] = state.task.operating_point(m)  # None: the task shows none
     d["tta"] = s.tta
     d["target_layers"] = state.target_layers()
     d["metadata_fields"] = metadata_fields(m)

@@ -378,16 +378,36 @@ class ClassificationTask(Task):
         return [*row, "|".join(prediction.predicted)]
 
     def presentation(self, manifest: Manifest) -> Presentation:
+        """The number is called a probability only when the bundle's calibration error is below the documented bound
+        (:data:`~medlens.tasks.classification.operating.ECE_BOUND`), else a score; the error is said beside it."""
         from medlens.tasks.classification.cam_methods import list_methods
+        from medlens.tasks.classification.operating import value_word
 
         names = manifest.label_names
-        what = {"binary": f"the probability of {names[-1]}", "multiclass": "one probability per class (the largest decides)",
-                "multilabel": "one probability per finding, each with its own threshold"}[self.kind]
+        word, ece, split = value_word(manifest.metrics)
+        what = {"binary": f"{'the probability' if word == 'probability' else 'a score'} of {names[-1]}",
+                "multiclass": f"one {word} per class (the largest decides)",
+                "multilabel": f"one {word} per finding, each with its own threshold"}[self.kind]
+        how = ("calibration not measured, so it is a score (0-100 %), not a probability" if ece is None else
+               f"calibration error (ECE) {ece:.3f} on the {split} split" + ("" if word == "probability" else
+                                                                            ", so it is a score (0-100 %), not a probability"))
         return Presentation(
-            value_name="Probability", value_kind="probability",
+            value_name=word.capitalize(), value_kind="probability",
             explain_labels=list(names[1:] if self.kind == "binary" else names), explain_methods=list_methods(),
-            summary=f"The model outputs {what}.",
+            summary=f"The model outputs {what} ({how}).",
         )
+
+    def operating_point(self, manifest: Manifest) -> dict[str, Any] | None:
+        """Sensitivity, specificity, PPV and NPV at the deployed thresholds with Wilson intervals, from the test split
+        (else validation), and whether the number reads as a probability (:mod:`.operating`)."""
+        from medlens.tasks.classification.operating import operating_point
+
+        names = manifest.label_names
+        shown = names[1:] if self.kind == "binary" else names
+        th = manifest.thresholds or [0.5] * self.num_outputs(manifest)
+        thresholds: dict[str, float | None] = ({n: None for n in shown} if not self.thresholded
+                                               else dict(zip(shown, th, strict=True)))
+        return operating_point(manifest.metrics, shown, thresholds)
 
     # ------------------------------------------------------------------ report
     def report_part(self, inputs: ReportInputs) -> ReportPart:

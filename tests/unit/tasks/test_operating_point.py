@@ -1,0 +1,72 @@
+"""The deployed operating point of a classifier: rates with Wilson intervals from the named split, the word for the
+number (a probability only below the documented calibration-error bound) and a note when the rates were measured
+at another threshold than the deployed one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlens.bundle import read_manifest
+from medlens.tasks import task_of
+from medlens.tasks.classification.metrics import classification_metrics
+from medlens.tasks.classification.operating import ECE_BOUND, value_word
+from tests.unit._bundles import random_bundle
+
+
+def _metrics(threshold: float, calibrated: bool) -> dict:
+    rng = np.random.default_rng(0)
+    n = 4000  # enough rows that the binned calibration error of a calibrated score is well below the bound
+    y = rng.integers(0, 2, n)
+    # a calibrated score draws y ~ Bernoulli(p); the other squeezes scores towards 0.5 whatever the truth
+    p = rng.uniform(0, 1, n)
+    y = (rng.uniform(0, 1, n) < p).astype(int) if calibrated else y
+    s = p if calibrated else np.where(y == 1, 0.6, 0.4) + rng.normal(0, 0.15, n)
+    s = np.clip(s, 0, 1)
+    return classification_metrics(s[:, None], np.eye(2)[y], "binary", ["normal", "abnormal"], [threshold])
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_rates_intervals_and_wording(tmp_path: Path, calibrated: bool) -> None:
+    test = _metrics(0.5, calibrated)
+    b = random_bundle(tmp_path / "b", thresholds=[0.5], metrics={"val": _metrics(0.5, True), "test": test})
+    m = read_manifest(b)
+    task = task_of(m)
+    op = task.operating_point(m)
+    assert op["split"] == "test" and op["n"] == 4000  # test metrics exist: the test split, named
+    sens = op["labels"]["abnormal"]["sensitivity"]
+    per = test["per_label"]["abnormal"]
+    assert sens["estimate"] == pytest.approx(per["tp"] / (per["tp"] + per["fn"]))
+    assert sens["low"] < sens["estimate"] < sens["high"]
+    for rate in ("specificity", "ppv", "npv"):
+        assert op["labels"]["abnormal"][rate]["n"] > 0
+    word = "probability" if test["ece"] < ECE_BOUND else "score"
+    assert (word == "probability") == calibrated  # the two cases really fall on both sides of the bound
+    assert op["value_word"] == word and task.presentation(m).value_name == word.capitalize()
+    assert f"{test['ece']:.3f}" in op["calibration"] and f"{test['ece']:.3f}" in task.presentation(m).summary
+
+
+def test_validation_when_no_test_split_and_a_stale_threshold_is_said(tmp_path: Path) -> None:
+    b = random_bundle(tmp_path / "b", thresholds=[0.3], metrics={"val": _metrics(0.5, True)})
+    op = task_of(read_manifest(b)).operating_point(read_manifest(b))
+    assert op["split"] == "val" and "on the val split" in op["text"][0]
+    assert "not at the deployed 0.300" in op["labels"]["abnormal"]["note"]
+
+
+def test_no_metrics_means_no_operating_point_and_a_score() -> None:
+    assert value_word({}) == ("score", None, None)
+    assert value_word({"test": {"ece": ECE_BOUND}})[0] == "score"  # the bound itself is not below it
+
+
+def test_multiclass_decides_by_argmax(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    s = rng.dirichlet([1, 1, 1], 90)
+    met = classification_metrics(s, np.eye(3)[y], "multiclass", ["a", "b", "c"])
+    b = random_bundle(tmp_path / "m", task="multiclass", names=("a", "b", "c"), metrics={"test": met})
+    op = task_of(read_manifest(b)).operating_point(read_manifest(b))
+    assert set(op["labels"]) == {"a", "b", "c"} and all(v["threshold"] is None for v in op["labels"].values())
+    assert "the highest class" in op["text"][0]
+

@@ -7,7 +7,7 @@ headless and never touches a user's interactive backend. :func:`save_png` writes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,11 @@ from medlens.figures import figure, save_png, to_png
 __all__ = ["folds_png", "save_png", "training_curves_png"]
 
 
-def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes | None:
+def training_curves_png(history: Sequence[dict[str, Any]], label: Callable[[str], str] | None = None) -> bytes | None:
     """Loss (train and validation) and validation metrics per epoch from a run's history; None when empty.
+
+    ``label``: each curve's legend name from its key (the task's :meth:`~medlens.tasks.Task.history_column`, which
+    says ``@0.5`` where a rate was computed at 0.5 rather than at the deployed threshold).
 
     Example:
         >>> png = training_curves_png(bundle.manifest.history)  # doctest: +SKIP
@@ -42,7 +45,7 @@ def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes | None:
         lax.plot(epochs, [r.get(k, np.nan) for r in rows], marker=marker, ms=4, label=k)
     lax.set_title("loss", fontsize=10)
     for k in scores:
-        max_.plot(epochs, [r.get(k, np.nan) for r in rows], marker=marker, ms=4, label=k)
+        max_.plot(epochs, [r.get(k, np.nan) for r in rows], marker=marker, ms=4, label=label(k) if label else k)
     max_.set_title("validation metrics", fontsize=10)
     from matplotlib.ticker import MaxNLocator
 

@@ -231,7 +231,7 @@ def build_report(
         doc["subgroups"] = sg
         if sg["warnings"]:
             doc["warnings"].append(f"{len(sg['warnings'])} subgroup warning(s): see Subgroups")
-    html_text = render_report(doc, part, plots.training_curves_png(ld.bundle.manifest.history))
+    html_text = render_report(doc, part, plots.training_curves_png(ld.bundle.manifest.history, ld.task.history_column))
     out_dir = Path(out) if out is not None else (ld.run_dir / "report" if ld.run_dir is not None else ld.bundle_dir.parent / f"{ld.bundle_dir.name}_report")
     html_path = write_text_atomic(out_dir / "report.html", html_text)
     json_path = out_dir / "metrics.json"

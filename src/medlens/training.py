@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     manifest.training_data = training_data_record(
         manifest.config.get("data", {}), {k: (len(v), table.subset(v).label_counts()) for k, v in splits.as_dict().items()},
         generated=bool((table.provenance or {}).get(GENERATED_KEY)), population=cfg.population, intended_use=cfg.intended_use)
-    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers, ood)
+    save_run_outputs(cfg, run_dir, bundle_dir, final_model, manifest, summary, results, fitted.history, fitted.loggers, ood,
+                     column=task.history_column)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
     final_split = "test" if "test" in results else "val"
@@ -334,8 +336,11 @@ def fit_ood_gate(cfg: RunConfig, task: Any, predictor: Predictor, table: SampleT
 
 
 def save_run_outputs(cfg: RunConfig, run_dir: Path, bundle_dir: Path, model: torch.nn.Module, manifest: Manifest, summary: dict[str, Any],
-                     results: dict[str, EvalResult], history: list[dict[str, Any]], loggers: list, ood: Any = None) -> None:
-    """What every finished run writes: the bundle, ``metrics.json``, ``history.csv``, ``predictions.npz``, trackers."""
+                     results: dict[str, EvalResult], history: list[dict[str, Any]], loggers: list, ood: Any = None,
+                     column: Callable[[str], str] | None = None) -> None:
+    """What every finished run writes: the bundle, ``metrics.json``, ``history.csv``, ``predictions.npz``, trackers.
+
+    ``column``: the task's name of each per-epoch key in ``history.csv`` (:meth:`Task.history_column`)."""
     from medlens.engine.tracking import finish_tracking
 
     manifest.extra["data_summary"] = summary
@@ -343,7 +348,7 @@ def save_run_outputs(cfg: RunConfig, run_dir: Path, bundle_dir: Path, model: tor
         manifest.extra["environment"] = json.loads((run_dir / "environment.json").read_text())
     save_bundle(model, manifest, bundle_dir, ood=ood)
     write_json_atomic(run_dir / "metrics.json", manifest.metrics)
-    _write_history(run_dir / "history.csv", history)
+    _write_history(run_dir / "history.csv", history, column)
     with atomic_open(run_dir / "predictions.npz", "wb") as f:
         np.savez_compressed(
             f,
@@ -354,7 +359,7 @@ def save_run_outputs(cfg: RunConfig, run_dir: Path, bundle_dir: Path, model: tor
     finish_tracking(cfg, loggers, run_dir, manifest.metrics)
 
 
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+def _write_history(path: Path, history: list[dict[str, Any]], column: Callable[[str], str] | None = None) -> None:
     if not history:
         return
     keys: list[str] = []
@@ -362,8 +367,9 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         for k in row:
             if k not in keys:
                 keys.append(k)
+    name = column or (lambda k: k)
     with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=[name(k) for k in keys])
         w.writeheader()
         for row in history:
-            w.writerow(row)
+            w.writerow({name(k): v for k, v in row.items()})

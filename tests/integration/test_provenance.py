@@ -120,3 +120,18 @@ def _png() -> bytes:
     Image.fromarray(np.full((32, 32), 90, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
+
+def test_history_and_report_name_rates_at_half_and_show_one_auroc(trained: Path, tmp_path: Path) -> None:
+    import csv
+
+    from medlens.report import build_report
+
+    with open(trained.parent / "history.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert "val/accuracy@0.5" in header and "val/f1_macro@0.5" in header and "val/sensitivity_macro@0.5" in header
+    assert "val/auroc_macro" in header and "val/accuracy" not in header  # threshold-free metrics keep their names
+    res = build_report(trained.parent, out=tmp_path / "rep", n_boot=50)
+    html = res.html.read_text(encoding="utf-8")
+    head = html[html.index("Headline metrics"):html.index("Per label")]
+    assert "AUROC (micro)" not in head and "AUROC (weighted)" not in head and "(macro)" not in head  # binary: one row each
+    assert head.count("auroc_macro") == 1

@@ -427,6 +427,11 @@ class Task:
         Only the task reads it; the core stores it as given."""
         return None
 
+    def history_column(self, key: str) -> str:
+        """The name ``history.csv`` and the report's training curves give a per-epoch key (e.g. ``val/accuracy@0.5``
+        for a rate computed at a fixed 0.5 rather than at the deployed threshold); default: the key itself."""
+        return key
+
     def epoch_line(self, row: dict[str, Any], options: TaskOptions) -> str:
         """The task's part of the per-epoch console line, from one ``history`` row (``val/...`` metrics)."""
         key = f"val/{self.headline_metric}"

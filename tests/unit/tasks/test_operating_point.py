@@ -70,3 +70,13 @@ def test_multiclass_decides_by_argmax(tmp_path: Path) -> None:
     assert set(op["labels"]) == {"a", "b", "c"} and all(v["threshold"] is None for v in op["labels"].values())
     assert "the highest class" in op["text"][0]
 
+
+def test_history_columns_say_at_half_where_a_threshold_of_0_5_was_used() -> None:
+    from medlens.tasks import get_task
+
+    binary, multi, multiclass = get_task("binary"), get_task("multilabel"), get_task("multiclass")
+    for key in ("val/accuracy", "val/f1_macro", "val/raw_sensitivity_macro", "val/ema_accuracy", "val/tp"):
+        assert binary.history_column(key) == key + "@0.5" and multi.history_column(key) == key + "@0.5"
+    for key in ("val/auroc_macro", "val/loss", "val/ece", "val/threshold_f1", "train/loss", "epoch"):
+        assert binary.history_column(key) == key
+    assert multiclass.history_column("val/accuracy") == "val/accuracy"  # arg-max, as deployed

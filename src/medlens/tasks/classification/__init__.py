@@ -8,6 +8,7 @@ multi-label; multiclass decides by arg-max). Explanations are class-activation m
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from medlens.explanation import Explanation
 
 log = logging.getLogger("medlens.train")
+
+#: per-epoch validation keys whose value depends on a decision threshold (computed at 0.5 during training)
+AT_HALF = re.compile(r"^val/(raw_|ema_)?(accuracy|hamming_accuracy|exact_match|tp|fp|tn|fn|"
+                     r"(f1|precision|recall|sensitivity|specificity)_(macro|micro|weighted))$")
 
 
 @dataclass
@@ -284,6 +289,11 @@ class ClassificationTask(Task):
                 gap = float(row["val/ema_auroc_macro"]) - float(row["val/raw_auroc_macro"])
             parts.append("EMA " + " ".join(ema) + ("" if gap is None or gap != gap else f" (EMA-raw AUROC {gap:+.4f})"))
         return " | ".join(parts)
+
+    def history_column(self, key: str) -> str:
+        """Per-epoch rates of a thresholded model are computed at 0.5, not at the threshold fitted at the end: their
+        ``history.csv`` columns and curve labels say ``@0.5`` (multiclass decides by arg-max, as deployed)."""
+        return f"{key}@0.5" if self.thresholded and AT_HALF.match(key) else key
 
     def lower_is_better(self, metric: str) -> bool:
         from medlens.tasks.classification.metrics import LOWER_IS_BETTER

@@ -138,22 +138,36 @@ def report_part(kind: str, top_label: bool, ri: ReportInputs) -> ReportPart:
     level = int(round(ci["confidence"] * 100))
     unit = "patients/groups" if ci["unit"] == "group" else "samples"
     doc = {"split": ri.split, "calibrated": ri.calibrated, "thresholds": th, "calibration": cs, "curves": bands}
-    sections = [_headline_html(pt, ci, doc, level, unit), _per_label_html(pt, ci, level), _operating_points_html(pt, th),
+    single = kind == "binary"  # one output: macro, micro and weighted averages are one number, shown once
+    sections = [_headline_html(pt, ci, doc, level, unit, single), _per_label_html(pt, ci, level), _operating_points_html(pt, th),
                 _calibration_html(cs, figs, top_label), _curves_html(bands, figs)]
-    cards = [("AUROC (macro)", ci["headline"].get("auroc_macro")), ("Sensitivity (macro)", ci["headline"].get("sensitivity_macro")),
-             ("Specificity (macro)", ci["headline"].get("specificity_macro")), ("ECE", ci["headline"].get("ece"))]
+    cards = [(headline_label(k, single), ci["headline"].get(k)) for k in ("auroc_macro", "sensitivity_macro", "specificity_macro")]
+    cards.append(("ECE", ci["headline"].get("ece")))
     return ReportPart(metrics=pt, ci=ci, cards=cards, sections=sections, json={"curves": bands, "thresholds": th, "calibration": cs},
                       warnings=list(pt.get("warnings", [])), interval_note=f"{ci['method']}, {ci['n_boot']} replicates, seed {ci['seed']}, unit {ci['unit']}")
 
 
-def _headline_html(pt: dict[str, Any], ci: dict[str, Any], doc: dict[str, Any], level: int, unit: str) -> str:
+def headline_label(key: str, single: bool) -> str:
+    """A headline metric's name; with one output (binary) the ``(macro)`` is dropped: there is nothing to average.
+
+    Example:
+        >>> headline_label("auroc_macro", True), headline_label("auroc_macro", False)
+        ('AUROC', 'AUROC (macro)')
+    """
+    name = HEADLINE_LABELS.get(key, key)
+    return name.replace(" (macro)", "") if single else name
+
+
+def _headline_html(pt: dict[str, Any], ci: dict[str, Any], doc: dict[str, Any], level: int, unit: str, single: bool = False) -> str:
     parts: list[str] = []
     parts.append(f"<h2>Headline metrics ({esc(doc['split'])} split)</h2>")
     parts.append(f"<p>{level}% confidence intervals: percentile bootstrap, {ci['n_boot']} replicates resampling {ci['n_units']} {unit}"
                  + (" (all images of a patient together)" if ci["unit"] == "group" else "") + f". Decisions at the deployed thresholds; probabilities {'with' if doc['calibrated'] else 'without'} temperature scaling.</p>")
     rows = []
     for k, e in ci["headline"].items():
-        rows.append([esc(HEADLINE_LABELS.get(k, k)) + f' <span class="muted">{esc(k)}</span>', ci_text(e), fmt(e["n_valid"], 0)])
+        if single and k.endswith(("_micro", "_weighted")):
+            continue  # the same number as the macro row for one output
+        rows.append([esc(headline_label(k, single)) + f' <span class="muted">{esc(k)}</span>', ci_text(e), fmt(e["n_valid"], 0)])
     parts.append(html_table(["metric", f"value ({level}% CI)", "valid replicates"], rows))
     parts.append(f"<p class=muted>Totals over all labels: TP {pt.get('tp')}, FP {pt.get('fp')}, TN {pt.get('tn')}, FN {pt.get('fn')}.</p>")
 

@@ -203,8 +203,9 @@ class ImageDataset(Dataset):
         img = self.load(i)
         if img is None:
             return None
+        key = getattr(i, "key", None)  # an EpochIndex: augment from (seed, epoch, draw), not the worker's generator
         return {
-            "image": self.transform(img),
+            "image": self.transform(img) if key is None else self.transform(img, seed=key),
             "targets": self.table.targets[i],
             "index": int(i),
             "metadata": None if self.metadata is None else self.metadata[i],
@@ -216,6 +217,29 @@ def default_num_workers(table: SampleTable, cached: bool) -> int:
     if table.in_memory or cached:
         return 0
     return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class EpochIndex(int):
+    """A row index that carries an augmentation key (from the run's seed, the epoch and the draw's position).
+
+    The dataset seeds the row's augmentation from the key, so the draws do not depend on which
+    data-loader worker reads the row or on that worker's history: a run resumed after ``kill -9`` (fresh workers)
+    augments every later epoch exactly as the uninterrupted run did.
+
+    Example:
+        >>> i = EpochIndex(7, 42); (int(i), i.key)
+        (7, 42)
+    """
+
+    key: int
+
+    def __new__(cls, value: int, key: int) -> EpochIndex:
+        obj = super().__new__(cls, value)
+        obj.key = key
+        return obj
+
+    def __reduce__(self):  # pickled to worker processes with the key
+        return (EpochIndex, (int(self), self.key))
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -251,8 +275,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63 - 1))
         if self.weights is None:
-            return iter(torch.randperm(self.n, generator=g).tolist())
-        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+            rows = torch.randperm(self.n, generator=g).tolist()
+        else:
+            rows = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        # each draw carries its own augmentation key (a row drawn twice is augmented twice, differently)
+        base = ((self.seed * 1_000_003 + self.epoch) * 1_000_003) % (2**62)
+        return iter(EpochIndex(r, base + pos) for pos, r in enumerate(rows))
 
 
 def make_loader(

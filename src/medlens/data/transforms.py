@@ -170,10 +170,19 @@ class SeededAugment:
         self._py = random.Random(0)
         compose.set_random_state(self._np, self._py)
 
-    def __call__(self, image: np.ndarray) -> dict:
-        import torch
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> dict:
+        """Augment one image; ``seed`` (from the sample's epoch and row, see ``EpochSampler``) fixes the draws.
 
-        a, b = (int(v) for v in torch.randint(0, 2**62, (2,)))
+        Without a seed the draws come from torch's global generator. With one they depend on nothing else, so
+        a sample is augmented the same way whichever data-loader worker reads it and whether or not the run was
+        resumed (workers' own generators continue differently after a restart).
+        """
+        if seed is None:
+            import torch
+
+            a, b = (int(v) for v in torch.randint(0, 2**62, (2,)))
+        else:
+            a, b = (int(v) >> 2 for v in np.random.SeedSequence(int(seed) & (2**64 - 1)).generate_state(2, np.uint64))
         self._bitgen.state = {"bit_generator": "PCG64", "state": {"state": a, "inc": 2 * b + 1}, "has_uint32": 0, "uinteger": 0}
         self._py.seed(a)
         return self.compose(image=image)
@@ -235,7 +244,8 @@ def make_transform(pp: Preprocessing, augment=None) -> Callable[[np.ndarray], np
         augment: an albumentations pipeline from :func:`build_augment` (training only), or None.
 
     Returns:
-        A function: uint8 (H, W) / (H, W, C) -> float32 (C, size, size).
+        A function: uint8 (H, W) / (H, W, C) -> float32 (C, size, size); its optional ``seed`` fixes the
+        augmentation's draws for this one image.
 
     Example:
         >>> pp = resolve_preprocessing(28, 1)
@@ -243,10 +253,10 @@ def make_transform(pp: Preprocessing, augment=None) -> Callable[[np.ndarray], np
         (1, 28, 28)
     """
 
-    def transform(img: np.ndarray) -> np.ndarray:
+    def transform(img: np.ndarray, seed: int | None = None) -> np.ndarray:
         x = geometry(img, pp)
         if augment is not None:
-            x = augment(image=x)["image"]
+            x = (augment(image=x) if seed is None else augment(image=x, seed=seed))["image"]
             if x.ndim == 2:
                 x = x[:, :, None]
         return normalize(x, pp)

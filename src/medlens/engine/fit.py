@@ -84,12 +84,8 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
 
     ck = check_resume_checkpoint(resume, module) if resume is not None else None
     resume_path = None if ck is None else ck.path
-    workers = int(getattr(train_loader, "num_workers", 0) or 0)
-    if ck is not None and workers > 0 and getattr(cfg.data, "augment", "none") != "none":
-        # persistent loader workers carry their random state from epoch to epoch, and a resumed run starts new ones:
-        # the augmentation of the epochs still to come is drawn afresh (measured: weights and metrics differ)
-        log.warning("resume: %d data-loader workers draw the remaining epochs' augmentation afresh, so this run will not "
-                    "match an uninterrupted one exactly (data.num_workers: 0 resumes bit for bit)", workers)
+    # (loader workers need no warning: each draw's augmentation is seeded from (seed, epoch, position) by
+    # medlens.data.dataset.EpochSampler, so fresh workers after a resume draw what the old ones would have)
     if cfg.trainer.tune_allocator:
         from medlens.engine.allocator import tune_allocator
 

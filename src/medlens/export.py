@@ -150,7 +150,7 @@ def export_onnx(bundle_path: str | Path, out_dir: str | Path | None = None, opse
     manifest = bundle.manifest
     data, exporter = export_to_bytes(bundle.model, manifest, opset, dynamo)
     info: dict[str, Any] = {
-        "file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset if exporter == "torchscript" else max(opset, 18),
+        "file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "opset": opset if exporter == "torchscript" else max(opset, 18),
         "exporter": exporter, "inputs": ["image", "metadata"] if metadata_dim(manifest) else ["image"], "output": output_name(manifest),
         "outputs": output_names(bundle.model, manifest),
         "dynamic_axes": {"batch": 0}, "torch": torch.__version__,

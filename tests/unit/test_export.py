@@ -179,6 +179,28 @@ def test_tampered_or_unrecorded_onnx_is_refused(small_bundle: Path, tmp_path: Pa
         OnnxPredictor.from_bundle(out, verify=False)
 
 
+def test_onnx_file_size_is_bounded_before_it_is_read(small_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    """model.onnx is read whole into memory: its size is checked against the manifest's record and protobuf's 2 GiB
+    limit first (a padded 150 GB file would otherwise be read before the checksum fails)."""
+    import medlens.inference.onnx as onnx_mod
+
+    out = tmp_path / "t"
+    export_onnx(small_bundle, out)
+    size = (out / ONNX_FILE).stat().st_size
+    assert json.loads((out / MANIFEST).read_text())["extra"]["onnx"]["bytes"] == size
+    reads: list[Path] = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    with open(out / ONNX_FILE, "ab") as f:
+        f.truncate(size + 4096)  # sparse padding
+    with pytest.raises(BundleError, match="but the manifest records"):
+        OnnxPredictor.from_bundle(out)
+    assert not [p for p in reads if p.name == ONNX_FILE]
+    monkeypatch.setattr(onnx_mod, "MAX_ONNX_BYTES", size)
+    with pytest.raises(BundleError, match="more than an ONNX model file can hold"):
+        OnnxPredictor.from_bundle(out, verify=False)
+
+
 def test_bundle_without_onnx_is_exported_in_memory(small_bundle: Path, tmp_path: Path) -> None:
     b = Path(shutil.copytree(small_bundle, tmp_path / "fresh"))
     p = Predictor.from_bundle(b, backend="onnx")

@@ -20,6 +20,8 @@ from medlens.inference.base import BasePredictor
 log = logging.getLogger("medlens.predict")
 
 ONNX_FILE = "model.onnx"
+#: the largest model.onnx read: protobuf's 2 GiB message limit (a larger file cannot be a valid single-file model)
+MAX_ONNX_BYTES = 2**31
 
 
 def onnx_session(data: bytes, providers: list[str] | None = None, threads: int | None = None):
@@ -80,8 +82,13 @@ class OnnxPredictor(BasePredictor):
         manifest = read_manifest(folder)
         onnx_path = p if p.suffix == ".onnx" else folder / ONNX_FILE
         if onnx_path.is_file():
-            data = onnx_path.read_bytes()
             rec = (manifest.extra or {}).get("onnx") or {}
+            size = onnx_path.stat().st_size  # bounded before a byte is read: the file is read whole into memory
+            if size > MAX_ONNX_BYTES:
+                raise BundleError(f"{onnx_path}: {size:,} bytes, more than an ONNX model file can hold ({MAX_ONNX_BYTES:,})")
+            if verify and isinstance(rec.get("bytes"), int) and size != rec["bytes"]:
+                raise BundleError(f"{onnx_path}: {size:,} bytes, but the manifest records {rec['bytes']:,} (file modified or corrupt)")
+            data = onnx_path.read_bytes()
             if verify:
                 if not rec.get("sha256"):
                     raise BundleError(f"{onnx_path}: not recorded in {folder / MANIFEST}; re-run `medlens export {folder}`")

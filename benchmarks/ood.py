@@ -1,9 +1,11 @@
 """The out-of-distribution gate of a chest X-ray classifier: far-OOD, near-OOD and the in-distribution false flags.
 
     python benchmarks/ood.py                          # trains configs/pneumoniamnist.yaml (28 px), then scores
-    python benchmarks/ood.py --bundle runs/pneumoniamnist/bundle   # an existing PneumoniaMNIST bundle
+    python benchmarks/ood.py --bundle runs/pneumoniamnist/bundle   # an existing chest X-ray bundle
+    python benchmarks/ood.py --bundle runs/kermany_224/bundle       # the Kermany model (benchmarks/kermany.py)
 
-In-distribution: the PneumoniaMNIST test split (624 paediatric chest X-rays, never seen in training). Far-OOD:
+In-distribution: the bundle's own test split (PneumoniaMNIST or Kermany: 624 paediatric chest X-rays, never seen
+in training), rebuilt from the config stored in the bundle. Far-OOD:
 HAM10000 dermoscopy photos (100) and BreastMNIST ultrasound (156 test images). Near-OOD: NIH ChestX-ray14
 "NIH1000" adult chest X-rays (1000) against this paediatric model. Every image goes through the bundle's own
 preprocessing (grey, resized to the model's size). Figures per detector, fitted on the same training features:
@@ -92,7 +94,7 @@ def main() -> None:
         det = fit_detector(feats["train"], feats["val"], method, k, 0.95, max_bank=4096, seed=0)
         s_in = det.score(ind)
         name = f"kNN k={k}" if method == "knn" else "Mahalanobis"
-        print(f"| {name} | PneumoniaMNIST test (in-distribution) | {len(ind)} | - | - | {np.mean(s_in > det.threshold):.3f} (false flags) |")
+        print(f"| {name} | {getattr(cfg, 'name', None) or 'own'} test (in-distribution) | {len(ind)} | - | - | {np.mean(s_in > det.threshold):.3f} (false flags) |")
         for set_name, f in ood_sets.items():
             s_out = det.score(f)
             print(f"| {name} | {set_name} | {len(f)} | {auroc(s_in, s_out):.4f} | {fpr_at_95_tpr(s_in, s_out):.3f} | "

@@ -74,7 +74,9 @@ class ImageClassifier(nn.Module):
         in_chans: 1 for grey, 3 for colour.
         pretrained: ``False``; ``True`` for timm's default pretrained tag of the backbone; a Hugging Face hub id
             (``timm/resnet18.tv_in1k``); or a local ``.safetensors``/``.pth``/``.bin`` file (see
-            :mod:`medlens.models.pretrained`). Hub weights come from the Hugging Face cache (``HF_HOME``),
+            :mod:`medlens.models.pretrained`): timm's tensor names, or a third-party checkpoint (nested under
+            ``state_dict``/``teacher``/``model``/``student``, ``module.``/``backbone.``/``encoder.`` prefixes), whose
+            match report is kept in :attr:`pretrained_info` (``match``); one matching under half the backbone is refused. Hub weights come from the Hugging Face cache (``HF_HOME``),
             downloaded on first use unless ``HF_HUB_OFFLINE=1``. A 3-channel first convolution is summed over
             RGB for ``in_chans=1``. What was loaded is in :attr:`pretrained_info` (source, revision, sha256).
         image_size: input size, used to adapt the stem for small images.
@@ -103,10 +105,13 @@ class ImageClassifier(nn.Module):
         from medlens.models.pretrained import (
             PretrainedWeightsError,
             load_medlens_backbone,
+            load_weights_file,
+            match_line,
             medlens_backbone_info,
             missing_backbone_weights,
             pretrained_record,
             resolve_pretrained,
+            weight_names,
         )
 
         kw: dict[str, Any] = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
@@ -115,7 +120,17 @@ class ImageClassifier(nn.Module):
         self.pretrained_info: dict[str, Any] | None = pretrained_record(info)
         red = stem_reduction(image_size, small_input)
         own = info is not None and medlens_backbone_info(info["file"]) is not None  # written by `medlens pretrain`
-        if info is None or own:
+        local = info is not None and not own and not str(info["source"]).startswith("hf-hub:")
+        foreign = False
+        if local:  # a file with timm's tensor names goes through timm's loader below; any other through ours
+            if not timm.is_model(backbone):
+                raise ValueError(f"model.backbone: unknown timm model {backbone!r}")
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
+            foreign = bool(missing_backbone_weights(list(self.backbone.state_dict()), info["file"]))
+        if foreign:  # third-party checkpoint: nested dicts, prefixes, a match report (refused under 50 %)
+            report = load_weights_file(self.backbone, info["file"], backbone)
+            self.pretrained_info = {**(self.pretrained_info or {}), "match": report}
+        elif info is None or own:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
         else:
             if not timm.is_model(backbone):
@@ -128,12 +143,19 @@ class ImageClassifier(nn.Module):
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 raise PretrainedWeightsError(f"model.pretrained: {info['file']} ({info['source']}) does not load into backbone {backbone!r}: {first}") from None
             # timm loads non-strictly once the classifier is dropped: every backbone tensor must be in the file
-            missing = missing_backbone_weights(list(self.backbone.state_dict()), info["file"])
+            target = list(self.backbone.state_dict())
+            missing = missing_backbone_weights(target, info["file"])
             if missing:
                 raise PretrainedWeightsError(
-                    f"model.pretrained: {info['file']} ({info['source']}) lacks {len(missing)} tensors of backbone {backbone!r}, e.g. {missing[:3]}; "
-                    "for checkpoints with other tensor names (module./encoder. prefixes) use model.checkpoint"
+                    f"model.pretrained: {info['file']} ({info['source']}) lacks {len(missing)} tensors of backbone {backbone!r}, e.g. {missing[:3]}"
                 )
+            if local:  # every tensor matched by name (timm checked the shapes): the report says so, with what was left over
+                extra = sorted(weight_names(info["file"]) - set(target))
+                report = {"backbone_tensors": len(target), "matched": len(target), "missing": 0, "unexpected": len(extra),
+                          "shape_mismatches": 0, "prefixes_stripped": [], "nested": [],
+                          "examples": {"missing": [], "unexpected": extra[:3], "shape_mismatches": []}}
+                self.pretrained_info = {**(self.pretrained_info or {}), "match": report}
+                log.info("backbone %s: weights file %s: %s", backbone, info["file"], match_line(report))
             log.info("backbone %s: pretrained weights %s (sha256 %s)", backbone, info["source"], info["sha256"][:12])
         before = dict(self.backbone.named_parameters())
         if red > 1 and not adapt_stem(self.backbone, red):

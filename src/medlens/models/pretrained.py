@@ -16,6 +16,11 @@ naming ``model.pretrained`` before any data is read. timm then loads the resolve
 through its normal path (``timm.create_model(pretrained=True, pretrained_cfg_overlay={"file": ...})``), which
 drops the ImageNet classifier and sums a 3-channel first convolution over RGB for 1-channel inputs.
 
+A local file whose tensor names are not timm's (a third-party self-supervised checkpoint: a DINO ``teacher``, a
+Lightning ``state_dict``, ``module.``/``backbone.``/``encoder.`` prefixes) is read by :func:`load_weights_file`:
+unwrapped, prefixes stripped, matched by name and shape; the match report (matched, missing, unexpected, shape
+mismatches) is logged and stored in the manifest, and a file matching under half the backbone's tensors is refused.
+
 :func:`resolve_pretrained` returns what the manifest records: the source and the SHA-256 of the exact file
 loaded. :func:`check_pretrained_available` answers "will this work?" without building a model or hashing.
 """
@@ -345,6 +350,160 @@ def missing_backbone_weights(backbone_keys: list[str], path: str | Path) -> list
     """
     have = weight_names(path)
     return [k for k in backbone_keys if k not in have]
+
+
+# ------------------------------------------------------------------------------------------ third-party checkpoints
+#: Keys a checkpoint nests its weights under, tried in this order at each level: timm's EMA copies first (as timm's
+#: loader does), then Lightning/most trainers (``state_dict``), DINO/iBOT (``teacher`` before ``student``), others.
+NESTED_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema", "state_dict", "teacher", "model", "student")
+#: Prefixes stripped from a tensor name the backbone does not know (repeatedly: ``module.backbone.conv1.weight``):
+#: DDP (``module.``), DINO heads (``backbone.``, ``teacher.``), MoCo/SimCLR (``encoder.``), wrappers (``model.``),
+#: torch.compile (``_orig_mod.``).
+STRIP_PREFIXES: tuple[str, ...] = ("module.", "backbone.", "teacher.", "encoder.", "model.", "_orig_mod.")
+#: A file must match at least this share of the backbone's tensors, or it is refused (random weights in disguise).
+MIN_MATCH_FRACTION = 0.5
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """The tensors of a ``.safetensors`` or weights-only torch file, unwrapped from nested dicts.
+
+    Returns:
+        (name -> tensor, the keys descended through, e.g. ``["teacher"]``).
+
+    Raises:
+        PretrainedWeightsError: unreadable, needs code to unpickle, or holds no tensors.
+
+    Example:
+        >>> read_weights_file("w.safetensors")  # doctest: +SKIP
+        ({'conv1.weight': tensor(...), ...}, [])
+    """
+    import torch
+
+    p = str(path)
+    try:
+        if p.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(p)
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as e:  # noqa: BLE001 - safetensors, pickle, zip and torch each raise their own kinds
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise PretrainedWeightsError(f"model.pretrained: {p} is not a readable weights file ({type(e).__name__}"
+                                     f"{': ' + first if first else ''}); give a .safetensors or a weights-only torch file") from None
+    nested: list[str] = []
+    while isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        key = next((k for k in NESTED_KEYS if isinstance(sd.get(k), dict)), None)
+        if key is None:
+            break
+        nested.append(key)
+        sd = sd[key]
+    tensors = {str(k): v for k, v in sd.items() if isinstance(v, torch.Tensor)} if isinstance(sd, dict) else {}
+    if not tensors:
+        top = list(sd)[:5] if isinstance(sd, dict) else type(sd).__name__
+        raise PretrainedWeightsError(f"model.pretrained: {p} holds no tensors (top-level keys {top}; weights are looked "
+                                     f"for under {list(NESTED_KEYS)})")
+    return tensors, nested
+
+
+def _strip_prefixes(name: str, known: Any) -> tuple[str, list[str]]:
+    stripped: list[str] = []
+    while name not in known:
+        pre = next((p for p in STRIP_PREFIXES if name.startswith(p)), None)
+        if pre is None:
+            break
+        name = name[len(pre) :]
+        stripped.append(pre)
+    return name, stripped
+
+
+def match_weights(target: dict[str, Any], source: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Map a file's tensors onto a backbone's state dict: prefixes stripped, an RGB first convolution summed for a
+    one-channel input, misshapen tensors left out.
+
+    Returns:
+        (the tensors to load, the match report ``{"backbone_tensors", "matched", "missing", "unexpected",
+        "shape_mismatches", "prefixes_stripped", "examples"}``).
+
+    Example:
+        >>> import torch
+        >>> _, r = match_weights({"w": torch.zeros(2)}, {"module.w": torch.ones(2), "head.b": torch.ones(1)})
+        >>> (r["matched"], r["missing"], r["unexpected"], r["prefixes_stripped"])
+        (1, 0, 1, ['module.'])
+    """
+    loaded: dict[str, Any] = {}
+    unexpected: list[str] = []
+    shape: list[str] = []
+    prefixes: dict[str, None] = {}
+    for key, v in source.items():
+        name, stripped = _strip_prefixes(key, target)
+        if name not in target or name in loaded:
+            unexpected.append(key)
+            continue
+        t = target[name]
+        if v.shape != t.shape and v.ndim == 4 and t.ndim == 4 and t.shape[1] == 1 and v.shape[1] == 3 \
+                and v.shape[0] == t.shape[0] and v.shape[2:] == t.shape[2:]:
+            v = v.sum(dim=1, keepdim=True)  # an RGB stem for grey input, as timm adapts its own weights
+        if v.shape != t.shape:
+            shape.append(f"{name} {tuple(v.shape)}->{tuple(t.shape)}")
+            continue
+        loaded[name] = v
+        prefixes.update(dict.fromkeys(stripped))
+    missing = [k for k in target if k not in loaded]
+    report = {
+        "backbone_tensors": len(target), "matched": len(loaded), "missing": len(missing), "unexpected": len(unexpected),
+        "shape_mismatches": len(shape), "prefixes_stripped": list(prefixes),
+        "examples": {"missing": missing[:3], "unexpected": unexpected[:3], "shape_mismatches": shape[:3]},
+    }
+    return loaded, report
+
+
+def match_line(report: dict[str, Any]) -> str:
+    """The match report as one line.
+
+    Example:
+        >>> match_line({"backbone_tensors": 4, "matched": 3, "missing": 1, "unexpected": 0, "shape_mismatches": 0})
+        'matched 3 of 4 backbone tensors (75 %), 1 missing, 0 unexpected, 0 shape mismatches'
+    """
+    ex = report.get("examples", {})
+
+    def part(n: int, what: str, key: str) -> str:
+        return f"{n} {what}" + (f" (e.g. {ex[key]})" if n and ex.get(key) else "")
+
+    n, m = report["backbone_tensors"], report["matched"]
+    line = (f"matched {m} of {n} backbone tensors ({100 * m / max(n, 1):.0f} %), {part(report['missing'], 'missing', 'missing')}, "
+            f"{part(report['unexpected'], 'unexpected', 'unexpected')}, "
+            f"{part(report['shape_mismatches'], 'shape mismatches', 'shape_mismatches')}")
+    if report.get("nested"):
+        line += "; weights under " + "/".join(repr(k) for k in report["nested"])
+    if report.get("prefixes_stripped"):
+        line += "; prefixes stripped: " + " ".join(report["prefixes_stripped"])
+    return line
+
+
+def load_weights_file(net: Any, path: str | Path, backbone: str) -> dict[str, Any]:
+    """Load a third-party weights file into a built timm backbone (before any stem adaptation), non-strictly.
+
+    Nested dicts (:data:`NESTED_KEYS`) are unwrapped and :data:`STRIP_PREFIXES` stripped, so a DINO teacher, a
+    Lightning checkpoint or a DDP export load as they are. What matched is logged and returned (it is stored in the
+    manifest); tensors the file lacks keep their initialisation.
+
+    Raises:
+        PretrainedWeightsError: the file matches under :data:`MIN_MATCH_FRACTION` of the backbone's tensors; the
+            one-line message carries the match report.
+    """
+    source, nested = read_weights_file(path)
+    loaded, report = match_weights(net.state_dict(), source)
+    report["nested"] = nested
+    if report["matched"] < MIN_MATCH_FRACTION * report["backbone_tensors"]:
+        raise PretrainedWeightsError(f"model.pretrained: {path} does not fit backbone {backbone!r} (under "
+                                     f"{100 * MIN_MATCH_FRACTION:.0f} % of its tensors): {match_line(report)}")
+    net.load_state_dict(loaded, strict=False)
+    log.info("backbone %s: weights file %s: %s", backbone, path, match_line(report))
+    if report["missing"]:
+        log.warning("backbone %s: %d tensors are not in %s and keep their initialisation, e.g. %s", backbone,
+                    report["missing"], path, report["examples"]["missing"])
+    return report
 
 
 def pretrained_record(info: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -218,3 +218,27 @@ def test_edited_manifest_and_missing_files_are_clear_errors(binary_bundle: Path,
         Predictor.from_bundle(d)
     with pytest.raises(ValueError, match="unknown backend"):
         Predictor.from_bundle(binary_bundle, backend="tensorrt")
+
+
+def test_a_large_jpeg_reaches_the_model_as_the_training_loader_reads_it(predictor: Predictor, tmp_path: Path) -> None:
+    """Training decodes a JPEG at least twice the model's size at reduced DCT scale; prediction must read the file the
+    same way (a full decode is a different image after the resize: train/serve skew), from a path, bytes or a table."""
+    from medlens.data.dataset import ImageDataset
+    from medlens.data.io import load_image
+    from medlens.data.labels import LabelSpace
+    from medlens.data.samples import SampleTable
+
+    size = predictor.manifest.preprocessing.image_size
+    rng = np.random.default_rng(0)
+    big = (rng.random((8 * size, 8 * size)) * 255).astype(np.uint8)
+    f = tmp_path / "big.jpg"
+    Image.fromarray(big).save(f, quality=90)
+    table = SampleTable(LabelSpace(("normal", "abnormal"), "binary"), ["big"], [str(f)], np.zeros((1, 2), np.float32), None, None, None)
+    seen = ImageDataset(table, predictor.transform, predictor.manifest.preprocessing, cache=False)[0]["image"]
+    want = predictor.predict([seen_img := load_image(f, reduce_to=size)])[0].probabilities["abnormal"]
+    assert np.allclose(predictor.transform(seen_img), seen)  # the training loader's input, exactly
+    for p in predictor.predict([f, str(f), f.read_bytes()]):
+        assert p.probabilities["abnormal"] == pytest.approx(want, abs=1e-6), p.source
+    assert predictor.predict_table(table)[0, 0] == pytest.approx(want, abs=1e-6)
+    full = predictor.predict([load_image(f)])[0].probabilities["abnormal"]
+    assert full != pytest.approx(want, abs=1e-7)  # the full decode is another input: the check above can fail

@@ -48,8 +48,13 @@ def _as_input_list(inputs: Any) -> list:
     return list(inputs)
 
 
-def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None = None,
+                 reduce_to: int | None = None) -> tuple[np.ndarray, str]:
     """Any supported input -> (uint8 image, source name).
+
+    ``reduce_to`` (the model's image size): a JPEG path or bytes at least twice that size decodes at reduced DCT
+    scale, as the training data loader reads it, so a file reaches the model the same way in training and in
+    prediction (and 3-4x faster for a 1024 px file); leave it None where the full image is needed (overlays).
 
     Paths and bytes are decoded by format (PNG, JPEG, TIFF, BMP, DICOM, ...). Numpy arrays may be (H, W),
     (H, W, C) or (C, H, W); uint8 is used as is, booleans and floats within [0, 1] are scaled by 255, other
@@ -63,9 +68,9 @@ def decode_input(x: ImageInput, name: str | None = None, max_pixels: int | None 
 
     limit = max_pixels or MAX_PIXELS
     if isinstance(x, (str, Path)):
-        return load_image(x, limit), name or str(x)
+        return load_image(x, limit, reduce_to=reduce_to), name or str(x)
     if isinstance(x, (bytes, bytearray)):
-        return load_image_bytes(bytes(x), name or "<bytes>", limit), name or "<bytes>"
+        return load_image_bytes(bytes(x), name or "<bytes>", limit, reduce_to=reduce_to), name or "<bytes>"
     if isinstance(x, np.ndarray):
         arr = x
         if arr.ndim not in (2, 3) or arr.size == 0:
@@ -222,7 +227,7 @@ class BasePredictor:
         out = []
         for i in range(0, len(table), self.batch_size):
             idx = range(i, min(i + self.batch_size, len(table)))
-            imgs = [table.images[j] if table.in_memory else load_image(table.images[j]) for j in idx]
+            imgs = [table.images[j] if table.in_memory else load_image(table.images[j], reduce_to=self.manifest.preprocessing.image_size) for j in idx]
             meta = None if self.meta_encoder is None else self.meta_encoder.transform_table(table.subset(np.asarray(list(idx))))
             _, f = self._forward_full(np.stack([self.transform(im) for im in imgs]), meta, features=True)
             if f is None:
@@ -269,7 +274,7 @@ class BasePredictor:
         rng = range(0, len(table), self.batch_size)
         for i in progress_iter(rng, progress, "predicting"):
             idx = range(i, min(i + self.batch_size, len(table)))
-            imgs = [table.images[j] if table.in_memory else load_image(table.images[j]) for j in idx]
+            imgs = [table.images[j] if table.in_memory else load_image(table.images[j], reduce_to=self.manifest.preprocessing.image_size) for j in idx]
             out.append(self.predict_arrays(imgs, None if meta is None else meta[idx.start : idx.stop], logits))
         return np.concatenate(out) if out else self.predict_arrays([])
 
@@ -306,7 +311,7 @@ class BasePredictor:
             xs, srcs, where, metas = [], [], [], []
             for j in range(start, min(start + self.batch_size, len(inputs))):
                 try:
-                    img, src = decode_input(inputs[j], names[j])
+                    img, src = decode_input(inputs[j], names[j], reduce_to=self.manifest.preprocessing.image_size)
                     xs.append(self.transform(img))  # preprocessing errors (odd channel counts, ...) fail this input only
                 except _INPUT_ERRORS as e:
                     results[j] = Prediction(str(names[j] or inputs[j] if isinstance(inputs[j], (str, Path)) else names[j] or f"<input {j}>"), error=str(e))

@@ -65,7 +65,7 @@ def test_anomaly_page_shows_the_score_the_decision_and_the_error_map(anomaly_ser
         page.wait_for_selector("tr.finding", timeout=30000)
         rows = page.eval_on_selector_all("tr.finding", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
         assert len(rows) == 1
-        label, _bar, value, threshold, decision = rows[0]
+        label, decision, value, _bar, threshold = rows[0]  # the decision first, then the number it was made on
         assert label == "pneumonia"
         assert not value.endswith("%") and float(value) >= 0.0  # a score, shown as a number
         assert float(threshold) == pytest.approx(THRESHOLD)

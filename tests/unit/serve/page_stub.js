@@ -13,7 +13,7 @@ class Node_ { constructor(tag) { this.tag = tag; this.children = []; this.style 
 class Text_ extends Node_ { constructor(t) { super("#text"); this._text = t; } }
 const ids = {};
 global.Node = Node_;
-global.document = { createElement: t => new Node_(t), createTextNode: t => new Text_(t), getElementById: id => (ids[id] = ids[id] || new Node_("div")), querySelectorAll: () => [], body: new Node_("body") };
+global.document = { createElement: t => new Node_(t), createTextNode: t => new Text_(t), getElementById: id => (ids[id] = ids[id] || new Node_("div")), querySelectorAll: () => [], body: new Node_("body"), addEventListener() {} };
 global.Option = function (t, v) { return { text: t, value: v }; };
 global.fetch = async () => ({ status: 500, ok: false, json: async () => ({ error: { message: "x" } }), statusText: "x" });
 eval(script.replace(/^loadModel\(\);$/m, "") + `

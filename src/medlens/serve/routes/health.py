@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from medlens.serve.deps import get_state
 from medlens.serve.state import ServerState
@@ -32,6 +32,17 @@ async def health(state: ServerState = Depends(get_state)) -> dict:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+#: the page's icon: a small inline SVG (a lens over a cross), so ``/favicon.ico`` is never a 404
+FAVICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="13" cy="13" r="10" fill="#fff" '
+               'stroke="#1f5fa8" stroke-width="3"/><path d="M13 8v10M8 13h10" stroke="#b3261e" stroke-width="3"/>'
+               '<path d="M20.5 20.5 29 29" stroke="#1f5fa8" stroke-width="4" stroke-linecap="round"/></svg>')
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)

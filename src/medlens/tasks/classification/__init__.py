@@ -395,7 +395,7 @@ class ClassificationTask(Task):
 
         names = manifest.label_names
         word, ece, split = value_word(manifest.metrics)
-        what = {"binary": f"{'the probability' if word == 'probability' else 'a score'} of {names[-1]}",
+        what = {"binary": f"the probability of {names[-1]}" if word == "probability" else f"a score for {names[-1]}",
                 "multiclass": f"one {word} per class (the largest decides)",
                 "multilabel": f"one {word} per finding, each with its own threshold"}[self.kind]
         how = ("calibration not measured, so it is a score (0-100 %), not a probability" if ece is None else

@@ -16,13 +16,17 @@ def split_audit(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Also write the report as JSON here.")] = None,
+    duplicates: Annotated[bool, typer.Option("--duplicates/--no-duplicates", help="Also look for exact and near-duplicate images (reads every image).")] = True,
+    near_bits: Annotated[int, typer.Option("--near-bits", metavar="BITS", min=-1, max=255,
+                                           help="Near-duplicate threshold: Hamming distance of the 255-bit perceptual hashes (default 24: re-encoded, "
+                                                "resized or brightened copies; distinct chest X-rays are 40+ apart; -1: exact duplicates only).")] = 24,
 ) -> None:
-    """List every patient/exam group that appears in more than one split (exit code 1 when any does)."""
+    """List every patient/exam group in more than one split, and duplicated images (exit code 1 when any crosses splits)."""
     setup_logging()
     from medlens.config import load_config
     from medlens.data.audit import audit_config
 
-    report = audit_config(load_config(config, set_ or []))
+    report = audit_config(load_config(config, set_ or []), duplicates=duplicates, near_bits=near_bits)
     typer.echo(report.to_text())
     if json_out is not None:
         json_out.write_text(json.dumps(report.as_dict(), indent=2))

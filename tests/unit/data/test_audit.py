@@ -200,3 +200,30 @@ def test_perceptual_hash_moves_little_for_the_same_image_and_much_for_another() 
     assert max(bits(img, jpeg), bits(img, small), bits(img, bright), bits(img, rgb)) <= NEAR_DUPLICATE_BITS // 2
     others = [bits(img, _smooth(s, 224)) for s in range(6, 16)]
     assert min(others) > 2 * NEAR_DUPLICATE_BITS
+
+
+def test_cli_duplicate_options_act(tmp_path: Path) -> None:
+    """`medlens split audit --near-bits -1` finds only byte copies; `--no-duplicates` reads no image at all."""
+    import csv
+
+    table, parts = _file_table(tmp_path)
+    names = {i: s for s, idx in parts.items() for i in idx}
+    with open(tmp_path / "rows.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "split", "patient"])
+        for i, p in enumerate(table.images):
+            w.writerow([Path(p).name, "ab"[i % 2], names[i], f"p{i}"])
+    (tmp_path / "c.yaml").write_text(
+        f"data: {{kind: csv, path: {tmp_path / 'rows.csv'}, image_root: {tmp_path}, image_column: image, label_column: label,\n"
+        f"       group_column: patient, split_column: split, split: {{method: predefined}}}}\n")
+    runner = CliRunner()
+    full = runner.invoke(app, ["split", "audit", str(tmp_path / "c.yaml"), "--json", str(tmp_path / "a.json")])
+    assert full.exit_code == 1, full.output
+    d = json.loads((tmp_path / "a.json").read_text())["duplicates"]
+    assert d["exact_across_splits"] == 1 and d["near_across_splits"] == 1
+    exact_only = runner.invoke(app, ["split", "audit", str(tmp_path / "c.yaml"), "--near-bits", "-1", "--json", str(tmp_path / "b.json")])
+    d = json.loads((tmp_path / "b.json").read_text())["duplicates"]
+    assert exact_only.exit_code == 1 and d["exact_across_splits"] == 1 and d["near_across_splits"] == 0
+    none = runner.invoke(app, ["split", "audit", str(tmp_path / "c.yaml"), "--no-duplicates", "--json", str(tmp_path / "c.json")])
+    assert none.exit_code == 0, none.output
+    assert json.loads((tmp_path / "c.json").read_text())["duplicates"] is None and "exact duplicates" not in none.output

@@ -43,6 +43,7 @@ from medlens.data.transforms import build_augment, make_transform, preprocessing
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
 from medlens.provenance import GENERATED_KEY, training_data_record
+from medlens.subgroups import subgroup_performance
 from medlens.targets import format_target_checks
 from medlens.tasks import read_table, task_for_config, task_of
 
@@ -115,7 +116,7 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
     from medlens.data.diskcache import disk_cache_for
 
     disk = disk_cache_for(d, table, pp.image_size, pp.channels)  # data.disk_cache: decoded images kept between runs
-    aug = build_augment(d.augment, d.channels, d.color_augment)
+    aug = build_augment(d.augment, d.channels, d.color_augment, d.augment_backend)
     enc = meta_encoder.transform_table if meta_encoder is not None else None
     parts = splits.as_dict()
     if train_rows is not None:
@@ -288,6 +289,14 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     results: dict[str, EvalResult] = {"val": score_table(predictor, val_table, "val")}
     if len(splits.test):
         results["test"] = score_table(predictor, table.subset(splits.test), "test")
+    final = "test" if "test" in results else "val"
+    final_table = table.subset(splits.test if final == "test" else splits.val)
+    if final_table.metadata is not None and len(final_table.metadata.columns):
+        # per subgroup of the data's metadata (sex, age band, view, ...), stored with the bundle so that /v1/model,
+        # the page and the reports can say whether the model fails a group of patients (the task decides the figures)
+        sg = subgroup_performance(task, results[final].probs, final_table.targets, manifest, final_table.groups, final_table.metadata)
+        if sg is not None:
+            results[final].metrics["subgroups"] = sg
     metrics: dict[str, Any] = {k: v.metrics for k, v in results.items()}
     metrics.update(op or {})
     metrics["train_time_s"] = round(fitted.train_time_s, 2)
@@ -304,9 +313,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
                      column=task.history_column)
     wall = time.perf_counter() - t0
     log.info("run %s: bundle at %s (%.1f s)", run_dir, bundle_dir, wall)
-    final_split = "test" if "test" in results else "val"
-    for line in format_target_checks(metrics.get(final_split) or {}, cfg.targets, task):
-        log.info("%s %s", final_split, line)
+    for line in format_target_checks(metrics.get(final) or {}, cfg.targets, task):
+        log.info("%s %s", final, line)
     return RunResult(run_dir, bundle_dir, metrics, fitted.history, fitted.best_checkpoint, summary, wall, fitted.train_time_s)
 
 

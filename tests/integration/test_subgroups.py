@@ -77,6 +77,23 @@ def test_evaluate_json_slices_the_test_split_by_sex_view_and_age_band(nih_meta_r
 
 
 @pytest.mark.slow
+def test_the_bundle_carries_its_test_subgroups_for_the_api_and_page(nih_meta_run):
+    """Training slices its final split by the metadata columns too: the bundle's metrics (what /v1/model publishes)
+    carry the same table `evaluate` computes, so the page can show it without the data."""
+    from medlens.bundle import read_manifest
+
+    sg = read_manifest(nih_meta_run.run_dir / "bundle").metrics["test"]["subgroups"]
+    assert set(sg["columns"]) == set(META) and sg["unit"] == "patient"
+    res = CliRunner().invoke(app, ["evaluate", str(nih_meta_run.run_dir / "bundle"), "--json", "--no-record"])
+    ev = json.loads(res.stdout)["subgroups"]
+    for c in META:
+        assert sg["columns"][c]["levels"] == ev["columns"][c]["levels"]
+        for lv, e in sg["columns"][c]["subgroups"].items():
+            assert e["n"] == ev["columns"][c]["subgroups"][lv]["n"]
+            assert e["auroc"]["value"] == pytest.approx(ev["columns"][c]["subgroups"][lv]["auroc"]["value"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_subgroups_option_picks_columns_and_refuses_unknown_ones(nih_meta_run, tmp_path):
     bundle = nih_meta_run.run_dir / "bundle"
     runner = CliRunner()

@@ -209,6 +209,9 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         f"<tr><td><strong>Report generated</strong></td><td>{esc(when)}</td></tr>",
         "</table>",
     ]
+    if prediction.text:  # text carried with the image (e.g. its radiology report): shown as text, escaped
+        parts.append(f"<h2>Text carried with the image</h2><p id='carried-text' style='white-space:pre-wrap'>{esc(prediction.text)}</p>"
+                     "<p class='meta'>Shown for reference; the model did not read it.</p>")
     if metadata:
         parts.append("<h2>Metadata given to the model</h2><table><thead><tr><th>Field</th><th>Value</th></tr></thead><tbody>")
         parts.extend(f"<tr><td>{esc(str(k))}</td><td>{esc('' if v is None else str(v))}</td></tr>" for k, v in metadata.items())
@@ -414,7 +417,7 @@ def write_reports(
 
 def predict_with_reports(bundle: str | Path, images: Sequence[ImageInput], report_dir: str | Path, out: str | Path | None = None,
                          method: str | None = None, metadata: Sequence[dict | None] | None = None, progress: bool = False,
-                         **predictor_kw: Any) -> list[Prediction]:
+                         texts: Sequence[str | None] | None = None, **predictor_kw: Any) -> list[Prediction]:
     """Predict images and write one self-contained HTML report per image plus ``index.html`` into ``report_dir``.
 
     Each report holds the image, the ``method`` overlay (default: the task's first method), the findings against
@@ -424,9 +427,11 @@ def predict_with_reports(bundle: str | Path, images: Sequence[ImageInput], repor
         >>> preds = predict_with_reports("runs/demo/bundle", ["a.png"], "reports/")  # doctest: +SKIP
     """
     from medlens.inference import write_predictions_csv
+    from medlens.inference.loading import carry_texts
 
     predictor = Predictor.from_bundle(bundle, **predictor_kw)
     preds = predictor.predict(images, metadata=metadata, progress=progress)
+    carry_texts(preds, texts)  # e.g. the image's report: in the CSV and the page, never given to the model
     if out is not None:
         write_predictions_csv(preds, predictor.label_names, out, predictor.manifest)
     write_reports(predictor, images, preds, report_dir, method=method, metadata=metadata, progress=progress)

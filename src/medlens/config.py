@@ -148,6 +148,14 @@ class CsvData(_DataBase):
     metadata_columns: list[str] = Field(default_factory=list)
 
 
+    # free text kept with each row (e.g. a radiology report): carried to predictions and reports, never a label
+    text_column: str | None = None
+
+    @model_validator(mode="after")
+    def _text_is_not_a_label(self) -> CsvData:
+        if self.text_column and self.text_column in (self.image_column, self.label_column, *(self.label_columns or [])):
+            raise ValueError(f"data.text_column {self.text_column!r} is also the image or a label column; text is never a label")
+        return self
 class MedMNISTData(_DataBase):
     """An official MedMNIST ``.npz`` file, from a local path or downloaded by flag (MD5-checked)."""
 
@@ -173,6 +181,13 @@ class JsonlData(_DataBase):
     metadata_fields: list[str] = Field(default_factory=list)
 
 
+    text_column: str | None = None  # a field of free text kept with each row (a report): never a label
+
+    @model_validator(mode="after")
+    def _text_is_not_a_label(self) -> JsonlData:
+        if self.text_column and self.text_column in (self.image_field, self.labels_field):
+            raise ValueError(f"data.text_column {self.text_column!r} is also the image or labels field; text is never a label")
+        return self
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"  # column, table or schema.table: quoted, never pasted
 
 
@@ -773,7 +788,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, env_file: 
     """Load a YAML run config, apply overrides, and validate it.
 
     Relative data paths in the file are resolved against the file's folder, so a config can be run from
-    anywhere.
+    anywhere; a path starting with ``DATA_DIR/`` is read below the data folder: ``$MEDLENS_DATA_DIR``, the user
+    cache ``~/.cache/medlens/data``, or a checkout's ``../shared/data`` (:func:`data_dir_candidates`).
 
     Args:
         path: YAML file.
@@ -804,14 +820,61 @@ def load_config(path: str | Path, overrides: list[str] | None = None, env_file: 
 
 _PATH_FIELDS = ("root", "path", "image_root", "images", "password_file", "cache_dir")
 
+#: A data path that starts with this is read below the data folder (:func:`data_dir_candidates`), so one config runs
+#: on a user's machine, in a container and in a developer checkout. It is a fixed prefix, not a variable: nothing
+#: else in a path is expanded (a ``${VAR}`` stays literal text).
+DATA_DIR_PREFIX = "DATA_DIR/"
+
+
+def data_dir_candidates(config_dir: str | Path | None = None) -> list[Path]:
+    """Where ``DATA_DIR/...`` paths are looked for, in this order.
+
+    ``$MEDLENS_DATA_DIR`` when set; the user cache ``~/.cache/medlens/data``; then, for a config inside a
+    developer checkout, a ``shared/data`` folder in the config's folder or one of its two parents (the
+    repository's ``../shared/data``). The first folder holding the file wins.
+
+    Example:
+        >>> data_dir_candidates()[-1] == Path.home() / ".cache" / "medlens" / "data"  # doctest: +SKIP
+        True
+    """
+    out = []
+    env = os.environ.get("MEDLENS_DATA_DIR")
+    if env:
+        out.append(Path(env).expanduser())
+    out.append(Path.home() / ".cache" / "medlens" / "data")
+    if config_dir is not None:
+        base = Path(config_dir).resolve()
+        out += [p / "shared" / "data" for p in [base, *base.parents][:3]]
+    return out
+
+
+def resolve_data_path(value: str, config_dir: str | Path | None = None) -> str:
+    """``DATA_DIR/x`` -> the first candidate folder holding ``x`` (or the first candidate when none does, so the
+    error names where the file is expected); other values are returned unchanged.
+
+    Example:
+        >>> resolve_data_path("DATA_DIR/medmnist_breastmnist/breastmnist.npz")  # doctest: +SKIP
+        '/home/me/.cache/medlens/data/medmnist_breastmnist/breastmnist.npz'
+    """
+    if not value.startswith(DATA_DIR_PREFIX):
+        return value
+    rel = value[len(DATA_DIR_PREFIX) :]
+    cands = data_dir_candidates(config_dir)
+    found = next((c / rel for c in cands if (c / rel).exists()), cands[0] / rel)
+    return str(found.resolve())
+
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Make relative data paths absolute against ``base`` when the file exists there."""
+    """Make relative data paths absolute against ``base`` when the file exists there; ``DATA_DIR/`` paths are
+    read below the data folder (:func:`resolve_data_path`)."""
     d = cfg.data
     for f in _PATH_FIELDS:
         if not hasattr(d, f):
             continue
         v = getattr(d, f)
+        if isinstance(v, str) and v.startswith(DATA_DIR_PREFIX):
+            setattr(d, f, resolve_data_path(v, base))
+            continue
         if not isinstance(v, str) or not v or "://" in v or Path(v).is_absolute():
             continue
         cand = (base / v).resolve()
@@ -829,7 +892,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     for src in getattr(d, "extra_sources", None) or []:  # nih: merged sources are data configs too
         for f in _PATH_FIELDS:
             v = src.get(f) if isinstance(src, dict) else None
-            if isinstance(v, str) and v and "://" not in v and not Path(v).is_absolute():
+            if isinstance(v, str) and v.startswith(DATA_DIR_PREFIX):
+                src[f] = resolve_data_path(v, base)
+            elif isinstance(v, str) and v and "://" not in v and not Path(v).is_absolute():
                 src[f] = str(Path(v).resolve() if Path(v).exists() else (base / v).resolve())
     ck = cfg.model.checkpoint
     if ck and not Path(ck).is_absolute():

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medlens.config import RunConfig, config_from_dict
+from medlens.config import RunConfig, config_from_dict, data_dir_candidates
 
 log = logging.getLogger("medlens.demo")
 
@@ -21,6 +21,7 @@ def _find_local_pneumoniamnist() -> Path | None:
     from medlens.data.readers.medmnist import default_root
 
     cands = [default_root() / "pneumoniamnist.npz"]
+    cands += [d / "medmnist_pneumoniamnist" / "pneumoniamnist.npz" for d in data_dir_candidates()]
     # a checkout next to the shared data folder (developers, CI)
     here = Path(__file__).resolve()
     for parent in list(here.parents)[:6]:
@@ -91,3 +92,19 @@ def run_demo(out_dir: str = "runs", offline: bool = False, epochs: int | None = 
         "test": result.metrics.get("test", {}),
         "wall_time_s": round(result.wall_time_s, 1),
     }
+
+
+def demo_next_steps(bundle: str | Path) -> list[str]:
+    """What to try after the demo, one command a line (the CLI prints them on stderr).
+
+    Example:
+        >>> demo_next_steps("runs/demo/bundle")[1]
+        '  medlens evaluate runs/demo/bundle --split test        # metrics with 95% CIs'
+    """
+    b = Path(bundle).as_posix()
+    return ["next steps:",
+            f"  medlens evaluate {b} --split test        # metrics with 95% CIs",
+            f"  medlens predict {b} IMAGE_OR_FOLDER       # your own images or a folder of them",
+            f"  medlens serve {b}                         # web page and REST API on http://127.0.0.1:8000",
+            "  medlens init my-configs                   # every example config, then: medlens train my-configs/pneumoniamnist.yaml",
+            "  docs: docs/getting-started.md (or the site built by `mkdocs build`)"]

@@ -21,7 +21,7 @@ from medlens import cli
 from medlens.cli import app
 from medlens.config import load_config
 from medlens.console import headline, metrics_text
-from medlens.examples import list_examples
+from medlens.examples import datasets_used, list_examples, list_samples
 from medlens.runs import find_runs
 from tests.unit._bundles import random_bundle
 
@@ -65,18 +65,48 @@ def test_init_copies_configs_that_load_from_anywhere(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     files = sorted((tmp_path / "proj").glob("*.yaml"))
     assert [f.stem for f in files] == list_examples() and "pneumoniamnist" in list_examples()
+    assert sorted(p.name for p in (tmp_path / "proj" / "samples").iterdir()) == list_samples()
+    assert r.stdout.splitlines() == [f"wrote {f.relative_to(tmp_path)}" for f in files]  # results: the paths only
+    assert "next steps:" in r.stderr and "medlens train proj/pneumoniamnist.yaml" in r.stderr
     for f in files:
         cfg = load_config(f)
-        assert Path(cfg.data.path).is_absolute() and str(tmp_path / "datasets") in str(cfg.data.path)
+        for folder in datasets_used(f.stem):
+            paths = [str(getattr(cfg.data, k, None)) for k in ("path", "root", "image_root")]
+            assert any(p.startswith(str(tmp_path / "datasets" / folder)) for p in paths), (f, paths)
     again = runner.invoke(app, ["init", "proj"])
     assert again.exit_code == 2 and "--overwrite" in again.stderr and again.stderr.count("\n") == 1
 
 
-def test_shipped_examples_mirror_the_repository_configs():
+def test_init_without_data_dir_reads_the_user_cache(tmp_path, monkeypatch):
+    """No --data-dir: the configs keep DATA_DIR/ and load from $MEDLENS_DATA_DIR, else ~/.cache/medlens/data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MEDLENS_DATA_DIR", raising=False)
+    assert runner.invoke(app, ["init", "proj"]).exit_code == 0
+    cache = tmp_path / "home" / ".cache" / "medlens" / "data"
+    assert load_config(tmp_path / "proj" / "breastmnist.yaml").data.path == str(cache / "medmnist_breastmnist" / "breastmnist.npz")
+    monkeypatch.setenv("MEDLENS_DATA_DIR", str(tmp_path / "mine"))
+    (tmp_path / "mine" / "medmnist_breastmnist").mkdir(parents=True)
+    (tmp_path / "mine" / "medmnist_breastmnist" / "breastmnist.npz").write_bytes(b"")
+    assert load_config(tmp_path / "proj" / "breastmnist.yaml").data.path.startswith(str(tmp_path / "mine"))
+
+
+def test_shipped_examples_are_the_repository_configs():
+    """Every config of configs/ ships with the package, byte for byte (copy a changed one to src/medlens/examples/)."""
     root = Path(__file__).resolve().parents[2]
+    assert list_examples() == sorted(p.stem for p in (root / "configs").glob("*.yaml"))
     for name in list_examples():
         shipped = (root / "src/medlens/examples" / f"{name}.yaml").read_text()
-        assert shipped.replace("DATA_DIR/", "../../shared/data/") == (root / "configs" / f"{name}.yaml").read_text()
+        assert shipped == (root / "configs" / f"{name}.yaml").read_text(), f"cp configs/{name}.yaml src/medlens/examples/"
+        assert "shared/data" not in "".join(x.split("#", 1)[0] for x in shipped.splitlines())  # DATA_DIR/, not a checkout path
+
+
+def test_demo_next_steps_name_the_bundle():
+    from medlens.demo import demo_next_steps
+
+    lines = demo_next_steps("runs/demo/bundle")
+    assert lines[0] == "next steps:" and all("medlens" in x or "docs" in x for x in lines[1:])
+    assert sum("runs/demo/bundle" in x for x in lines) == 3
 
 
 # ------------------------------------------------------------------------------------------- evaluate

@@ -34,8 +34,8 @@ NOT_IMPORTED = {
     "pyarrow": "datasets reads its parquet files with it",
     "tensorboard": "Lightning's TensorBoardLogger writes through it",
 }
-#: extras that only gather others, and test-only tools
-NOT_CHECKED_EXTRAS = {"all", "dev"}
+#: extras that only gather others, test-only tools, and the documentation site's tools
+NOT_CHECKED_EXTRAS = {"all", "dev", "docs"}
 
 
 def _dist(req: str) -> str:

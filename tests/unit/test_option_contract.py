@@ -702,6 +702,8 @@ COVERED_BY: dict[str, str] = {
     "task_options(regression).min_value": "tests/integration/test_regression.py::test_regression_options_act",
     "task_options(regression).max_value": "tests/integration/test_regression.py::test_regression_options_act",
     "trainer.tune_allocator": "tests/unit/engine/test_allocator.py::test_fit_tunes_the_allocator_only_when_the_key_is_on",
+    "data(csv).text_column": "tests/integration/test_text_column.py::test_the_text_is_kept_with_its_row_and_never_a_label",
+    "data(jsonl).text_column": "tests/integration/test_text_column.py::test_the_text_is_kept_with_its_row_and_never_a_label",
     "trainer.early_stopping_min_delta": "tests/unit/engine/test_trainer.py::test_early_stopping_min_delta_stops_when_moves_are_smaller",
     "trainer.save_top_k": "tests/unit/engine/test_trainer.py::test_top_k_and_every_n_epoch_checkpoints_are_written",
     "trainer.checkpoint_every_n_epochs": "tests/unit/engine/test_trainer.py::test_top_k_and_every_n_epoch_checkpoints_are_written",

@@ -58,13 +58,14 @@ def predict(
     report: Annotated[Path | None, typer.Option(metavar="FOLDER", help="Also write one HTML report per image (image, overlay, findings, model card) into this folder.")] = None,
     report_method: Annotated[str | None, typer.Option(metavar="METHOD", help="Explanation method shown in the reports (default: the model's first, e.g. gradcam or error_map).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Exit 0 even when some images could not be read (they are still listed).")] = False,
+    text: Annotated[Path | None, typer.Option(metavar="FILE", help="A CSV with an image column and the bundle's data.text_column (else 'text'), e.g. each image's report: carried to the CSV and the reports, never given to the model.")] = None,
 ) -> None:
     """Predict IMAGES with BUNDLE: per finding the value, its threshold and the decision."""
     setup_logging()
     from medlens.bundle import read_manifest
-    from medlens.data.metadata import metadata_rows_for
+    from medlens.data.metadata import metadata_rows_for, texts_for
     from medlens.inference import predict as predict_images
-    from medlens.inference.table import plain_error
+    from medlens.inference.table import plain_error, text_column_name
     from medlens.tasks import task_of
 
     if backend == "onnx":
@@ -76,14 +77,16 @@ def predict(
     preset = tta if tta != "none" else False
     paths = image_paths(images)
     meta = metadata_rows_for(metadata, paths) if metadata else None
+    texts = texts_for(str(text), paths, text_column_name(read_manifest(bundle))) if text is not None else None
     progress = sys.stderr.isatty() or len(paths) > 50
     if report is not None:
         from medlens.clinical_report import predict_with_reports
 
-        preds = predict_with_reports(bundle, paths, report, out, report_method, meta, progress, backend=backend, batch_size=batch_size,
-                                     tta=preset, calibrated=calibrated)
+        preds = predict_with_reports(bundle, paths, report, out, report_method, meta, progress, texts=texts, backend=backend,
+                                     batch_size=batch_size, tta=preset, calibrated=calibrated)
     else:
-        preds = predict_images(bundle, paths, out, batch_size, preset, backend, metadata=meta, progress=progress, calibrated=calibrated)
+        preds = predict_images(bundle, paths, out, batch_size, preset, backend, metadata=meta, progress=progress, calibrated=calibrated,
+                               texts=texts)
     manifest = read_manifest(bundle)
     task = task_of(manifest)
     bad = [p for p in preds if not p.ok]

@@ -12,17 +12,17 @@ from medlens.cli.common import fmt, guarded, setup_logging
 
 def init(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="Folder for the example configs (created when missing).")],
-    data_dir: Annotated[Path, typer.Option(metavar="FOLDER", help="Folder holding the data sets (e.g. FOLDER/medmnist_pneumoniamnist/pneumoniamnist.npz).")] = Path("data"),
+    data_dir: Annotated[Path | None, typer.Option(metavar="FOLDER", help="Write this data folder into the configs (default: keep DATA_DIR/, read from $MEDLENS_DATA_DIR or ~/.cache/medlens/data).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace configs that exist already.")] = False,
 ) -> None:
-    """Copy the example configs into DIRECTORY, their data paths pointing into --data-dir."""
-    from medlens.examples import init_configs
+    """Copy every example config and a few sample images into DIRECTORY; say where each data set comes from."""
+    from medlens.examples import init_configs, init_guidance
 
     written = init_configs(directory, data_dir, overwrite)
     for p in written:
         typer.echo(f"wrote {p}")
-    first = next((p for p in written if p.stem == "pneumoniamnist"), written[0] if written else directory)
-    typer.echo(f"next: medlens train {first}")
+    for line in init_guidance(directory, data_dir):  # guidance, not results: stderr
+        typer.echo(line, err=True)
 
 
 def demo(
@@ -32,7 +32,7 @@ def demo(
 ) -> None:
     """Train and evaluate a small PneumoniaMNIST model end to end (no network needed)."""
     setup_logging()
-    from medlens.demo import run_demo
+    from medlens.demo import demo_next_steps, run_demo
 
     info = run_demo(out_dir, offline, epochs)
     typer.echo(f"data:    {info['data']}")
@@ -40,6 +40,8 @@ def demo(
     typer.echo(f"metrics: {info['metrics']}")
     t = info["test"]
     typer.echo(f"test AUROC {fmt(t.get('auroc_macro'))}, accuracy {fmt(t.get('accuracy'))} ({info['wall_time_s']} s)")
+    for line in demo_next_steps(info["bundle"]):  # guidance, not results: stderr
+        typer.echo(line, err=True)
 
 
 def register(app: typer.Typer) -> None:

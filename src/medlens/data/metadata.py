@@ -440,6 +440,33 @@ def metadata_rows_for(spec: str, images: Sequence[str]) -> list[dict[str, Any] |
     raise MetadataError(f"{where}: expected a JSON object or a list of objects")
 
 
+def texts_for(path: str, images: Sequence[str], column: str) -> list[str | None]:
+    """Per-image text for ``medlens predict --text FILE.csv``: the ``column`` of the row whose image column
+    (``image``, ``path``, ``source``, ``file`` or ``filename``) names each image (exact path, else file name).
+
+    Images without a row, and blank cells, carry no text.
+
+    Raises:
+        MetadataError: no such file, no image column, or no ``column``.
+
+    Example:
+        >>> texts_for("reports.csv", ["a.png"], "report")  # doctest: +SKIP
+        ['No acute findings.']
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() != ".csv":
+        raise MetadataError(f"--text: {path!r} is not an existing .csv file")
+    import pandas as pd
+
+    header = list(pd.read_csv(p, dtype=str, nrows=0).columns)
+    if column not in header:
+        raise MetadataError(f"--text: {p} has no column {column!r} (the bundle's data.text_column, else 'text'); columns are {header}")
+    rows = _rows_from_csv(p, images)
+    return [None if r is None or r.get(column) is None else str(r[column]) for r in rows]
+
+
 def _rows_from_csv(path, images: Sequence[str]) -> list[dict[str, Any] | None]:
     from pathlib import Path
 

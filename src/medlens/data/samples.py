@@ -28,6 +28,7 @@ class Sample:
         group: patient/exam id; samples of one group never land in two splits.
         split: the dataset's own split (train/val/test) when it has one.
         metadata: tabular fields (age, sex, site, ...).
+        text: free text carried with the image (``data.text_column``, e.g. a radiology report); never a label.
     """
 
     id: str
@@ -36,6 +37,7 @@ class Sample:
     group: str | None = None
     split: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
 
 
 class SampleTable:
@@ -52,6 +54,8 @@ class SampleTable:
         source: a description used in messages (file name, URL).
         provenance: where the labels came from (e.g. a database label set with its ids and versions); kept by
             :meth:`subset` and shown in :meth:`summary`, so the run's manifest records it.
+        texts: optional free text per row (``data.text_column``), kept by :meth:`subset`; never read as a label.
+        text_column: the name of that column in the source.
     """
 
     def __init__(
@@ -65,6 +69,8 @@ class SampleTable:
         metadata: pd.DataFrame | None = None,
         source: str = "",
         provenance: dict[str, Any] | None = None,
+        texts: Sequence[str | None] | None = None,
+        text_column: str | None = None,
     ) -> None:
         n = len(ids)
         targets = np.asarray(targets, dtype=np.float32)
@@ -72,7 +78,7 @@ class SampleTable:
             raise ValueError(f"{source}: targets shape {targets.shape} != ({n}, {label_space.num_labels})")
         if len(images) != n:
             raise ValueError(f"{source}: {len(images)} images for {n} ids")
-        for name, col in (("groups", groups), ("splits", splits)):
+        for name, col in (("groups", groups), ("splits", splits), ("texts", texts)):
             if col is not None and len(col) != n:
                 raise ValueError(f"{source}: {name} has {len(col)} rows, expected {n}")
         if metadata is not None and len(metadata) != n:
@@ -86,6 +92,8 @@ class SampleTable:
         self.metadata = None if metadata is None else metadata.reset_index(drop=True)
         self.source = source
         self.provenance = provenance
+        self.texts = None if texts is None else np.asarray([None if t is None else str(t) for t in texts], dtype=object)
+        self.text_column = text_column
 
     # ------------------------------------------------------------------ basic protocol
     def __len__(self) -> int:
@@ -105,6 +113,7 @@ class SampleTable:
             group=None if self.groups is None else self.groups[i],
             split=None if self.splits is None else self.splits[i],
             metadata=meta,
+            text=None if self.texts is None else self.texts[i],
         )
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> SampleTable:
@@ -120,6 +129,8 @@ class SampleTable:
             None if self.metadata is None else self.metadata.iloc[idx],
             self.source,
             self.provenance,
+            None if self.texts is None else self.texts[idx],
+            self.text_column,
         )
 
     # ------------------------------------------------------------------ summaries
@@ -154,6 +165,8 @@ class SampleTable:
             "label_names": list(self.label_space.names),
             "label_counts": self.label_counts(),
             **({"provenance": self.provenance} if self.provenance else {}),
+            **({"text_column": self.text_column, "rows_with_text": int(sum(bool(t) for t in self.texts))}
+               if self.texts is not None else {}),
         }
 
     def class_index(self) -> np.ndarray:

@@ -65,8 +65,12 @@ def write_predictions_csv(preds: Sequence[Prediction], label_names: Sequence[str
 
 
 def predict(bundle: Any, images: Sequence[ImageInput], out: str | Path | None = None, batch_size: int = 64, tta: bool | str = False,
-            backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True) -> list[Prediction]:
+            backend: str = "torch", metadata: Sequence[dict | None] | None = None, progress: bool = False, calibrated: bool = True,
+            texts: Sequence[str | None] | None = None) -> list[Prediction]:
     """Predict images with a bundle; optionally write a CSV (``calibrated=False``: ignore the bundle's temperature).
+
+    ``texts``: free text per image (e.g. its report), carried to each prediction's ``text`` and the CSV; never
+    given to the model.
 
     Per-image clinical reports: :func:`medlens.clinical_report.predict_with_reports`.
 
@@ -78,6 +82,21 @@ def predict(bundle: Any, images: Sequence[ImageInput], out: str | Path | None = 
         kw["calibrated"] = False
     predictor = load_predictor(bundle, backend, **kw)
     preds = predictor.predict(images, metadata=metadata, progress=progress)
+    carry_texts(preds, texts)
     if out is not None:
         write_predictions_csv(preds, predictor.label_names, out, predictor.manifest)
     return preds
+
+
+def carry_texts(preds: Sequence[Prediction], texts: Sequence[str | None] | None) -> None:
+    """Give each prediction its input's text (``None``: nothing to carry).
+
+    Raises:
+        ValueError: not one text per prediction.
+    """
+    if texts is None:
+        return
+    if len(texts) != len(preds):
+        raise ValueError(f"--text: {len(texts)} texts for {len(preds)} images")
+    for p, t in zip(preds, texts, strict=True):
+        p.text = t

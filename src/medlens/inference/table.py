@@ -49,11 +49,25 @@ def prediction_rows(preds: Sequence[Prediction], manifest: Manifest) -> tuple[li
     task = task_of(manifest)
     columns = task.table_columns(manifest)
     gate = manifest.ood is not None  # the out-of-distribution gate's columns, when the bundle has one
-    header = ["source", *columns, *(["ood", "ood_score"] if gate else []), "error"]
+    carried = any(p.text is not None for p in preds)  # text carried with the inputs (predict --text): its own column
+    header = ["source", *columns, *(["ood", "ood_score"] if gate else []), *([text_column_name(manifest)] if carried else []),
+              "error"]
     rows = []
     for p in preds:
         own = task.table_row(p, manifest) if p.ok else [""] * len(columns)
         flags = ([("" if p.ood is None else str(bool(p.ood)).lower()), ("" if p.ood_score is None else f"{p.ood_score:.6g}")]
                  if gate else [])
-        rows.append([p.source, *own, *flags, "" if p.ok else plain_error(p.source, p.error)])
+        text = [p.text or ""] if carried else []
+        rows.append([p.source, *own, *flags, *text, "" if p.ok else plain_error(p.source, p.error)])
     return header, rows
+
+
+def text_column_name(manifest: Manifest) -> str:
+    """The column carried text is written under: the training data's ``data.text_column`` (e.g. ``report``), else ``text``.
+
+    Example:
+        >>> text_column_name(predictor.manifest)  # doctest: +SKIP
+        'report'
+    """
+    data = (getattr(manifest, "config", None) or {}).get("data") or {}
+    return str(data.get("text_column") or "text")

@@ -49,6 +49,8 @@ class Prediction:
         ood: the score is above the gate's threshold: the input is unlike the training images and the result is
             not reliable (None: no gate).
         ood_threshold: the gate's threshold.
+        text: free text carried with the input (``data.text_column``, e.g. its radiology report; ``predict --text``):
+            shown in the predictions CSV and the per-image report, never given to the model.
     """
 
     source: str
@@ -56,6 +58,7 @@ class Prediction:
     ood_score: float | None = field(default=None, kw_only=True)
     ood: bool | None = field(default=None, kw_only=True)
     ood_threshold: float | None = field(default=None, kw_only=True)
+    text: str | None = field(default=None, kw_only=True)
 
     @property
     def ok(self) -> bool:

@@ -121,7 +121,7 @@ def drop_labels_without_positives(table: SampleTable) -> SampleTable:
     log.warning("%s: dropping %d of %d labels with no positive image: %s", table.source, len(empty), space.num_labels, empty)
     return SampleTable(
         LabelSpace(tuple(space.names[j] for j in keep), space.task), table.ids, table.images, table.targets[:, keep],
-        table.groups, table.splits, table.metadata, source=table.source,
+        table.groups, table.splits, table.metadata, source=table.source, texts=table.texts, text_column=table.text_column,
     )
 
 

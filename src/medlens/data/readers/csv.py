@@ -127,7 +127,12 @@ def read_csv(cfg) -> SampleTable:
     metadata = df[meta_cols].replace({"": None}) if meta_cols else None
     names_only = [Path(p.strip()).name for p in df[cfg.image_column]]
     ids = names_only if len(set(names_only)) == len(names_only) else [p.strip() for p in df[cfg.image_column]]
-    table = SampleTable(space, ids, paths, targets, groups, splits, metadata, source=str(path))
+    texts = None
+    if cfg.text_column:  # kept with the row, never read as a label
+        _require(df, cfg.text_column, "text_column", path)
+        texts = [t if t.strip() else None for t in df[cfg.text_column]]
+    table = SampleTable(space, ids, paths, targets, groups, splits, metadata, source=str(path), texts=texts,
+                        text_column=cfg.text_column)
     if not label_keep.all():  # single-label rows whose class is outside data.label_names
         table = table.subset(np.where(label_keep)[0])
         rows = rows[label_keep]

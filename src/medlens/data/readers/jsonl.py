@@ -115,6 +115,7 @@ def read_jsonl(cfg) -> SampleTable:
     groups: list[str | None] = []
     splits: list[str | None] = []
     meta: dict[str, list[Any]] = {k: [] for k in dict.fromkeys([*cfg.metadata_fields, *((cfg.metadata.numeric + cfg.metadata.categorical) if cfg.metadata else [])])}
+    texts: list[str | None] = []  # data.text_column: free text per row, never a label
     any_list = any_single = False
     has_group = False
     for lineno, obj in iter_jsonl(path):
@@ -137,6 +138,11 @@ def read_jsonl(cfg) -> SampleTable:
             splits.append(normalize_split_name(obj.get(cfg.split_field), f"{path}: line {lineno}: "))
         for k in meta:
             meta[k].append(obj.get(k))
+        if cfg.text_column:
+            t = obj.get(cfg.text_column)
+            if t is not None and not isinstance(t, str):
+                raise ValueError(f"{path}: line {lineno}: field {cfg.text_column!r} (data.text_column) must be text, got {type(t).__name__}")
+            texts.append(t if t and t.strip() else None)
     if not lines:
         raise ValueError(f"{path}: the JSONL file has no rows (expected one JSON object per line)")
     if any_list and any_single:
@@ -169,7 +175,7 @@ def read_jsonl(cfg) -> SampleTable:
         space, ids, images, targets,
         groups if (cfg.group_field and has_group) else None,
         splits if (cfg.split_field and any(s is not None for s in splits)) else None,
-        metadata, source=str(path),
+        metadata, source=str(path), texts=texts if cfg.text_column else None, text_column=cfg.text_column,
     )
     if not label_keep.all():  # single-label rows whose class is outside data.label_names
         table = table.subset(np.where(label_keep)[0])

@@ -92,4 +92,5 @@ def to_anomaly_table(table: SampleTable, normal_label: str | None) -> SampleTabl
     flags = normal_flags(table, normal_label)
     targets = np.stack([flags, 1.0 - flags], axis=1).astype(np.float32)  # NaN stays NaN in both columns
     space = anomaly_label_space(table.label_space, normal_label)
-    return SampleTable(space, table.ids, table.images, targets, table.groups, table.splits, table.metadata, table.source, table.provenance)
+    return SampleTable(space, table.ids, table.images, targets, table.groups, table.splits, table.metadata, table.source, table.provenance,
+                       table.texts, table.text_column)

@@ -109,7 +109,7 @@ def to_value_table(table: SampleTable, name: str, opts: RegressionOptions) -> Sa
     rows = np.flatnonzero(keep)
     sub = table.subset(rows)
     return SampleTable(LabelSpace((name,), KIND), sub.ids, sub.images, values[rows, None].astype(np.float32), sub.groups, sub.splits,
-                       sub.metadata, sub.source, sub.provenance)
+                       sub.metadata, sub.source, sub.provenance, sub.texts, sub.text_column)
 
 
 def _digits(width: float) -> int:

@@ -50,12 +50,12 @@ def test_every_shipped_config_loads(path: Path) -> None:
 def _readme_configs() -> list[str]:
     import re
 
-    text = (ROOT / "README.md").read_text()
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
     return [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if re.search(r"^data:", b, flags=re.M)]
 
 
 def test_readme_config_examples_are_valid() -> None:
-    """Every full config shown in README.md validates: a documented key that does not exist is a bug."""
+    """Every full config shown in README.md and docs/ validates: a documented key that does not exist is a bug."""
     blocks = _readme_configs()
     assert len(blocks) >= 2
     for block in blocks:

@@ -42,12 +42,22 @@ def test_version_and_help_from_python_dash_m():
     assert r.returncode == 0 and "init" in r.stdout and "predict" in r.stdout
 
 
-def test_init_from_the_readme_writes_configs_that_load(tmp_path):
+def test_init_from_the_readme_writes_configs_that_load(tmp_path, monkeypatch):
     line = next(x for x in README.splitlines() if x.startswith("medlens init "))
     args = line.split("#")[0].split()[2:]
     r = _medlens("init", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     configs = sorted((tmp_path / args[0]).glob("*.yaml"))
     assert configs
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MEDLENS_DATA_DIR", raising=False)
+    cache = str(tmp_path / "home" / ".cache" / "medlens" / "data")
     for c in configs:
-        assert str(tmp_path / "data") in str(load_config(c).data.path)
+        cfg = load_config(c)
+        if "DATA_DIR/" in c.read_text():  # the data sets of the examples: read from the user cache
+            assert any(str(getattr(cfg.data, k, "")).startswith(cache) for k in ("path", "root", "image_root"))
+
+
+def test_cpu_only_install_is_documented():
+    section = README.split("## CPU-only machines", 1)[1].split("\n## ", 1)[0]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in section and "torch torchvision" in section

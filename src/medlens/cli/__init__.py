@@ -19,6 +19,7 @@ import typer
 
 from medlens.cli import data, db, evaluate, predict, pretrain, project, runs, serve, train
 from medlens.cli.common import record_subcommand
+from medlens.cli.helptext import plain_help
 
 app = typer.Typer(
     name="medlens",
@@ -46,6 +47,7 @@ def _main(ctx: typer.Context, version: Annotated[bool, typer.Option("--version",
 
 for _group in (train, pretrain, evaluate, predict, project, serve, db, data, runs):
     _group.register(app)
+plain_help(app)  # usage and help without typer's "{CONFIG}" and "<path>" (cli/helptext.py)
 
 
 def main() -> None:

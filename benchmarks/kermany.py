@@ -130,6 +130,44 @@ def select(seeds: list[int], choose_seed: int, data_dir: Path, out_dir: Path, qu
             "final": [{k: v for k, v in r.items() if k != "config"} for r in final], "test": tests}
 
 
+def finish(out_dir: Path, log_file: Path, seeds: list[int], choose_seed: int) -> dict:
+    """Complete a selection that was stopped after some runs: the choice and the test read once, from what exists.
+
+    The runs' validation figures and times come from the lines ``select`` printed (``log_file``), their bundles from
+    ``out_dir``; the choice is made from the choice-seed lines exactly as ``select`` makes it, and the test split is
+    read once per finished seed of the winner (the seeds that did not finish are left out, and the table says so).
+    """
+    import re
+
+    from medlens.config import config_from_dict
+    from medlens.evaluation import evaluate
+
+    pat = re.compile(r"^kermany (.+) seed (\d+): val AUROC ([0-9.]+) \((\d+) s wall, (\d+) s CPU, (\d+) train / (\d+) val\)")
+    runs: dict[str, list[dict]] = {}
+    for line in log_file.read_text().splitlines():
+        if m := pat.match(line):
+            name, seed = m.group(1), int(m.group(2))
+            bundle = out_dir / f"kermany-{name.replace(' ', '_')}-s{seed}" / "bundle"
+            runs.setdefault(name, []).append({"seed": seed, "val_auroc": float(m.group(3)), "bundle": str(bundle),
+                                              "wall_s": float(m.group(4)), "cpu_s": float(m.group(5)), "epochs": None,
+                                              "n_train": int(m.group(6)), "n_val": int(m.group(7))})
+    first = {k: next(r for r in v if r["seed"] == choose_seed) for k, v in runs.items() if any(r["seed"] == choose_seed for r in v)}
+    chosen = max(first, key=lambda k: first[k]["val_auroc"])
+    final = sorted((r for r in runs[chosen] if r["seed"] in seeds), key=lambda r: r["seed"])
+    tests = []
+    for r in final:  # the test split, read once per bundle of the chosen candidate
+        from medlens.bundle import read_manifest
+
+        cfg = config_from_dict(read_manifest(r["bundle"]).config)
+        m = evaluate(r["bundle"], cfg, split="test", record=False).metrics
+        tests.append({"auroc": float(m["auroc_macro"]), "accuracy": float(m["accuracy"]),
+                      "sensitivity": _rate(m, "sensitivity"), "specificity": _rate(m, "specificity"), "n": int(m["n"])})
+    return {"chosen": chosen, "candidates": {k: v for k, v in CANDIDATES.items() if k in first}, "choose_seed": choose_seed,
+            "val_at_choice": {k: v["val_auroc"] for k, v in first.items()},
+            "cand": {k: {"wall_s": v["wall_s"], "cpu_s": v["cpu_s"], "epochs": None} for k, v in first.items()},
+            "final": final, "test": tests, "missing_seeds": [s for s in seeds if s not in {r["seed"] for r in final}]}
+
+
 def _ms(xs: list[float], digits: int = 3) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.{digits}f}"
@@ -160,6 +198,8 @@ def report(res: dict) -> str:
     m_acc = statistics.mean(x["accuracy"] for x in t)
     slow = max(r["wall_s"] for r in f) / 60
     verdict = ("reached" if m_auc > p["auroc"] and m_acc > p["accuracy"] and slow <= 30 else "not reached")
+    if res.get("missing_seeds"):
+        lines += ["", f"Seeds {', '.join(map(str, res['missing_seeds']))} of the chosen config were not run (stopped for time)."]
     lines += ["", f"Aim (AUROC > {p['auroc']}, accuracy > {p['accuracy']}, <= 30 min a run): **{verdict}** "
               f"(AUROC {m_auc - p['auroc']:+.3f}, accuracy {m_acc - p['accuracy']:+.3f}, slowest run {slow:.1f} min); "
               f"n test = {t[0]['n']}.", ""]
@@ -175,11 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="where runs go (default: a temporary folder, removed)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--finish", nargs=2, metavar=("OUT", "LOG"), default=None,
+                    help="complete a stopped selection: the runs in OUT, their printed lines in LOG; test read once")
     a = ap.parse_args(argv)
     data_dir = _shared_data(a.data_dir)
     if not (data_dir / "kermany_chestxray_224" / "train").is_dir():
         print(f"kermany_chestxray_224 not found under {data_dir} (set --data-dir or MEDLENS_SHARED_DATA)", file=sys.stderr)
         return 2
+    if a.finish:
+        res = finish(Path(a.finish[0]), Path(a.finish[1]), a.seeds, a.choose_seed)
+        print(report(res))
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+        return 0
     with tempfile.TemporaryDirectory(prefix="medlens-kermany-") as tmp:
         out = Path(a.out) if a.out else Path(tmp)
         res = select(a.seeds, a.choose_seed, data_dir, out, a.quick, a.candidates)

@@ -92,6 +92,8 @@ class _DataBase(StrictModel):
     disk_cache: bool | Literal["auto"] = "auto"
     disk_cache_mb: int | None = Field(None, ge=1)  # disk cache bound, MB (None: 10 % of the free disk, at most 20480)
     augment: Literal["none", "light", "strong"] = "light"
+    # the library the augment presets run in (same ranges; see medlens.data.transforms.build_augment)
+    augment_backend: Literal["albumentations", "torchvision"] = "albumentations"
     color_augment: bool | None = None  # None: only for 3-channel images
     sampler: Literal["default", "weighted"] = "default"
     max_samples: int | None = Field(None, ge=1)
@@ -146,8 +148,6 @@ class CsvData(_DataBase):
     group_column: str | None = None
     split_column: str | None = None
     metadata_columns: list[str] = Field(default_factory=list)
-
-
     # free text kept with each row (e.g. a radiology report): carried to predictions and reports, never a label
     text_column: str | None = None
 
@@ -156,6 +156,8 @@ class CsvData(_DataBase):
         if self.text_column and self.text_column in (self.image_column, self.label_column, *(self.label_columns or [])):
             raise ValueError(f"data.text_column {self.text_column!r} is also the image or a label column; text is never a label")
         return self
+
+
 class MedMNISTData(_DataBase):
     """An official MedMNIST ``.npz`` file, from a local path or downloaded by flag (MD5-checked)."""
 
@@ -179,8 +181,6 @@ class JsonlData(_DataBase):
     id_field: str | None = None
     split_field: str | None = None
     metadata_fields: list[str] = Field(default_factory=list)
-
-
     text_column: str | None = None  # a field of free text kept with each row (a report): never a label
 
     @model_validator(mode="after")
@@ -188,6 +188,8 @@ class JsonlData(_DataBase):
         if self.text_column and self.text_column in (self.image_field, self.labels_field):
             raise ValueError(f"data.text_column {self.text_column!r} is also the image or labels field; text is never a label")
         return self
+
+
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"  # column, table or schema.table: quoted, never pasted
 
 
@@ -230,6 +232,29 @@ class SqlLabelSetLabelsMap(_SqlTable):
     label_id: str = Field("label_id", pattern=_IDENT)
 
 
+class SqlDatasetFilter(StrictModel):
+    """Which images of the images table form the dataset (endoreg-db keeps them in an AI-dataset link table).
+
+    * a link table: ``{table: ai_dataset_frames, image_id: frame_id, column: ai_dataset_id, equals: 3}`` keeps the
+      images whose id the table lists with ``ai_dataset_id = 3``;
+    * a column of the images table: ``{column: video_id, equals: 7}`` (no ``table``) keeps its rows with
+      ``video_id = 7``.
+
+    Identifiers are quoted by the database dialect and ``equals`` is a bound parameter: no SQL is written by hand.
+    """
+
+    table: str | None = Field(None, pattern=_IDENT)  # the link table; None: filter the images table itself
+    image_id: str = Field("image_id", pattern=_IDENT)  # link table: its column holding the image id
+    column: str = Field(pattern=_IDENT)  # the column compared (in the link table, else in the images table)
+    equals: int | str  # the value it must equal (a number for a number column)
+
+    @model_validator(mode="after")
+    def _image_id_needs_a_table(self) -> SqlDatasetFilter:
+        if self.table is None and "image_id" in self.model_fields_set:
+            raise ValueError("data.schema.dataset.image_id names a column of a link table; give data.schema.dataset.table")
+        return self
+
+
 class SqlSchema(StrictModel):
     """Where an existing database keeps images, labels, label sets and annotations (read directly, never written).
 
@@ -248,6 +273,7 @@ class SqlSchema(StrictModel):
     labels: SqlLabelsMap
     label_sets: SqlLabelSetsMap
     label_set_labels: SqlLabelSetLabelsMap
+    dataset: SqlDatasetFilter | None = None  # only these images (None: every row of the images table)
 
 
 class SqlData(_DataBase):
@@ -546,6 +572,8 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         d = self.data
+        if d.augment == "none" and d.augment_backend != "albumentations":
+            raise ValueError(f"data.augment_backend: {d.augment_backend} acts only with data.augment: light or strong")
         if d.color_augment and d.channels == 1:  # colour jitter (hue, saturation) cannot act on a grey image
             raise ValueError("data.color_augment: true needs data.channels: 3 (colour jitter cannot act on grey images)")
         for name, vals in (("mean", d.mean), ("std", d.std)):

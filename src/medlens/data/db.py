@@ -803,7 +803,9 @@ def read_mapped(conn, mapping: Any, label_set: str, version: int | None = None, 
     ls = _mapped_table(m.label_sets.table, m.label_sets.id, m.label_sets.name, m.label_sets.version)
     lsl = _mapped_table(m.label_set_labels.table, m.label_set_labels.label_set_id, m.label_set_labels.label_id)
     lb = _mapped_table(m.labels.table, m.labels.id, m.labels.name)
-    im = _mapped_table(m.images.table, m.images.id, m.images.path, m.images.group, m.images.split)
+    flt = getattr(m, "dataset", None)  # data.schema.dataset: which images form the dataset
+    im = _mapped_table(m.images.table, m.images.id, m.images.path, m.images.group, m.images.split,
+                       flt.column if flt is not None and flt.table is None else None)
     an = _mapped_table(m.annotations.table, m.annotations.image_id, m.annotations.label_id, m.annotations.value)
     where = f"label set {label_set!r} (table {m.label_sets.table})"
     vcol = ls.c[m.label_sets.version] if m.label_sets.version else sa.literal(None)
@@ -837,7 +839,13 @@ def read_mapped(conn, mapping: Any, label_set: str, version: int | None = None, 
     cols.append(im.c[m.images.split] if m.images.split else sa.literal(None))
     ids: list[Any] = []
     parts: dict[str, list] = {"paths": [], "groups": [], "splits": []}
-    for chunk in _stream(conn, sa.select(*cols).order_by(im.c[m.images.id]), chunk_size):
+    select = sa.select(*cols)
+    if flt is not None and flt.table is None:  # an equality on a column of the images table
+        select = select.where(im.c[flt.column] == flt.equals)
+    elif flt is not None:  # the images a link table lists under one key (endoreg-db's AI datasets)
+        link = _mapped_table(flt.table, flt.image_id, flt.column)
+        select = select.where(im.c[m.images.id].in_(sa.select(link.c[flt.image_id]).where(link.c[flt.column] == flt.equals)))
+    for chunk in _stream(conn, select.order_by(im.c[m.images.id]), chunk_size):
         for r in chunk:
             ids.append(r[0])
             parts["paths"].append(r[1])

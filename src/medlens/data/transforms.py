@@ -191,28 +191,78 @@ class SeededAugment:
         return f"SeededAugment({self.compose!r})"
 
 
-def build_augment(preset: str, channels: int, color: bool | None = None) -> SeededAugment | None:
-    """An albumentations pipeline on uint8 (H, W, C) at the model's size, or None for ``none``.
+class SeededTorchvision:
+    """A ``torchvision.transforms.v2`` pipeline with :class:`SeededAugment`'s calling convention and seeding.
 
-    * ``light``: small affine (scale 0.9-1.1, shift 6 %, rotate 10 deg) and mild brightness/contrast.
-    * ``strong``: larger affine, horizontal flip, blur or noise, coarse dropout.
+    Images go in and out as uint8 (H, W, C) arrays; inside they are float (C, H, W) in [0, 1] and clamped back.
+    Without a seed the draws come from torch's global generator (reseeded per epoch by the task module); with one
+    they come from a forked generator seeded with it, so the global stream is left as it was.
+    """
+
+    def __init__(self, compose) -> None:
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> dict:
+        import torch
+
+        grey2d = image.ndim == 2
+        x = torch.from_numpy(np.ascontiguousarray(image[:, :, None] if grey2d else image)).permute(2, 0, 1).float().div_(255.0)
+        if seed is None:
+            y = self.compose(x)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed) & (2**63 - 1))
+                y = self.compose(x)
+        out = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+        return {"image": out[:, :, 0] if grey2d else out}
+
+    def __repr__(self) -> str:
+        return f"SeededTorchvision({self.compose!r})"
+
+
+#: ``data.augment_backend`` choices: the libraries the presets are written in.
+AUGMENT_BACKENDS = ("albumentations", "torchvision")
+
+
+def build_augment(preset: str, channels: int, color: bool | None = None,
+                  backend: str = "albumentations") -> SeededAugment | SeededTorchvision | None:
+    """An augmentation pipeline on uint8 (H, W, C) at the model's size, or None for ``none``.
+
+    * ``light``: small affine (scale 0.9-1.1, shift 6 %, rotate 10 deg, p 0.7) and mild brightness/contrast
+      (10 %, p 0.5).
+    * ``strong``: horizontal flip, larger affine (scale 0.8-1.2, shift 10 %, rotate 20 deg, p 0.8),
+      brightness/contrast (20 %, p 0.7), blur or noise (p 0.3), cut-out holes (p 0.3).
     Colour jitter is applied only to 3-channel images (never to grey X-rays) unless ``color`` says otherwise.
-    Every preset keeps intensities in range and never flips vertically (anatomy has an up and a down).
+    Every preset keeps intensities in range (uint8 0-255, the input's shape) and never flips vertically (anatomy
+    has an up and a down). On a uniform mid-grey image the ``light`` preset keeps every pixel the affine does not
+    move in from outside within 25 % of its value, with either backend.
+
+    ``backend``: ``albumentations`` (reflected borders) or ``torchvision`` (``transforms.v2``: the same ranges and
+    probabilities; borders the affine uncovers are filled with black, brightness is a factor rather than a shift,
+    cut-out is one erased rectangle, noise has a fixed 0.05 sigma).
 
     Args:
         preset: ``none``, ``light`` or ``strong``.
         channels: 1 (grey) or 3 (colour).
         color: force colour jitter on (True) or off (False); None: only for 3-channel images.
+        backend: ``albumentations`` or ``torchvision``.
 
     Returns:
-        A callable ``aug(image=uint8 array) -> {"image": array}`` (see :class:`SeededAugment`), or None.
+        A callable ``aug(image=uint8 array, seed=None) -> {"image": array}`` (see :class:`SeededAugment`), or None.
 
     Example:
         >>> build_augment("none", 1) is None
         True
     """
+    if backend not in AUGMENT_BACKENDS:
+        raise ValueError(f"data.augment_backend: unknown backend {backend!r}; valid: {', '.join(AUGMENT_BACKENDS)}")
     if preset == "none":
         return None
+    if preset not in ("light", "strong"):
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: none, light, strong")
+    use_color = (channels == 3) if color is None else color
+    if backend == "torchvision":
+        return _torchvision_augment(preset, channels, use_color)
     import albumentations as A
 
     use_color = (channels == 3) if color is None else color
@@ -236,12 +286,34 @@ def build_augment(preset: str, channels: int, color: bool | None = None) -> Seed
     return SeededAugment(A.Compose(ops))
 
 
+def _torchvision_augment(preset: str, channels: int, use_color: bool) -> SeededTorchvision:
+    """The presets of :func:`build_augment` in ``torchvision.transforms.v2`` (float images in [0, 1])."""
+    from torchvision.transforms import v2 as T
+
+    if preset == "light":
+        ops = [
+            T.RandomApply([T.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1))], p=0.7),
+            T.RandomApply([T.ColorJitter(brightness=0.1, contrast=0.1)], p=0.5),
+        ]
+    else:
+        ops = [
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomApply([T.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.8, 1.2))], p=0.8),
+            T.RandomApply([T.ColorJitter(brightness=0.2, contrast=0.2)], p=0.7),
+            T.RandomApply([T.RandomChoice([T.GaussianBlur(kernel_size=5, sigma=(0.5, 1.2)), T.GaussianNoise(sigma=0.05, clip=True)])], p=0.3),
+            T.RandomErasing(p=0.3, scale=(0.0025, 0.0225), ratio=(0.33, 3.0), value=0.0),
+        ]
+    if use_color and channels == 3:
+        ops.append(T.RandomApply([T.ColorJitter(brightness=0.1, saturation=0.15, hue=8 / 360)], p=0.5))
+    return SeededTorchvision(T.Compose(ops))
+
+
 def make_transform(pp: Preprocessing, augment=None) -> Callable[[np.ndarray], np.ndarray]:
     """The one image -> model-input function.
 
     Args:
         pp: preprocessing from the config or a bundle manifest.
-        augment: an albumentations pipeline from :func:`build_augment` (training only), or None.
+        augment: an augmentation pipeline from :func:`build_augment` (training only), or None.
 
     Returns:
         A function: uint8 (H, W) / (H, W, C) -> float32 (C, size, size); its optional ``seed`` fixes the

@@ -1,4 +1,5 @@
-"""data.schema: an existing (endoreg-db-shaped) database read in place, in SQLite and in a real PostgreSQL server."""
+"""data.schema: an existing (endoreg-db-shaped) database read in place, in SQLite and in a real PostgreSQL server;
+data.schema.dataset picks the images of one AI dataset (a link table) or those with a column value."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ DDL = [
     "CREATE TABLE {p}labelset_labels (id INTEGER PRIMARY KEY, labelset_id INTEGER, label_id INTEGER)",
     "CREATE TABLE {p}frame (id INTEGER PRIMARY KEY, relative_path VARCHAR(200), video_id INTEGER)",
     "CREATE TABLE {p}annotation (id INTEGER PRIMARY KEY, frame_id INTEGER, label_id INTEGER, value BOOLEAN)",
+    # endoreg-db's AI datasets: which frames belong to which dataset (a frame may be in several)
+    "CREATE TABLE {p}aidataset_frames (id INTEGER PRIMARY KEY, aidataset_id INTEGER, frame_id INTEGER)",
 ]
 
 
@@ -46,9 +49,13 @@ def _build(engine, prefix: str, image_dir: Path) -> None:
                     anns.append({"i": len(anns) + 1, "f": 100 + f, "l": lid, "v": bool((f + lid) % 2)})
         c.execute(sa.text(f"INSERT INTO {prefix}frame VALUES (:i, :p, :v)"), frames)
         c.execute(sa.text(f"INSERT INTO {prefix}annotation VALUES (:i, :f, :l, :v)"), anns)
+        # AI dataset 1: frames 100-107; AI dataset 2: frames 104-111 (104-107 are in both)
+        links = [(f, 1) for f in range(100, 108)] + [(f, 2) for f in range(104, 112)]
+        c.execute(sa.text(f"INSERT INTO {prefix}aidataset_frames VALUES (:i, :d, :f)"),
+                  [{"i": i, "d": d, "f": f} for i, (f, d) in enumerate(links)])
 
 
-def _cfg(url: str, prefix: str, image_dir: Path, **data):
+def _cfg(url: str, prefix: str, image_dir: Path, dataset: dict | None = None, **data):
     t = lambda name, **cols: {"table": f"{prefix}{name}", **cols}  # noqa: E731
     return config_from_dict({"data": {
         "kind": "sql", "url": url, "image_root": str(image_dir), "label_set": "colon", "password_env": None,
@@ -57,6 +64,7 @@ def _cfg(url: str, prefix: str, image_dir: Path, **data):
             "annotations": t("annotation", image_id="frame_id", label_id="label_id", value="value"),
             "labels": t("label"), "label_sets": t("labelset"),
             "label_set_labels": t("labelset_labels", label_set_id="labelset_id", label_id="label_id"),
+            **({"dataset": dataset} if dataset is not None else {}),
         }, **data}})
 
 
@@ -74,6 +82,22 @@ def _check(url: str, engine, prefix: str, image_dir: Path) -> None:
     assert list(v1.label_space.names) == ["blood", "polyp"]
     with pytest.raises(ValueError, match="has no version 7"):
         read_dataset(_cfg(url, prefix, image_dir, label_set_version=7).data)
+    _check_dataset_filter(url, prefix, image_dir, table)
+
+
+def _check_dataset_filter(url: str, prefix: str, image_dir: Path, everything) -> None:
+    link = {"table": f"{prefix}aidataset_frames", "image_id": "frame_id", "column": "aidataset_id"}
+    ds2 = read_dataset(_cfg(url, prefix, image_dir, {**link, "equals": 2}, label_names=["outside", "polyp"]).data)
+    assert ds2.ids.tolist() == [str(i) for i in range(104, 112)]  # only AI dataset 2's frames
+    row = {i: j for j, i in enumerate(everything.ids.tolist())}
+    assert np.array_equal(ds2.targets, everything.targets[[row[i] for i in ds2.ids]], equal_nan=True)  # same labels
+    assert ds2.summary()["provenance"]["dataset_filter"] == {**link, "equals": 2}  # recorded with the run
+    by_video = read_dataset(_cfg(url, prefix, image_dir, {"column": "video_id", "equals": 1}).data)
+    assert by_video.ids.tolist() == ["103", "104", "105"]  # frames f // 3 == 1
+    with pytest.raises(ValueError, match=r"data.schema.dataset selects no image \(.*aidataset_frames.aidataset_id = 9\)"):
+        read_dataset(_cfg(url, prefix, image_dir, {**link, "equals": 9}).data)
+    with pytest.raises(ValueError, match="data.schema.dataset.image_id names a column of a link table"):
+        _cfg(url, prefix, image_dir, {"image_id": "frame_id", "column": "video_id", "equals": 1})
 
 
 def test_mapped_schema_in_sqlite(tmp_path) -> None:

@@ -117,8 +117,15 @@ def read_sql_mapped(cfg) -> SampleTable:
         root = _image_root(cfg, None, engine)
     finally:
         engine.dispose()
+    flt = cfg.schema_.dataset
+    if len(d.ids) == 0 and flt is not None:
+        raise ValueError(f"{where}: data.schema.dataset selects no image ({flt.table or cfg.schema_.images.table}."
+                         f"{flt.column} = {flt.equals!r})")
     if len(d.ids) == 0:
         raise ValueError(f"{where}: the images table {cfg.schema_.images.table!r} has no rows")
+    if flt is not None:
+        log.info("%s: data.schema.dataset (%s.%s = %r) selects %d images", where, flt.table or cfg.schema_.images.table,
+                 flt.column, flt.equals, len(d.ids))
     names = [lab["name"] for lab in d.label_set["labels"]]
     if cfg.label_names:
         missing = [x for x in cfg.label_names if x not in names]
@@ -136,7 +143,8 @@ def read_sql_mapped(cfg) -> SampleTable:
     groups = d.groups if any(g is not None for g in d.groups) else None
     index = {lab["name"]: lab for lab in d.label_set["labels"]}
     provenance = {"label_set": d.label_set, "labels_used": [
-        {"name": n, "id": index[n]["id"], "original_index": index[n]["index"]} for n in space.names if n in index]}
+        {"name": n, "id": index[n]["id"], "original_index": index[n]["index"]} for n in space.names if n in index],
+        **({"dataset_filter": flt.model_dump()} if flt is not None else {})}
     table = SampleTable(space, d.ids, paths, targets, groups, splits, None, source=where, provenance=provenance)
     if not label_keep.all():
         table = table.subset(np.where(label_keep)[0])

@@ -55,6 +55,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 #: the errors of every route that takes an upload
 UPLOAD_ERRORS = responses(400, 401, 413, 415, 422, 503)
+#: a 200 whose body is a PNG image (``/v1/explain``, ``/v1/preview``), declared with its media type
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def one_line(text: str) -> str:

@@ -11,14 +11,14 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
 from medlens.serve.deps import KEY, get_state
-from medlens.serve.errors import UPLOAD_ERRORS, ApiError
+from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS, ApiError
 from medlens.serve.state import ServerState
 from medlens.serve.uploads import header_safe, parse_metadata, read_upload, safe_name
 
 router = APIRouter()
 
 
-@router.post("/v1/explain", dependencies=[KEY], responses=UPLOAD_ERRORS, response_class=Response)
+@router.post("/v1/explain", dependencies=[KEY], responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
 async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str | None = Form(None),
                   metadata: str | None = Form(None), target_layer: str | None = Form(None), state: ServerState = Depends(get_state)):
     """One image, optional ``label``, ``method``, ``target_layer`` and ``metadata`` -> overlay PNG."""

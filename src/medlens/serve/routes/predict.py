@@ -9,14 +9,15 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from medlens.serve.deps import KEY, get_state
-from medlens.serve.errors import UPLOAD_ERRORS, ApiError
+from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS, ApiError
+from medlens.serve.schemas import PredictResponse
 from medlens.serve.state import ServerState
 from medlens.serve.uploads import parse_metadata, preview_png, read_upload, safe_name
 
 router = APIRouter()
 
 
-@router.post("/v1/predict", dependencies=[KEY], responses=UPLOAD_ERRORS)
+@router.post("/v1/predict", dependencies=[KEY], responses=UPLOAD_ERRORS, response_model=PredictResponse)
 async def predict(files: list[UploadFile] = File(..., description="Images: PNG, JPEG, DICOM, ..."), metadata: str | None = Form(None),
                   state: ServerState = Depends(get_state)) -> JSONResponse:
     """Predict each image; optional ``metadata``: a JSON object, or a list with one object per file (fusion models)."""
@@ -33,7 +34,7 @@ async def predict(files: list[UploadFile] = File(..., description="Images: PNG, 
     return JSONResponse({"model": state.model_name, "task": state.manifest.task, "predictions": [state.record(p) for p in preds]})
 
 
-@router.post("/v1/preview", dependencies=[KEY], responses=UPLOAD_ERRORS, response_class=Response)
+@router.post("/v1/preview", dependencies=[KEY], responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
 async def preview(file: UploadFile = File(..., description="One image: PNG, JPEG, DICOM, ..."), state: ServerState = Depends(get_state)):
     """A PNG of the decoded image (longest side at most 1024 px): how the page shows DICOM files."""
     data = await read_upload(file, state.settings.max_upload_bytes)

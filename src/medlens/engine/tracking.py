@@ -455,32 +455,77 @@ PYFUNC_CODE = Path(__file__).resolve().parents[1] / "inference" / "mlflow_model.
 MODEL_NAME = "model"
 
 
+def medlens_requirement() -> str:
+    """The pip requirement that installs the medlens running now, for a logged model's environment.
+
+    The wheel or source folder it was installed from (``medlens @ file:///...``, read from the installation's
+    PEP 610 ``direct_url.json``), the source tree it runs from, or else the released version. A bare
+    ``medlens==0.1.0`` would send ``mlflow models serve`` to an index that does not serve it.
+
+    Example:
+        >>> medlens_requirement()  # an editable install of a clone  # doctest: +SKIP
+        'medlens @ file:///home/me/medlens'
+    """
+    from importlib import metadata
+
+    tree = Path(__file__).resolve().parents[3]  # src/medlens/engine/tracking.py -> the checkout
+    try:
+        dist = metadata.distribution("medlens")
+    except metadata.PackageNotFoundError:  # imported from a source tree without an install
+        return f"medlens @ {tree.as_uri()}" if (tree / "pyproject.toml").is_file() else "medlens"
+    direct = dist.read_text("direct_url.json")
+    url = json.loads(direct).get("url") if direct else None
+    if isinstance(url, str) and url.startswith("file:"):
+        return f"medlens @ {url}"
+    return f"medlens=={dist.version}"
+
+
+def _example_image(bundle_dir: Path, folder: Path) -> Path:
+    """A mid-grey PNG at the bundle's input size: the input example MLflow runs once to infer the signature."""
+    from PIL import Image
+
+    size = 224
+    try:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        pre = manifest.get("preprocessing") or {}
+        size = int(pre.get("image_size") or manifest.get("image_size") or size)
+    except (OSError, ValueError, TypeError):
+        pass
+    path = folder / "example.png"
+    Image.new("L", (size, size), 128).save(path)
+    return path
+
+
 def log_bundle_model(tracking_uri: str, run_id: str, bundle_dir: str | Path) -> None:
     """Log a bundle to an MLflow run as a pyfunc model named ``model`` (the bundle folder is its artifact).
 
     ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(paths)`` then gives the table of
-    ``medlens predict --out`` (see :mod:`medlens.inference.mlflow_model`).
+    ``medlens predict --out`` (see :mod:`medlens.inference.mlflow_model`). The model carries a signature (input:
+    one string column of image paths; output: the predictions table's columns, inferred by scoring the input
+    example, a grey image at the bundle's size, once), an input example, and a requirement that installs this medlens
+    (:func:`medlens_requirement`), so ``mlflow models serve`` can rebuild its environment.
 
     Example:
         >>> log_bundle_model("sqlite:///runs/mlflow.db", run_id, "runs/pneumoniamnist/bundle")  # doctest: +SKIP
     """
-    from importlib import metadata
+    import tempfile
 
     import mlflow
     import mlflow.pyfunc
 
-    try:
-        requirement = f"medlens=={metadata.version('medlens')}"
-    except metadata.PackageNotFoundError:  # running from a source tree
-        requirement = "medlens"
+    bundle = Path(bundle_dir).resolve()
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        with tempfile.TemporaryDirectory(prefix="medlens-mlflow-") as tmp, \
+                mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            # a list of paths (one unnamed string column): the signature then accepts what predict always took,
+            # a list of paths or a table whose path column comes first
+            example = [str(_example_image(bundle, Path(tmp)))]
             kw = {"name": MODEL_NAME} if int(mlflow.__version__.split(".")[0]) >= 3 else {"artifact_path": MODEL_NAME}
             mlflow.pyfunc.log_model(
-                python_model=str(PYFUNC_CODE), artifacts={"bundle": str(Path(bundle_dir).resolve())},
-                pip_requirements=[requirement], **kw,
+                python_model=str(PYFUNC_CODE), artifacts={"bundle": str(bundle)},
+                pip_requirements=[medlens_requirement()], input_example=example, **kw,
             )
     finally:
         mlflow.set_tracking_uri(previous)

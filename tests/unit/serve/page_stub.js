@@ -19,6 +19,15 @@ global.fetch = async () => ({ status: 500, ok: false, json: async () => ({ error
 eval(script.replace(/^loadModel\(\);$/m, "") + `
 ;(function () {
   const cases = JSON.parse(require("fs").readFileSync(process.argv[3], "utf8"));
+  if (process.argv[4] === "model") {  // the model card: what /v1/model published, rendered without a prediction
+    for (const c of cases) {
+      model = c.model;
+      renderSubgroups();
+      console.log(c.name + ": hidden=" + $("subgroups-box").hidden + " " + $("subgroups-title").textContent + " | "
+        + $("subgroups").textContent.replace(/\\s+/g, " "));
+    }
+    return;
+  }
   for (const c of cases) {
     pres = c.presentation; model = { explain_methods: pres.explain_methods };
     renderFindings(c.prediction);

@@ -66,3 +66,35 @@ def test_page_renders_every_task_from_its_findings(tmp_path):
     assert rows["binary"][1].strip() == "explain disabled: false report disabled: false"
     # the out-of-distribution gate's verdict comes first; the finding is still shown
     assert rows["ood"][0].index("Outside the training distribution: score 41.5 above 20.3") < rows["ood"][0].index("Model output: p")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_model_card_shows_performance_by_patient_group(tmp_path):
+    """The page answers "does it fail a group of patients?" from what /v1/model publishes (the bundle's test subgroup
+    table): a row per group with n and intervals, the largest gap, and groups too small to read said so; a bundle
+    without a table shows no section."""
+    from medlens.bundle import read_manifest
+    from medlens.serve.public import public_model_info
+
+    bundle = random_bundle(tmp_path / "b")
+    man = read_manifest(bundle)
+    ci = lambda v, lo, hi: {"value": v, "low": lo, "high": hi, "n_valid": 500}  # noqa: E731
+    man.metrics = {"test": {"subgroups": {"unit": "patient", "warnings": [], "columns": {"Patient Gender": {
+        "levels": ["F", "M"], "missing": 0, "banding": "values",
+        "subgroups": {"F": {"n": 120, "auroc": ci(0.81, 0.74, 0.87), "sensitivity": ci(0.7, 0.6, 0.8), "specificity": ci(0.8, 0.7, 0.9), "readable": True},
+                      "M": {"n": 9, "auroc": ci(0.55, 0.2, 0.9), "sensitivity": ci(0.5, 0.1, 0.9), "specificity": ci(0.6, 0.3, 0.9), "readable": False}},
+        "gaps": {"auroc": {**ci(0.26, -0.1, 0.6), "high_group": "F", "low_group": "M", "readable": False}}}}}}}
+    published = public_model_info(man)
+    assert published["metrics"]["test"]["subgroups"]["columns"]["Patient Gender"]["levels"] == ["F", "M"]
+    cases = [{"name": "with", "model": published}, {"name": "without", "model": public_model_info(read_manifest(bundle))}]
+    data = tmp_path / "models.json"
+    data.write_text(json.dumps(cases))
+    r = subprocess.run([NODE, str(STUB), str(STATIC / "index.html"), str(data), "model"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = dict(line.split(": ", 1) for line in r.stdout.splitlines())
+    text = out["with"]
+    assert text.startswith("hidden=false Performance by patient group (test split; 95 % intervals, patient bootstrap)")
+    assert "F1200.81 (0.74 to 0.87)0.70 (0.60 to 0.80)0.80 (0.70 to 0.90)" in text
+    assert "M90.55 (0.20 to 0.90)" in text and "too small to read" in text
+    assert "Largest AUROC gap in Patient Gender: 0.26 (-0.10 to 0.60) (F vs M); it involves a group too small to read" in text
+    assert out["without"].startswith("hidden=true")

@@ -59,7 +59,8 @@ def in_memory_logits(result, cfg, table, rows) -> np.ndarray:
     from medlens.data.transforms import preprocessing_from_config
 
     tf = make_transform(preprocessing_from_config(cfg.data))
-    x = torch.from_numpy(np.stack([tf(load_image(p)) for p in sub.images]))
+    # the files read as the training loader reads them (JPEGs >= 2x the model's size at reduced DCT scale)
+    x = torch.from_numpy(np.stack([tf(load_image(p, reduce_to=cfg.data.image_size)) for p in sub.images]))
     with torch.inference_mode():
         return model(x, meta).numpy()
 

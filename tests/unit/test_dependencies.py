@@ -23,7 +23,6 @@ IMPORT_NAMES = {
 }
 #: declared but not imported by medlens, each for a stated reason
 NOT_IMPORTED = {
-    "torchvision": "timm imports it; declared beside torch so pip resolves the matching pair",
     "python-multipart": "FastAPI imports it to parse the multipart uploads of /v1/predict",
     "httpx": "FastAPI's TestClient, for checking a served model",
     "httptools": "uvicorn's http='auto' parses requests with it when installed (the serving benchmark ran with it)",

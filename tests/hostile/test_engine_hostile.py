@@ -25,6 +25,7 @@ import yaml
 
 from medlens.config import config_from_dict
 from medlens.engine import CheckpointError, TrainingInterrupted
+from tests._crash import CrashAt
 from tests.hostile._helpers import malicious_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -178,17 +179,6 @@ def test_signal_saves_a_checkpoint_exits_with_its_code_and_resumes(tmp_path: Pat
     assert (result.bundle_dir / "manifest.json").is_file()
 
 
-class _CrashAt(L.Callback):
-    """A crash (power loss, kill -9) at the start of an epoch, after the previous epoch's checkpoint."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError(f"simulated crash at epoch {self.epoch}")
-
-
 def test_auto_resume_with_loader_workers_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     """Persistent loader workers carried their random state across epochs, so a resumed run's fresh workers drew other
     augmentations (measured: 92 of 263 metrics differed after kill -9 + auto_resume with 2 workers). Each draw is now
@@ -200,7 +190,7 @@ def test_auto_resume_with_loader_workers_equals_the_uninterrupted_run(tmp_path: 
     over = {"data": {"num_workers": 1, "augment": "light", "sampler": "weighted"}, "trainer": {"max_epochs": 2}}
     full = train(config_from_dict(_raw(tmp_path, "full", **over)))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(config_from_dict(_raw(tmp_path, "resumed", **over)), callbacks=[_CrashAt(1)])
+        train(config_from_dict(_raw(tmp_path, "resumed", **over)), callbacks=[CrashAt(1)])
     again = _raw(tmp_path, "resumed", **over)
     again["trainer"]["auto_resume"] = True
     again["output"]["overwrite"] = False

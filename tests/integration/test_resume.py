@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from medlens.bundle import load_bundle
 from medlens.config import config_from_dict
 from medlens.training import train
+from tests._crash import CrashAt
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +45,6 @@ def _raw(tmp_path: Path, name: str, **sections) -> dict:
     return raw
 
 
-class _Crash(L.Callback):
-    """Simulates a crash (power loss, OOM kill) at the start of an epoch, after the previous epoch's checkpoint."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError(f"simulated crash at epoch {self.epoch}")
-
-
 def _weights(result) -> dict[str, torch.Tensor]:
     return load_file(str(result.bundle_dir / "model.safetensors"))
 
@@ -65,7 +54,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
 
     cfg = config_from_dict(_raw(tmp_path, "resumed"))
     with pytest.raises(RuntimeError, match="simulated crash at epoch 2"):
-        train(cfg, callbacks=[_Crash(2)])
+        train(cfg, callbacks=[CrashAt(2)])
     ckpt_dir = Path(cfg.output.dir) / "resumed" / "checkpoints"
     assert torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
     resumed = train(config_from_dict(_raw(tmp_path, "resumed", trainer={"auto_resume": True}, output={"overwrite": False})))

@@ -15,11 +15,21 @@ from tests.unit._bundles import random_bundle
 mlflow = pytest.importorskip("mlflow")
 
 
-def test_pyfunc_model_equals_medlens_predict(tmp_path, monkeypatch):
+def _logged(tmp_path: Path, bundle: Path) -> tuple[str, str]:
+    """A bundle logged as the pyfunc model of a new run in a SQLite tracking store: (tracking URI, run id)."""
     from mlflow.tracking import MlflowClient
 
     from medlens.engine.tracking import log_bundle_model
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    log_bundle_model(uri, run_id, bundle)
+    return uri, run_id
+
+
+def test_pyfunc_model_equals_medlens_predict(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bundle = random_bundle(tmp_path / "bundle", thresholds=[0.4])
     paths = []
@@ -27,11 +37,7 @@ def test_pyfunc_model_equals_medlens_predict(tmp_path, monkeypatch):
         p = tmp_path / f"img{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    run_id = client.create_run(exp).info.run_id
-    log_bundle_model(uri, run_id, bundle)
+    uri, run_id = _logged(tmp_path, bundle)
 
     mlflow.set_tracking_uri(uri)
     try:
@@ -46,17 +52,11 @@ def test_pyfunc_model_equals_medlens_predict(tmp_path, monkeypatch):
 
 
 def test_logged_model_has_signature_example_and_installable_requirement(tmp_path, monkeypatch):
-    from mlflow.tracking import MlflowClient
-
-    from medlens.engine.tracking import log_bundle_model, medlens_requirement
+    from medlens.engine.tracking import medlens_requirement
 
     monkeypatch.chdir(tmp_path)
     bundle = random_bundle(tmp_path / "bundle", thresholds=[0.4])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    run_id = client.create_run(exp).info.run_id
-    log_bundle_model(uri, run_id, bundle)
+    uri, run_id = _logged(tmp_path, bundle)
 
     mlflow.set_tracking_uri(uri)
     try:

@@ -80,3 +80,37 @@ def test_history_columns_say_at_half_where_a_threshold_of_0_5_was_used() -> None
     for key in ("val/auroc_macro", "val/loss", "val/ece", "val/threshold_f1", "train/loss", "epoch"):
         assert binary.history_column(key) == key
     assert multiclass.history_column("val/accuracy") == "val/accuracy"  # arg-max, as deployed
+
+
+def test_patient_bootstrap_intervals_beside_wilson_when_patients_are_known(tmp_path: Path) -> None:
+    """With patient ids the operating point carries percentile intervals that resample patients (the task's metrics
+    hook stores them in the manifest under ``ci.per_label``), beside the Wilson ones; without ids it has none."""
+    from medlens.tasks import get_task
+
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(60), 4)  # 4 images per patient, the patient's label on all of them
+    y = np.repeat(rng.integers(0, 2, 60), 4)
+    s = np.clip(0.3 + 0.4 * y + np.repeat(rng.normal(0, 0.2, 60), 4) + rng.normal(0, 0.05, 240), 0, 1)[:, None]
+    b0 = random_bundle(tmp_path / "b0", thresholds=[0.5])
+    task = get_task("binary")
+    grouped = task.metrics(s, np.eye(2)[y], read_manifest(b0), groups=[f"p{g}" for g in patients])
+    plain = task.metrics(s, np.eye(2)[y], read_manifest(b0), groups=None)
+    assert set(grouped["ci"]["per_label"]["abnormal"]) == {"sensitivity", "specificity", "precision", "npv"}
+    assert plain["ci"]["per_label"]["abnormal"] == {}  # no patient ids: Wilson only
+
+    m = read_manifest(random_bundle(tmp_path / "g", thresholds=[0.5], metrics={"test": grouped}))
+    op = task_of(m).operating_point(m)
+    ab = op["labels"]["abnormal"]
+    assert op["bootstrap"]["unit"] == "patient" and op["bootstrap"]["n_patients"] == 60
+    for rate in ("sensitivity", "specificity", "ppv", "npv"):
+        boot, wil = ab["bootstrap"][rate], ab[rate]
+        assert boot["estimate"] == pytest.approx(wil["estimate"])  # one point estimate, two intervals
+        assert boot["low"] <= boot["estimate"] <= boot["high"]
+        # 4 correlated images per patient: the patient interval is wider than Wilson's, which counts images
+        assert boot["high"] - boot["low"] > wil["high"] - wil["low"]
+    assert "(n=240, 60 patients)" in op["text"][0] and "patient bootstrap" in op["text"][0]
+    assert "resampling the split's 60 patients" in op["interval_method"]
+
+    m = read_manifest(random_bundle(tmp_path / "p", thresholds=[0.5], metrics={"test": plain}))
+    op = task_of(m).operating_point(m)
+    assert op["bootstrap"] is None and "bootstrap" not in op["labels"]["abnormal"] and "patient" not in op["text"][0]

@@ -305,13 +305,17 @@ class ClassificationTask(Task):
 
     def metrics(self, scores: np.ndarray, targets: np.ndarray, manifest: Manifest, groups: Sequence | None = None) -> dict[str, Any]:
         """Metrics at the bundle's thresholds, with a (patient-level when groups are given) bootstrap 95 % CI of the
-        headline AUROC, so every printed summary shows n and an interval."""
+        headline AUROC, so every printed summary shows n and an interval. With patient ids the same replicates also
+        give each label's sensitivity, specificity, PPV and NPV at the threshold (``ci.per_label``): the operating
+        point's patient-bootstrap intervals beside its Wilson ones (:mod:`.operating`)."""
+        from medlens.tasks.classification.operating import BOOTSTRAP_RATES
         from medlens.tasks.classification.uncertainty import bootstrap_ci
 
         m = classification_metrics(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups)
         if len(scores) and m.get("auroc_macro") is not None:
             m["ci"] = bootstrap_ci(scores, targets, self.kind, manifest.label_names, manifest.thresholds or None, groups=groups,
-                                   n_boot=self.HEADLINE_BOOTSTRAP, metrics=("auroc_macro",), label_metrics=())
+                                   n_boot=self.HEADLINE_BOOTSTRAP, metrics=("auroc_macro",),
+                                   label_metrics=BOOTSTRAP_RATES if groups is not None else ())
         return m
 
     def epoch_metrics(self, scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:

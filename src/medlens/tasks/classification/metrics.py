@@ -168,7 +168,7 @@ def _safe_div(a: float, b: float) -> float:
 
 
 def rates(c: dict[str, int]) -> dict[str, float]:
-    """Precision, recall (= sensitivity), specificity, F1 and accuracy from confusion counts (NaN if undefined).
+    """Precision (= PPV), recall (= sensitivity), specificity, NPV, F1 and accuracy from confusion counts (NaN if undefined).
 
     Example:
         >>> rates({"tp": 1, "fp": 1, "tn": 1, "fn": 0})["precision"]
@@ -181,6 +181,7 @@ def rates(c: dict[str, int]) -> dict[str, float]:
         "recall": recall,
         "sensitivity": recall,
         "specificity": _safe_div(tn, tn + fp),
+        "npv": _safe_div(tn, tn + fn),
         "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
         "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
     }

@@ -5,8 +5,9 @@ thresholds, each with its Wilson 95 % interval and counts, from the test split w
 The number is called a **probability** only when the split's expected calibration error is below
 :data:`ECE_BOUND` (0.05: on average the stated value is within 5 points of the observed frequency); otherwise it is
 a **score**, and the calibration error is shown beside it. Intervals are Wilson score intervals of the counts at
-the deployed threshold (the patient bootstrap of ``medlens report`` covers the report's metrics; the bundle keeps
-the bootstrap of the headline AUROC only).
+the deployed threshold and, when the split has patient ids, percentile bootstrap intervals that resample patients
+(the replicates of the headline interval, :meth:`ClassificationTask.metrics`, stored under ``ci.per_label``): images
+of one patient are not independent, so the patient interval is the honest one when patients have several images.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any
 ECE_BOUND = 0.05
 #: the rates shown, in order, with their names on every surface
 RATES = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"), ("npv", "NPV"))
+#: each rate's name among the per-label metrics (what the patient bootstrap resamples)
+METRIC_OF = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "precision", "npv": "npv"}
+#: the per-label metrics bootstrapped for the operating point when the split has patient ids
+BOOTSTRAP_RATES = tuple(METRIC_OF.values())
 
 
 def value_word(metrics: dict[str, Any] | None) -> tuple[str, float | None, str | None]:
@@ -45,11 +50,25 @@ def _split(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def _rate_text(name: str, w: dict[str, Any]) -> str:
+def _rate_text(name: str, w: dict[str, Any], boot: dict[str, Any] | None = None) -> str:
     est, lo, hi = w.get("estimate"), w.get("low"), w.get("high")
     if est is None or est != est:
         return f"{name} - (0/{w.get('n', 0)})"
-    return f"{name} {est:.2f} (95% CI {lo:.2f}-{hi:.2f}; {w.get('k')}/{w.get('n')})"
+    extra = ""
+    if boot and boot.get("low") is not None and boot.get("high") is not None:
+        extra = f"; patient bootstrap {boot['low']:.2f}-{boot['high']:.2f}"
+    return f"{name} {est:.2f} (95% CI {lo:.2f}-{hi:.2f}; {w.get('k')}/{w.get('n')}{extra})"
+
+
+def _patient_bootstrap(m: dict[str, Any]) -> dict[str, Any] | None:
+    """The split's bootstrap record when it resampled patients and holds the rates, else None."""
+    ci = m.get("ci")
+    if not isinstance(ci, dict) or ci.get("unit") != "group":
+        return None
+    per = ci.get("per_label") or {}
+    if not any(isinstance(d, dict) and any(k in d for k in BOOTSTRAP_RATES) for d in per.values()):
+        return None
+    return ci
 
 
 def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thresholds: dict[str, float | None]) -> dict[str, Any] | None:
@@ -62,9 +81,11 @@ def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thres
 
     Returns:
         None when the bundle has no split metrics; else ``split``, ``n``, ``value_word``, ``ece``, ``ece_bound``,
-        ``calibration`` (one sentence), ``interval_method``, ``labels`` (per finding: ``threshold``, the rates as
-        ``{estimate, low, high, k, n}``, ``text``; ``note`` when the metrics were measured at another threshold)
-        and ``text`` (one line per finding, the split named).
+        ``calibration`` (one sentence), ``interval_method``, ``bootstrap`` (``unit`` "patient", ``n_boot``,
+        ``n_patients``, ``confidence``; None when the split has no patient ids), ``labels`` (per finding:
+        ``threshold``, the rates as ``{estimate, low, high, k, n}`` (Wilson), ``bootstrap`` (the rates as
+        ``{estimate, low, high, n_valid}``, resampling patients; absent without patient ids), ``text``; ``note``
+        when the metrics were measured at another threshold) and ``text`` (one line per finding, the split named).
 
     Example:
         >>> w = {"estimate": 0.8, "low": 0.5, "high": 0.9, "k": 8, "n": 10}
@@ -79,6 +100,7 @@ def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thres
     m = (metrics or {})[split]
     n = m.get("n")
     per_label = m.get("per_label") or {}
+    ci = _patient_bootstrap(m)
     out_labels: dict[str, Any] = {}
     lines = []
     for label in labels:
@@ -89,9 +111,17 @@ def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thres
         measured = d.get("threshold")
         deployed = thresholds.get(label)
         rates = {key: wilson.get(key) or {} for key, _ in RATES}
+        boot_label = ((ci or {}).get("per_label") or {}).get(label) or {}
+        boot = {key: {"estimate": (boot_label.get(metric) or {}).get("value"), "low": (boot_label.get(metric) or {}).get("low"),
+                      "high": (boot_label.get(metric) or {}).get("high"), "n_valid": (boot_label.get(metric) or {}).get("n_valid")}
+                for key, metric in METRIC_OF.items()} if boot_label else None
         at = "the highest class" if deployed is None else f"threshold {deployed:.3f}"
-        text = f"{label} on the {split} split (n={n}), {at}: " + "; ".join(_rate_text(name, rates[key]) for key, name in RATES)
+        who = f"n={n}" if ci is None else f"n={n}, {ci.get('n_units')} patients"
+        text = f"{label} on the {split} split ({who}), {at}: " + "; ".join(
+            _rate_text(name, rates[key], None if boot is None else boot[key]) for key, name in RATES)
         entry: dict[str, Any] = {"threshold": deployed, **rates, "text": text}
+        if boot is not None:
+            entry["bootstrap"] = boot
         if deployed is not None and isinstance(measured, (int, float)) and abs(float(measured) - float(deployed)) > 1e-9:
             entry["note"] = (f"measured at threshold {float(measured):.3f}, not at the deployed {deployed:.3f}: "
                              "these rates do not describe the deployed threshold")
@@ -105,5 +135,12 @@ def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thres
     else:
         calibration = (f"calibration error (ECE) {ece:.3f} on the {split} split, not below {ECE_BOUND:g}: the number is a score, "
                        "not a probability")
+    method = "Wilson 95 % score interval of the counts at the threshold"
+    bootstrap = None
+    if ci is not None:
+        bootstrap = {"unit": "patient", "n_boot": ci.get("n_boot"), "n_patients": ci.get("n_units"), "confidence": ci.get("confidence"),
+                     "method": "percentile bootstrap resampling patients"}
+        method += (f"; patient bootstrap: {int(round(100 * float(ci.get('confidence') or 0.95)))} % percentile interval over "
+                   f"{ci.get('n_boot')} replicates resampling the split's {ci.get('n_units')} patients")
     return {"split": split, "n": n, "value_word": word, "ece": ece, "ece_bound": ECE_BOUND, "calibration": calibration,
-            "interval_method": "Wilson 95 % score interval of the counts at the threshold", "labels": out_labels, "text": lines}
+            "interval_method": method, "bootstrap": bootstrap, "labels": out_labels, "text": lines}

@@ -3,7 +3,9 @@
 A report shows what went in and when (the input's file name; for DICOM only its Study/Series/SOP Instance
 UIDs, never patient attributes; the metadata a fusion model was given; the model's name and weights SHA-256;
 the date and time in UTC), the image, the explanation overlay(s) with a caption true to each method, every
-finding's probability against its threshold and the decision, the model's version and intended use, and a
+finding's decision and its score (or probability) against the threshold, the operating point at that threshold
+(sensitivity, specificity, PPV and NPV with Wilson and, with patient ids, patient-bootstrap intervals, the split
+named), the model's version, intended use and training data (with a banner when it was generated images), and a
 plain statement that it is not a diagnosis.
 HTML reports embed their images (base64 PNG) and styles, so they open offline and can be archived as one
 file. PDFs are drawn with matplotlib (already a dependency), one page per image.
@@ -253,6 +255,8 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
             if op.get("calibration"):
                 parts.append(f"<li>{esc(op['calibration'])}</li>")
             parts.append("</ul>")
+            if op.get("interval_method"):
+                parts.append(f"<p class='meta' id='interval-method'>Intervals: {esc(op['interval_method'])}.</p>")
         parts.append(f"<p><strong>Model output:</strong> {esc(task.outcome(prediction, manifest))}</p>")
     parts.append("<h2>Intended use</h2>")
     parts.append(f"<p>{esc(manifest.intended_use or NO_INTENDED_USE)}</p>")
@@ -264,6 +268,10 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
     parts.append(f"<p class='meta'>Source: {esc(report_title(src) if str(src) not in _UNNAMED else 'in-memory image')}</p>")
     parts.append(f"<p class='warn'><strong>Not a diagnosis.</strong> {esc(DISCLAIMER)}</p></body></html>")
     return "\n".join(parts)
+
+
+#: findings whose operating point a one-page PDF lists (the HTML report lists them all)
+OP_LINES_PDF = 6
 
 
 def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Sequence[Explanation], manifest: Manifest,
@@ -289,13 +297,16 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
     ids = identifiers if identifiers is not None else input_identifiers(None, prediction.source)
     when = generated or _utc_now()
     fig.text(0.06, 0.935, "\n".join(textwrap.wrap("NOT A DIAGNOSIS. " + DISCLAIMER, 110)), fontsize=7.5, va="top", color="#8a4b00")
+    data = manifest_training_data(manifest)
+    if data["banner"]:  # a model trained on generated images says so above everything it shows
+        fig.text(0.06, 0.882, data["banner"], fontsize=10, weight="bold", va="top", color="#b3261e")
     panels = [(image, "Input")] + [
         (cv2.imdecode(np.frombuffer(e.overlay_png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1], f"{e.label}: {e.method} ({e.probability:.3g})")
         for e in list(explanations)[:3]
     ]
     w = 0.88 / len(panels)
     for i, (im, cap) in enumerate(panels):
-        ax = fig.add_axes([0.06 + i * w, 0.6, w - 0.02, 0.26])
+        ax = fig.add_axes([0.06 + i * w, 0.6, w - 0.02, 0.24])
         ax.imshow(im, cmap="gray" if im.ndim == 2 else None)
         ax.set_title(cap[:40], fontsize=8)
         ax.axis("off")
@@ -308,11 +319,25 @@ def image_report_pdf(image: np.ndarray, prediction: Prediction, explanations: Se
         for f in task_of(manifest).findings(prediction, manifest):
             lines.append(f"{f.label[:28]:<30}{f.value_text():>10}{f.threshold_text():>12}   {f.decision or f.text}")
     y = 0.56
-    value_name = {"score": "Score", "probability": "Prob."}.get(task_of(manifest).presentation(manifest).value_kind, "Value")
+    # the task's word for the number ("Score" unless calibration is good enough for "Probability"), as on the page
+    name = task_of(manifest).presentation(manifest).value_name or "Value"
+    value_name = name if len(name) <= 10 else name[:4] + "."
     fig.text(0.06, y, f"{'Finding':<30}{value_name:>10}{'Threshold':>12}   Decision", family="monospace", fontsize=8, weight="bold", va="top")
     for ln in lines[:25]:
         y -= 0.016
         fig.text(0.06, y, ln, family="monospace", fontsize=8, va="top")
+    op = task_of(manifest).operating_point(manifest) if prediction.ok else None
+    if op:  # how the model does at the deployed threshold, with intervals, on a named split (as the HTML report)
+        y -= 0.026
+        fig.text(0.06, y, "At this threshold", fontsize=8, weight="bold", va="top")
+        shown = (op.get("text") or [])[:OP_LINES_PDF]
+        more = len(op.get("text") or []) - len(shown)
+        extra = [f"... and {more} more finding(s): see the HTML report"] if more > 0 else []
+        for item in [*shown, *extra, *([op["calibration"]] if op.get("calibration") else []),
+                     *([f"Intervals: {op['interval_method']}."] if op.get("interval_method") else [])]:
+            for ln in textwrap.wrap(item, 125):
+                y -= 0.013
+                fig.text(0.07, y, ln, fontsize=7, va="top")
     y -= 0.03
     fig.text(0.06, y, "Intended use: " + "\n".join(textwrap.wrap(manifest.intended_use or NO_INTENDED_USE, 100)), fontsize=8, va="top")
     y -= 0.05

@@ -112,3 +112,37 @@ def test_dicom_report_lists_uids_and_no_patient_data(predictor: Predictor, tmp_p
         assert secret not in page
     pdf = next(p for p in written if p.suffix == ".pdf").read_bytes()
     assert b"Doe" not in pdf and b"PID-998877" not in pdf
+
+
+def test_generated_banner_and_operating_point_in_html_and_pdf(tmp_path: Path) -> None:
+    """A demo bundle's per-image report, HTML and PDF: the generated-data banner, and the operating point at the deployed
+    threshold on the named split with its Wilson and patient-bootstrap intervals."""
+    pypdf = pytest.importorskip("pypdf")
+    import io
+
+    from medlens.provenance import GENERATED_BANNER as BANNER, training_data_record
+    from medlens.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 3)
+    y = np.repeat(rng.integers(0, 2, 40), 3)
+    s = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 120), 0, 1)[:, None]
+    plain = read_manifest(random_bundle(tmp_path / "p", thresholds=[0.5]))
+    test = get_task("binary").metrics(s, np.eye(2)[y], plain, groups=[f"p{g}" for g in patients])
+    rec = training_data_record({"kind": "synthetic"}, {"train": (560, {"normal": {"positive": 280}, "abnormal": {"positive": 280}})},
+                               generated=True)
+    b = random_bundle(tmp_path / "b", thresholds=[0.5], metrics={"test": test}, training_data=rec)
+    p = Predictor.from_bundle(b)
+    img = np.random.default_rng(1).integers(0, 255, (32, 32), dtype=np.uint8)
+    pred = p.predict_one(img)
+    op = "abnormal on the test split (n=120, 40 patients), threshold 0.500: sensitivity"
+
+    page = _html.unescape(image_report_html(img, pred, [], p.manifest))
+    assert "id='generated-banner'" in page and BANNER in page
+    assert op in page and "95% CI" in page and "patient bootstrap" in page and "resampling the split's 40 patients" in page
+
+    text = pypdf.PdfReader(io.BytesIO(image_report_pdf(img, pred, [], p.manifest))).pages[0].extract_text()
+    flat = " ".join(text.split())  # lines are wrapped in the PDF
+    assert BANNER in flat
+    assert op in flat and "95% CI" in flat and "patient bootstrap" in flat and "PPV" in flat and "NPV" in flat
+    assert "calibration error" in flat and "Score" in flat and "Prob." not in flat  # this ECE makes it a score

@@ -3,7 +3,10 @@
 Every model forbids unknown keys, so a typo such as ``optim.lrr`` is an error that names the key and the
 file instead of being silently ignored. ``load_config`` reads YAML, applies ``--set key=value`` overrides and
 ``MEDLENS__SECTION__KEY`` overrides from a ``.env`` file and the environment, and validates once. Precedence,
-lowest first: defaults < YAML < ``.env`` < environment < ``--set``.
+lowest first: defaults < YAML < ``.env`` < environment < ``--set``. Every value remembers where it came from (the
+YAML file and line, the ``--set`` item, the environment variable, the ``.env`` file and line), so an error names
+that place (``run.yaml:12: unknown key 'trainer.max_epoch' (did you mean trainer.max_epochs?)``), and so can a
+later check of the value (:meth:`RunConfig.origin`).
 
 Example:
     >>> from medlens.config import load_config
@@ -20,7 +23,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from medlens.registry import close_matches
 
 #: ``data.task`` names a label kind some task serves (``medlens.tasks.list_kinds()``); the config layer does not know
 #: the tasks, so the name is checked when the task is looked up (``get_task``), with the valid ones listed.
@@ -29,6 +42,39 @@ _KIND = r"^[a-z][a-z0-9_]*$"
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid. The message names the file and the key."""
+
+
+class ValueOrigins(dict[str, str]):
+    """Where each value of a config came from: dotted key -> ``run.yaml:12``, ``--set optim.lr=3``,
+    ``environment variable MEDLENS__OPTIM__LR`` or ``.env:3 (MEDLENS__OPTIM__LR)`` (:func:`origin_of` reads it).
+
+    Not part of a config's identity: pydantic compares private attributes, and two configs with equal values are
+    equal wherever their values came from (a config saved with a run equals the one it was loaded from).
+    """
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ValueOrigins)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a dict: unhashable
+
+
+def origin_of(origins: dict[str, str], key: str) -> str | None:
+    """The origin of ``key`` (dotted) in ``origins``, else of its closest enclosing section (a missing key is blamed
+    on the section that lacks it, a key set by a whole ``--set data={...}`` on that item); None when neither.
+
+    Example:
+        >>> origin_of({"trainer": "run.yaml:5", "trainer.max_epochs": "run.yaml:6"}, "trainer.precision")
+        'run.yaml:5'
+    """
+    parts = key.split(".") if key else []
+    for n in range(len(parts), 0, -1):
+        hit = origins.get(".".join(parts[:n]))
+        if hit is not None:
+            return hit
+    return None
 
 
 class StrictModel(BaseModel):
@@ -546,6 +592,26 @@ class RunConfig(StrictModel):
     # who the training images come from (site, period, age range, scanner, ...): written to the bundle's training_data
     # record and shown beside every decision (the page, the per-image report, /v1/model)
     population: str = ""
+    # where each value came from (dotted key -> "run.yaml:12", "--set optim.lr=3", ...): for error messages only
+    _origins: ValueOrigins = PrivateAttr(default_factory=lambda: ValueOrigins())
+
+    def origin(self, key: str) -> str | None:
+        """Where the value of ``key`` (dotted, e.g. ``model.backbone``) came from, for an error message: the YAML
+        file and line (``run.yaml:7``), ``--set model.backbone=x``, ``environment variable MEDLENS__MODEL__BACKBONE``
+        or ``.env:3 (MEDLENS__MODEL__BACKBONE)``; the closest enclosing section's when the key itself was not
+        given; None for a default (or a config built from a dict without a file).
+
+        Example:
+            >>> cfg = config_from_dict({"data": {"kind": "synthetic"}}, overrides=["model.backbone=resnet10t"])
+            >>> cfg.origin("model.backbone")
+            '--set model.backbone=resnet10t'
+        """
+        return origin_of(self._origins, key)
+
+    def where(self, key: str) -> str:
+        """``"run.yaml:7: "`` (see :meth:`origin`) to put before a message about ``key``, or ``""`` for a default."""
+        o = self.origin(key)
+        return f"{o}: " if o else ""
 
     @field_validator("targets")
     @classmethod
@@ -659,36 +725,111 @@ def _parse_scalar(text: str) -> Any:
     return yaml.safe_load(text) if text != "" else ""
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned)."""
+#: an override: ``section.key=value`` and where it came from (``--set ...``, ``environment variable ...``, ``.env:3 ...``)
+Override = tuple[str, str]
+
+
+def _set_items(overrides: list[str] | None) -> list[Override]:
+    return [(item, f"--set {item}") for item in overrides or []]
+
+
+def _apply(raw: dict[str, Any], items: list[Override], origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a copy of ``raw``, recording each key's origin in ``origins``."""
     import copy
 
     out = copy.deepcopy(raw)
-    for item in overrides or []:
+    for item, origin in items:
+        # an environment variable or a .env line is named by itself; a --set item by the item
+        blame = origin if not origin.startswith("--set ") else f"--set {item!r}"
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"{blame}: an override must look like section.key=value")
         key, text = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
+            raise ConfigError(f"{blame}: the override has an empty key")
         node = out
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
             if nxt is None:
                 nxt = node[p] = {}
+                if origins is not None:  # a section this override made: its errors are the override's
+                    origins.setdefault(".".join(parts[: i + 1]), origin)
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+                raise ConfigError(f"{blame}: {'.'.join(parts[: i + 1])!r} is not a section (it holds a value)")
             node = nxt
-        node[parts[-1]] = _parse_scalar(text)
+        try:
+            node[parts[-1]] = _parse_scalar(text)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{blame}: the value {text!r} is not valid YAML ({problem})") from None
+        if origins is not None:
+            dotted = ".".join(parts)
+            for k in [k for k in origins if k.startswith(dotted + ".")]:
+                del origins[k]  # a whole section replaced: its old keys' lines no longer hold its values
+            origins[dotted] = origin
     return out
 
 
-def _env_overrides(prefix: str = "MEDLENS__") -> list[str]:
-    """``MEDLENS__OPTIM__LR=3e-4`` -> ``optim.lr=3e-4`` (pydantic-settings' nested delimiter style)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned).
+
+    Example:
+        >>> apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=0.1", "trainer.max_epochs=3"])
+        {'optim': {'lr': 0.1}, 'trainer': {'max_epochs': 3}}
+    """
+    return _apply(raw, _set_items(overrides))
+
+
+def _env_key(name: str, prefix: str) -> str | None:
+    """``MEDLENS__OPTIM__LR`` -> ``optim.lr`` (pydantic-settings' nested delimiter style); None for other names."""
+    return name[len(prefix) :].lower().replace("__", ".") if name.startswith(prefix) and len(name) > len(prefix) else None
+
+
+def _env_items(prefix: str = "MEDLENS__") -> list[Override]:
     items = []
     for k, v in os.environ.items():
-        if k.startswith(prefix) and len(k) > len(prefix):
-            items.append(k[len(prefix) :].lower().replace("__", ".") + "=" + v)
+        key = _env_key(k, prefix)
+        if key is not None:
+            items.append((f"{key}={v}", f"environment variable {k}"))
+    return sorted(items)
+
+
+def _env_overrides(prefix: str = "MEDLENS__") -> list[str]:
+    """``MEDLENS__OPTIM__LR=3e-4`` in the environment -> ``optim.lr=3e-4``."""
+    return [item for item, _ in _env_items(prefix)]
+
+
+#: a variable's assignment in a .env file (``export`` allowed), for its line number
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+
+
+def _dotenv_items(env_file: str | Path | None = None, prefix: str = "MEDLENS__") -> list[Override]:
+    if env_file is None:
+        p = Path.cwd() / ".env"
+        if not p.is_file():
+            return []
+    else:
+        p = Path(env_file)
+        if not p.is_file():
+            raise ConfigError(f"env file not found: {p}")
+    from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own .env parser
+
+    lines: dict[str, int] = {}
+    for n, text in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        m = _DOTENV_LINE.match(text)
+        if m:
+            lines[m.group(1)] = n  # the last assignment wins, in python-dotenv too
+    items = []
+    # interpolate=False: a ${VAR} in the file stays literal text (expanding it from the environment put a secret
+    # into a run-folder name); the file is announced, so its overrides are never applied without a word
+    for k, v in dotenv_values(p, interpolate=False).items():
+        key = _env_key(k, prefix)
+        if key is not None and v is not None:
+            where = f"{p}:{lines[k]}" if k in lines else str(p)
+            items.append((f"{key}={v}", f"{where} ({k})"))
+    import logging
+
+    logging.getLogger("medlens.config").info("using .env: %s (%d overrides)", p, len(items))
     return sorted(items)
 
 
@@ -702,39 +843,89 @@ def dotenv_overrides(env_file: str | Path | None = None, prefix: str = "MEDLENS_
         >>> dotenv_overrides("no-such-dir/.env")  # doctest: +SKIP
         ConfigError: env file not found: no-such-dir/.env
     """
-    if env_file is None:
-        p = Path.cwd() / ".env"
-        if not p.is_file():
-            return []
-    else:
-        p = Path(env_file)
-        if not p.is_file():
-            raise ConfigError(f"env file not found: {p}")
-    from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own .env parser
-
-    items = []
-    # interpolate=False: a ${VAR} in the file stays literal text (expanding it from the environment put a secret
-    # into a run-folder name); the file is announced, so its overrides are never applied without a word
-    for k, v in dotenv_values(p, interpolate=False).items():
-        if k.startswith(prefix) and len(k) > len(prefix) and v is not None:
-            items.append(k[len(prefix) :].lower().replace("__", ".") + "=" + v)
-    import logging
-
-    logging.getLogger("medlens.config").info("using .env: %s (%d overrides)", p, len(items))
-    return sorted(items)
+    return [item for item, _ in _dotenv_items(env_file, prefix)]
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def yaml_key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> 1-based line of every key (and list item) in a composed YAML document (``yaml.compose``).
+
+    Example:
+        >>> yaml_key_lines(yaml.compose("data:\\n  kind: synthetic\\noptim:\\n  lr: 0.1\\n"))
+        {'data': 1, 'data.kind': 2, 'optim': 3, 'optim.lr': 4}
+    """
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(yaml_key_lines(v, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[f"{prefix}{i}"] = v.start_mark.line + 1
+            out.update(yaml_key_lines(v, f"{prefix}{i}."))
+    return out
+
+
+def _data_tags() -> set[str]:
+    """The ``kind`` tags of the data sources: pydantic puts the tag in an error's location (``data.folder.root``)."""
+    return {m.model_fields["kind"].default for m in _models_in(DataConfig) if "kind" in m.model_fields}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation can hold (through ``X | None``, ``Annotated``, ``list[X]``, unions)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += _models_in(arg)
+    return out
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid inside the section at pydantic location ``loc`` (tags narrow a union: ``data.folder``)."""
+    models: list[type[BaseModel]] = [RunConfig]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: its models are already the candidates
+        tagged = [m for m in models if m.model_fields.get("kind") is not None and m.model_fields["kind"].default == part]
+        if tagged:
+            models = tagged
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        models = [m for f in fields for m in _models_in(f.annotation)]
+        if not models:
+            return []  # a free-form mapping (task_options, targets): the task or the field checks its keys
+    return sorted({k for m in models for k in m.model_fields})
+
+
+#: a key named at the start of a model-level message ("data.color_augment: true needs ...")
+_KEY_IN_MESSAGE = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)\b")
+
+
+def _format_validation_error(err: ValidationError, source: str, origins: dict[str, str] | None = None) -> str:
+    """One line per problem, each led by where its value came from (``run.yaml:12``, ``--set ...``, ...)."""
+    origins, tags = origins or {}, _data_tags()
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.endswith("Data")))
-        # Pydantic puts the discriminator tag in the location; drop it for readability.
-        parts = [p for p in loc.split(".") if p not in {"folder", "csv", "medmnist", "jsonl", "sql", "nih", "hf", "synthetic"}]
+        raw_loc = tuple(e["loc"])
+        # Pydantic puts the discriminator tag (and the class name) in the location; drop them for readability.
+        parts = [str(p) for p in raw_loc if not (isinstance(p, str) and (p.endswith("Data") or p in tags))]
         loc = ".".join(parts)
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {loc!r}")
-        else:
-            lines.append(f"{source}: {loc or '<root>'}: {e['msg']}")
+            where = origin_of(origins, loc) or source
+            close = close_matches(parts[-1], _keys_at(raw_loc[:-1]), n=1)  # the leaf against its section's keys
+            hint = f" (did you mean {'.'.join([*parts[:-1], close[0]])}?)" if close else ""
+            lines.append(f"{where}: unknown key {loc!r}{hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        named = _KEY_IN_MESSAGE.match(msg) if not loc else None
+        where = origin_of(origins, loc or (named.group(1) if named else "")) or source
+        # a check across keys names its keys in the message: "data.color_augment: true needs data.channels: 3"
+        lines.append(f"{where}: {msg}" if named else f"{where}: {loc or '<root>'}: {msg}")
     return "; ".join(lines)
 
 
@@ -767,10 +958,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def migrate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+def migrate_legacy(raw: dict[str, Any], origins: dict[str, str] | None = None) -> dict[str, Any]:
     """Move keys of the old layout (``model.ae_depth``, ``optim.loss``, ``trainer.threshold_method``, ...) into
     ``task_options`` (a copy is returned). A key at its old default is dropped; a key given in both places is an
-    error naming both.
+    error naming both. ``origins`` (:class:`ValueOrigins`) follow the keys that move.
 
     Example:
         >>> migrate_legacy({"data": {"kind": "synthetic"}, "optim": {"loss": "focal", "lr": 0.01, "focal_gamma": 2.0}})
@@ -790,26 +981,47 @@ def migrate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
     if moved:
         opts = out.get("task_options")
         opts = {} if opts is None else opts
+        origins = {} if origins is None else origins
         if not isinstance(opts, dict):
-            raise ConfigError("task_options must be a mapping")
+            raise ConfigError(f"{origin_of(origins, 'task_options') or 'task_options'}: task_options must be a mapping")
         for new, (old, value) in moved.items():
             if new in opts:
-                raise ConfigError(f"{old} and task_options.{new} are the same option; keep task_options.{new}")
+                where = origin_of(origins, old)
+                raise ConfigError(f"{where + ': ' if where else ''}{old} and task_options.{new} are the same option; "
+                                  f"keep task_options.{new}")
             opts[new] = value
+            if old in origins:
+                origins[f"task_options.{new}"] = origins[old]
         out["task_options"] = opts
     return out
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None,
-                     env_file: str | Path | None = None) -> RunConfig:
-    """Validate a config dict (after ``.env``, environment and ``overrides``, in that order) into a :class:`RunConfig`."""
+                     env_file: str | Path | None = None, key_lines: dict[str, int] | None = None) -> RunConfig:
+    """Validate a config dict (after ``.env``, environment and ``overrides``, in that order) into a :class:`RunConfig`.
+
+    Args:
+        raw: the config as read (sections data, model, optim, ...).
+        source: where ``raw`` came from, for messages (a file name).
+        overrides: ``section.key=value`` strings (``--set``), applied last.
+        env_file: a ``.env`` file (None: ``./.env`` when there is one).
+        key_lines: dotted key -> line of ``source`` (:func:`yaml_key_lines`), so errors name the line.
+
+    Example:
+        >>> config_from_dict({"data": {"kind": "synthetic"}}, overrides=["trainer.max_epoch=3"])  # doctest: +SKIP
+        ConfigError: --set trainer.max_epoch=3: unknown key 'trainer.max_epoch' (did you mean trainer.max_epochs?)
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping with sections data, model, optim, ...")
-    merged = migrate_legacy(apply_overrides(raw, [*dotenv_overrides(env_file), *_env_overrides(), *(overrides or [])]))
+    origins = ValueOrigins({k: f"{source}:{n}" for k, n in (key_lines or {}).items()})
+    items = [*_dotenv_items(env_file), *_env_items(), *_set_items(overrides)]
+    merged = migrate_legacy(_apply(raw, items, origins), origins)
     try:
-        return RunConfig.model_validate(merged)
+        cfg = RunConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, origins)) from None
+    cfg._origins = origins
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, env_file: str | Path | None = None) -> RunConfig:
@@ -833,14 +1045,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None, env_file: 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
+    loader = yaml.SafeLoader(p.read_text())
+    try:  # one parse: the nodes give each key's line, the document the values
+        node = loader.get_single_node()
+        raw = (loader.construct_document(node) if node is not None else None) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{where}: {what}") from None
-    cfg = config_from_dict(raw, source=str(p), overrides=overrides, env_file=env_file)
+    finally:
+        loader.dispose()
+    cfg = config_from_dict(raw, source=str(p), overrides=overrides, env_file=env_file, key_lines=yaml_key_lines(node))
     if cfg.name is None and cfg.output.name is None:
         cfg.output.name = p.stem
     return _resolve_paths(cfg, p.parent.resolve())

@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dicom": ("pydicom",),
     "hf": ("datasets", "pyarrow"),
     "wandb": ("wandb",),
+    "gradio": ("gradio",),
 }
 
 

@@ -5,10 +5,58 @@ An unknown name raises an error that lists the valid ones (the timm ``models/_re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import os
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The ``choices`` a misspelt ``word`` most likely meant, best first (at most ``n``; empty when none is close).
+
+    Ranked by difflib's similarity ratio plus the share of ``word`` that is a common prefix (a name is usually
+    misspelt at its end: ``resnet1`` is ``resnet18``, not ``cspresnet50``), shorter names first on a tie (the
+    common base model before its variants). Case is ignored.
+
+    Example:
+        >>> close_matches("resnet1", ["cspresnet50", "resnet18", "resnet152", "resnet18d", "eca_resnet33ts"])
+        ['resnet18', 'resnet152', 'resnet18d']
+        >>> close_matches("max_epoch", ["max_epochs", "min_epochs", "precision"], n=1)
+        ['max_epochs']
+    """
+    w = word.lower()
+    if not w:
+        return []
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(w)
+    scored: list[tuple[float, int, str]] = []
+    for choice in choices:
+        c = choice.lower()
+        matcher.set_seq1(c)
+        if matcher.real_quick_ratio() < cutoff or matcher.quick_ratio() < cutoff:
+            continue
+        ratio = matcher.ratio()
+        if ratio < cutoff:
+            continue
+        prefix = len(os.path.commonprefix([w, c]))
+        scored.append((ratio + 0.5 * prefix / len(w), -len(choice), choice))
+    scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
+    return [choice for _, _, choice in scored[:n]]
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:
+    """`` (did you mean resnet18?)`` for a misspelt name, or an empty string when nothing is close.
+
+    Example:
+        >>> "unknown backbone 'resnet1'" + did_you_mean("resnet1", ["resnet18", "resnet50", "vgg11"], n=2)
+        "unknown backbone 'resnet1' (did you mean resnet18 or resnet50?)"
+    """
+    close = close_matches(word, choices, n=n)
+    if not close:
+        return ""
+    return f" (did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?)"
 
 
 class Registry(Generic[T]):

@@ -29,7 +29,7 @@ import torch
 
 from medlens._atomic import atomic_open, write_json_atomic, write_text_atomic
 from medlens.bundle import Bundle, Manifest, save_bundle
-from medlens.config import RunConfig, dump_config
+from medlens.config import ConfigError, RunConfig, dump_config
 from medlens.data.dataset import (
     ImageDataset,
     default_cache_mb,
@@ -43,6 +43,7 @@ from medlens.data.transforms import build_augment, make_transform, preprocessing
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
 from medlens.provenance import GENERATED_KEY, training_data_record
+from medlens.registry import did_you_mean
 from medlens.subgroups import subgroup_performance
 from medlens.targets import format_target_checks
 from medlens.tasks import read_table, task_for_config, task_of
@@ -211,8 +212,9 @@ def check_backbone_exists(cfg: RunConfig) -> None:
     import timm
 
     if not timm.is_model(cfg.model.backbone):
-        close = timm.list_models(f"*{cfg.model.backbone.split('.')[0][:6]}*")[:5]
-        raise ValueError(f"model.backbone: {cfg.model.backbone!r} is not a timm model" + (f" (close: {', '.join(close)})" if close else ""))
+        name = cfg.model.backbone
+        raise ConfigError(f"{cfg.where('model.backbone')}model.backbone: {name!r} is not a timm model"
+                          + did_you_mean(name.split(".")[0], timm.list_models(), n=3))
 
 
 def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Path, resume: str | None, splits: Splits | None,

@@ -21,16 +21,19 @@ def serve(
     max_pixels: Annotated[int, typer.Option(metavar="PIXELS", help="Largest image (width x height) decoded.")] = 50_000_000,
     max_pixels_in_flight: Annotated[int | None, typer.Option(metavar="PIXELS", help="Decoded pixels held at once over all requests (default: twice --max-pixels); more waits, then 503.")] = None,
     tta: Annotated[str, typer.Option(metavar="PRESET", help="Test-time augmentation for every prediction: none, hflip, flips or d4.")] = "none",
+    ui: Annotated[str, typer.Option(metavar="page|gradio", help="page: the web page at /; gradio: also a Gradio app at /gradio on the same model (needs the 'gradio' extra).")] = "page",
 ) -> None:
     """Serve BUNDLE: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
     setup_logging()
     need("serve", "fastapi", "uvicorn")
     if backend == "onnx":
         need("onnx", "onnxruntime")
+    if ui == "gradio":
+        need("gradio", "gradio")
     from medlens.serve.app import serve as serve_bundle
 
     serve_bundle(bundle, host, port, backend, api_key, max_upload_mb, max_pixels, api_key_file=api_key_file, tta=tta,
-                 max_pixels_in_flight=max_pixels_in_flight)
+                 max_pixels_in_flight=max_pixels_in_flight, ui=ui)
 
 
 def register(app: typer.Typer) -> None:

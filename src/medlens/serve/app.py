@@ -11,6 +11,8 @@ Routes (all ``/v1`` routes check the API key when one is set; see :mod:`medlens.
 * ``POST /v1/preview`` -- one image (e.g. DICOM, which browsers cannot show) -> a PNG of the decoded image.
 * ``GET /`` -- the web page; ``/docs`` -- the API reference; both static files, no external assets.
   ``/openapi.json`` -- the OpenAPI schema.
+* ``/gradio`` -- with ``ui="gradio"`` (the ``gradio`` extra): a Gradio app over the same model
+  (:mod:`medlens.serve.gradio_ui`).
 
 Safety: request bodies are counted as they stream in (:class:`~medlens.serve.middleware.BodyLimitMiddleware`),
 whatever the headers say, and refused with 413 once they pass the limit; images over ``max_pixels`` are refused
@@ -41,13 +43,30 @@ from medlens.serve.state import ServerState
 log = logging.getLogger("medlens.serve")
 
 
-def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettings | None = None) -> FastAPI:
+#: the user interfaces ``create_app`` can add to the page: ``page`` (the built-in page only) or ``gradio`` (also a
+#: Gradio app at ``/gradio``, on the same model)
+UIS = ("page", "gradio")
+
+
+def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettings | None = None, ui: str = "page") -> FastAPI:
     """Build the FastAPI app for a bundle (the model is loaded once, here).
+
+    Args:
+        bundle: the bundle folder (or an exported ONNX folder with ``backend="onnx"``).
+        backend: ``torch`` or ``onnx``.
+        settings: limits and options (default: :class:`ServeSettings` with ``$MEDLENS_API_KEY``).
+        ui: ``page`` (the web page at ``/``) or ``gradio`` (also a Gradio app at ``/gradio`` on the same model;
+            needs the ``gradio`` extra).
+
+    Raises:
+        ValueError: an unknown ``ui`` (before the model is loaded).
 
     Example:
         >>> app = create_app("runs/pneumoniamnist/bundle")  # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
+    if ui not in UIS:
+        raise ValueError(f"--ui {ui}: one of {', '.join(UIS)}")
     settings = settings or ServeSettings(api_key=os.environ.get("MEDLENS_API_KEY") or None)
     state = ServerState.load(bundle, backend, settings)
     app = _new_app(state)
@@ -55,6 +74,10 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     install_error_handlers(app, state.count_error)
     for router in routers():
         app.include_router(router)
+    if ui == "gradio":
+        from medlens.serve.gradio_ui import mount_gradio
+
+        mount_gradio(app, state)
     return app
 
 
@@ -91,14 +114,16 @@ def _add_limits(app: FastAPI, state: ServerState) -> None:
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0,
-          max_pixels: int = 50_000_000, api_key_file: str | Path | None = None, tta: str = "none", max_pixels_in_flight: int | None = None) -> None:
-    """Run the server (blocking). Binds to 127.0.0.1 unless told otherwise.
+          max_pixels: int = 50_000_000, api_key_file: str | Path | None = None, tta: str = "none", max_pixels_in_flight: int | None = None,
+          ui: str = "page") -> None:
+    """Run the server (blocking). Binds to 127.0.0.1 unless told otherwise; ``ui="gradio"`` adds the Gradio app at
+    ``/gradio`` (:func:`create_app`).
 
     The API key comes from ``api_key``, else the first line of ``api_key_file``, else ``$MEDLENS_API_KEY``
     (the last two keep it out of ``ps``).
 
     Raises:
-        ValueError: a port outside 1-65535, or an unreadable key file (before the model is loaded).
+        ValueError: a port outside 1-65535, an unknown ``ui`` or an unreadable key file (before the model is loaded).
 
     Example:
         >>> serve("runs/pneumoniamnist/bundle", port=8000, api_key_file="/run/secrets/key")  # doctest: +SKIP
@@ -107,16 +132,19 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
 
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"--port {port}: a TCP port is 1-65535")
+    if ui not in UIS:
+        raise ValueError(f"--ui {ui}: one of {', '.join(UIS)}")
     if api_key_file is not None and not api_key:
         api_key = read_api_key_file(api_key_file)
     settings = ServeSettings(api_key=api_key or os.environ.get("MEDLENS_API_KEY") or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_pixels=max_pixels, tta=tta, max_pixels_in_flight=max_pixels_in_flight)
-    app = create_app(bundle, backend, settings)
-    log.info("serving %s on http://%s:%d (backend %s, api key %s)", bundle, host, port, backend, "on" if settings.api_key else "off")
+    app = create_app(bundle, backend, settings, ui=ui)
+    log.info("serving %s on http://%s:%d (backend %s, api key %s)%s", bundle, host, port, backend, "on" if settings.api_key else "off",
+             f"; Gradio UI at http://{host}:{port}/gradio/" if ui == "gradio" else "")
     # no access log (a line per request costs ~10 % at hundreds of requests/s); http/loop "auto" take httptools
     # and uvloop when installed, else h11 and asyncio
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http="auto", loop="auto", backlog=2048)
 
 
-__all__ = ["ENVELOPE_BYTES", "ApiError", "MicroBatcher", "ServeSettings", "ServerState", "create_app", "public_model_info",
+__all__ = ["ENVELOPE_BYTES", "UIS", "ApiError", "MicroBatcher", "ServeSettings", "ServerState", "create_app", "public_model_info",
            "read_api_key_file", "serve"]

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from medlens.serve.errors import ApiError
 from medlens.serve.settings import ServeSettings
 from medlens.serve.uploads import PixelBudget, declared_pixels, decode_image, encode_metadata
 from medlens.tasks import Task, task_of
+
+if TYPE_CHECKING:
+    from medlens.explanation import Explanation
 
 log = logging.getLogger("medlens.serve")
 
@@ -228,6 +231,39 @@ class ServerState:
                 raise ApiError(422, "invalid_request", str(e)) from None
         values = {f.label: f.value for f in self.task.findings(prediction, self.manifest) if f.value is not None}
         return [replace(e, probability=float(values[e.label])) if e.label in values else e for e in exps]
+
+    async def explanation(self, data: bytes, name: str, label: str | None, method: str | None, rows: list[dict | None] | None,
+                          target_layer: str | None) -> Explanation:
+        """An upload -> its first :class:`~medlens.explanation.Explanation` (``/v1/explain`` and the Gradio UI): the
+        method and label checked (422), the metadata checked before any work, the value from :meth:`predict`."""
+        method = self.check_method(method)
+        if label and label not in self.manifest.label_names:
+            raise ApiError(422, "unknown_label", f"label {label!r} is not one of {self.manifest.label_names}")
+        self.check_metadata(rows)  # wrong types: 422 naming the field, before any work
+        await asyncio.to_thread(self.require_explainer)  # loads the PyTorch copy once, off the event loop
+        async with self.decoded(data, name) as img:
+            pred = await self.predict_image(img, name, rows)
+            exps = await asyncio.to_thread(self.explain, img, [label] if label else None, method, None if rows is None else rows[0],
+                                           target_layer or None, pred)
+        if not exps:
+            raise ApiError(422, "nothing_to_explain", "no label to explain for this image")
+        return exps[0]
+
+    async def report_html(self, data: bytes, name: str, method: str | None, rows: list[dict | None] | None) -> str:
+        """An upload -> the per-image HTML report (``/v1/report`` and the Gradio UI): the prediction of
+        :meth:`predict`, the explanation overlay (none without PyTorch weights), the findings and the model card."""
+        from medlens.clinical_report import image_report_html
+
+        method = self.check_method(method)
+        self.check_metadata(rows)
+        async with self.decoded(data, name) as img:
+            pred = await self.predict_image(img, name, rows)
+
+            def render() -> str:
+                exps = [] if self.explainer() is None else self.explain(img, None, method, None if rows is None else rows[0], None, pred)
+                return image_report_html(img, pred, exps, self.manifest)
+
+            return await asyncio.to_thread(render)
 
     async def close(self) -> None:
         await self.batcher.stop()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medlens.config import ConfigError
 from medlens.provenance import manifest_training_data
+from medlens.registry import close_matches
 
 if TYPE_CHECKING:  # no torch at import: ONNX Runtime predicts without it
     from torch import nn
@@ -365,8 +366,15 @@ class Task:
             parts = []
             for e in err.errors():
                 loc = ".".join(str(x) for x in e["loc"])
-                parts.append(f"task_options.{loc}: unknown key for task {self.name!r} (valid: {', '.join(self.options_model.model_fields)})"
-                             if e["type"] == "extra_forbidden" else f"task_options.{loc}: {e['msg']}")
+                # the YAML line, --set item or variable that gave it (RunConfig.where)
+                where = cfg.where(f"task_options.{loc}") if hasattr(cfg, "where") else ""
+                if e["type"] == "extra_forbidden":
+                    valid = list(self.options_model.model_fields)
+                    close = close_matches(str(e["loc"][-1]), valid, n=1)
+                    hint = f"did you mean task_options.{close[0]}? " if close else ""
+                    parts.append(f"{where}task_options.{loc}: unknown key for task {self.name!r} ({hint}valid: {', '.join(valid)})")
+                else:
+                    parts.append(f"{where}task_options.{loc}: {e['msg']}")
             raise ConfigError("; ".join(parts)) from None
 
     def validate_config(self, cfg: RunConfig) -> None:

@@ -5,13 +5,11 @@ The value is the one ``/v1/predict`` gives for the same image (:meth:`ServerStat
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
 from medlens.serve.deps import KEY, get_state
-from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS, ApiError
+from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS
 from medlens.serve.state import ServerState
 from medlens.serve.uploads import header_safe, parse_metadata, read_upload, safe_name
 
@@ -23,20 +21,7 @@ async def explain(file: UploadFile = File(...), label: str | None = Form(None), 
                   metadata: str | None = Form(None), target_layer: str | None = Form(None), state: ServerState = Depends(get_state)):
     """One image, optional ``label``, ``method``, ``target_layer`` and ``metadata`` -> overlay PNG."""
     data = await read_upload(file, state.settings.max_upload_bytes)
-    name = safe_name(file.filename)
-    method = state.check_method(method)
-    if label and label not in state.manifest.label_names:
-        raise ApiError(422, "unknown_label", f"label {label!r} is not one of {state.manifest.label_names}")
-    rows = parse_metadata(metadata, 1)
-    state.check_metadata(rows)  # wrong types: 422 naming the field, before any work
-    await asyncio.to_thread(state.require_explainer)  # loads the PyTorch copy once, off the event loop
-    async with state.decoded(data, name) as img:
-        pred = await state.predict_image(img, name, rows)
-        exps = await asyncio.to_thread(state.explain, img, [label] if label else None, method, None if rows is None else rows[0],
-                                       target_layer or None, pred)
-    if not exps:
-        raise ApiError(422, "nothing_to_explain", "no label to explain for this image")
-    e = exps[0]
+    e = await state.explanation(data, safe_name(file.filename), label, method, parse_metadata(metadata, 1), target_layer)
     kind = state.task.presentation(state.manifest).value_kind
     return Response(e.overlay_png, media_type="image/png", headers={
         "X-Medlens-Label": header_safe(e.label), "X-Medlens-Method": e.method, "X-Medlens-Value": f"{e.probability:.6g}",

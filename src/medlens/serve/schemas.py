@@ -91,7 +91,7 @@ class ModelInfo(_Open):
     target_layers: list[str]
     metadata_fields: dict[str, Any]
     operating_point: dict[str, Any] | None = Field(
-        None, description="the task's deployed operating point (classifiers: rates with Wilson intervals on a named split); "
+        None, description="the task's deployed operating point (classifiers: rates with Wilson and, with patient ids, patient-bootstrap intervals on a named split); "
                           "null when the task shows none")
 
 

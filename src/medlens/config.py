@@ -385,8 +385,53 @@ class SyntheticData(_DataBase):
     seed: int = 0
 
 
+class WebDatasetUrls(StrictModel):
+    """The shard lists of ``kind: webdataset``, one per split: a pattern (``train-{000..009}.tar``) or a list of them;
+    local paths (relative to the YAML file, or ``DATA_DIR/...``), ``file://`` or ``http(s)://`` URLs."""
+
+    train: str | list[str]
+    val: str | list[str]
+    test: str | list[str] | None = None
+
+
+class WebDatasetData(_DataBase):
+    """Tar shards in the WebDataset layout: ``key.png`` + ``key.cls`` (or ``key.json``) per sample, one list per split.
+
+    The training split is streamed (shards dealt to loader workers and DDP ranks, a shuffle buffer, resumable
+    mid-epoch); validation and test members are read at random by byte offset. See medlens.data.readers.webdataset.
+    """
+
+    kind: Literal["webdataset"] = "webdataset"
+    urls: WebDatasetUrls
+    image_ext: list[str] = Field(default_factory=lambda: ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "webp"])
+    label_member: Literal["cls", "json"] = "cls"  # cls: a class name or index (into label_names); json: its label_field
+    label_field: str = "label"  # the .json key holding a label name, an index, or a list of them (multi-label)
+    group_field: str | None = None  # the .json key holding the patient (group) id
+    metadata_fields: list[str] = Field(default_factory=list)  # .json keys loaded as metadata
+    text_column: str | None = None  # free text kept with each sample: a member extension (txt) or a .json key; never a label
+    shuffle_buffer: int = Field(1000, ge=1)  # training samples held to shuffle the stream (1: shard order only)
+    timeout_s: float = Field(60.0, gt=0.0)  # an HTTP connection or read stalled this long fails, naming the shard
+
+    @model_validator(mode="after")
+    def _stream_options_act(self) -> WebDatasetData:
+        if self.sampler != "default":
+            raise ValueError("data.sampler: weighted draws need random access to the training rows; a webdataset stream "
+                             "reads them in shard order (use the loss's class weights instead)")
+        if self.split.method not in ("auto", "predefined"):
+            raise ValueError(f"data.split.method: {self.split.method} cannot act on webdataset shards; the splits are "
+                             "the shard lists data.urls.train/val/test (use auto or predefined)")
+        if self.disk_cache is True or self.disk_cache_mb is not None:
+            raise ValueError("data.disk_cache: shard members are not files the disk cache can key; remove the key")
+        if self.label_member == "cls" and "label_field" in self.model_fields_set:
+            raise ValueError("data.label_field names a .json key; it acts with data.label_member: json")
+        if self.text_column and (self.text_column in self.image_ext or self.text_column == self.label_member
+                                 or (self.label_member == "json" and self.text_column == self.label_field)):
+            raise ValueError(f"data.text_column {self.text_column!r} is also the image or the label; text is never a label")
+        return self
+
+
 DataConfig = Annotated[
-    FolderData | CsvData | MedMNISTData | JsonlData | SqlData | NihData | HfData | SyntheticData,
+    FolderData | CsvData | MedMNISTData | JsonlData | SqlData | NihData | HfData | SyntheticData | WebDatasetData,
     Field(discriminator="kind"),
 ]
 
@@ -1108,6 +1153,19 @@ def resolve_data_path(value: str, config_dir: str | Path | None = None) -> str:
     return str(found.resolve())
 
 
+def _resolve_pattern(pattern: str, base: Path) -> str:
+    """A local shard pattern made absolute (its folder: cwd-relative when that exists, else relative to ``base``)."""
+    if "://" in pattern:
+        return pattern
+    folder, name = os.path.split(pattern)
+    if pattern.startswith(DATA_DIR_PREFIX):  # the folder is looked up (a pattern with braces names no file)
+        return os.path.join(resolve_data_path(folder, base), name) if folder.startswith(DATA_DIR_PREFIX) else resolve_data_path(pattern, base)
+    if Path(pattern).is_absolute():
+        return pattern
+    here = Path(folder or ".")
+    return os.path.join(str(here.resolve() if here.is_dir() else (base / here).resolve()), name)
+
+
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """Make relative data paths absolute against ``base`` when the file exists there; ``DATA_DIR/`` paths are
     read below the data folder (:func:`resolve_data_path`)."""
@@ -1128,6 +1186,11 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             setattr(d, f, str(Path(v).resolve()))
         elif cand.exists() or d.kind != "hf":
             setattr(d, f, str(cand))
+    urls = getattr(d, "urls", None)  # webdataset shard patterns: relative to the YAML, DATA_DIR/ below the data folder
+    for split in ("train", "val", "test") if isinstance(urls, WebDatasetUrls) else ():
+        v = getattr(urls, split)
+        if v is not None:
+            setattr(urls, split, [_resolve_pattern(x, base) for x in v] if isinstance(v, list) else _resolve_pattern(v, base))
     url = getattr(d, "url", None)  # a relative SQLite file in a URL: relative to the YAML as well
     if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]

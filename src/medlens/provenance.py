@@ -52,6 +52,10 @@ def source_name(data: Mapping[str, Any]) -> str:
     if kind == "synthetic":
         return "generated blobs"
     raw = data.get("root") if kind == "folder" else data.get("path")
+    if kind == "webdataset":  # the training shards' file name pattern (train-{000..009}.tar)
+        urls = data.get("urls") or {}
+        raw = urls.get("train") if isinstance(urls, Mapping) else None
+        raw = (raw[0] if raw else None) if isinstance(raw, list) else raw
     if not raw:
         return ""
     raw = str(raw)

@@ -39,6 +39,7 @@ from medlens.data.dataset import (
 )
 from medlens.data.samples import SampleTable
 from medlens.data.splits import LeakageError, Splits, config_fold_splits, find_group_leaks, split_indices
+from medlens.data.stream import ShardStream, StreamLoader, is_streamed
 from medlens.data.transforms import build_augment, make_transform, preprocessing_from_config
 from medlens.evaluation import EvalResult, score_table
 from medlens.inference import Predictor
@@ -127,8 +128,9 @@ def build_datasets(cfg: RunConfig, table: SampleTable, splits: Splits, meta_enco
         sub = table.subset(parts[name])
         tf = make_transform(pp, aug if name == "train" else None)
         left = None if budget is None else max(budget - sum(s.cache_nbytes for s in sets.values()), 0)
-        sets[name] = ImageDataset(sub, tf, pp, cache=cache, on_bad_image=d.on_bad_image, metadata_encoder=enc, cache_bytes=left,
-                                  disk_cache=disk)
+        streamed = name == "train" and is_streamed(sub)  # read as a stream each epoch (kind: webdataset), never cached
+        sets[name] = ImageDataset(sub, tf, pp, cache=cache and not streamed, on_bad_image=d.on_bad_image, metadata_encoder=enc,
+                                  cache_bytes=left, disk_cache=disk)
     n_rows = sum(len(s) for s in sets.values())
     n_cached = sum(s.cached for s in sets.values())
     if not table.in_memory:
@@ -250,7 +252,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, bundle_dir: Path, ckpt_dir: Pat
     d = cfg.data
     workers = d.num_workers if d.num_workers is not None else default_num_workers(table, cached)
     sampler = weighted_sampler(sets["train"].table, cfg.seed) if d.sampler == "weighted" else None
-    train_loader = make_loader(sets["train"], d.batch_size, True, workers, sampler, cfg.seed, drop_last=len(sets["train"]) > d.batch_size)
+    if is_streamed(sets["train"].table):  # tar shards: streamed, shards dealt to workers and ranks, exact mid-epoch resume
+        stream = ShardStream(sets["train"], d.batch_size, cfg.seed, d.shuffle_buffer, d.timeout_s)
+        train_loader = StreamLoader(stream, workers, pin_memory=torch.cuda.is_available())
+    else:
+        train_loader = make_loader(sets["train"], d.batch_size, True, workers, sampler, cfg.seed, drop_last=len(sets["train"]) > d.batch_size)
     val_loader = make_loader(sets["val"], d.eval_batch_size or d.batch_size * 2, False, workers)
 
     # ---- fit (one engine for every task)

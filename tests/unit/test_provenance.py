@@ -27,6 +27,7 @@ from tests.unit._bundles import random_bundle
     ({"kind": "sql", "url": "postgresql://u:pw@db/x", "dataset": "chest", "label_set": "findings"}, "chest / findings"),
     ({"kind": "sql", "url": "sqlite:////srv/a.db", "schema": {"images": {"table": "frames"}}, "label_set": "polyps"}, "frames / polyps"),
     ({"kind": "synthetic"}, "generated blobs"),
+    ({"kind": "webdataset", "urls": {"train": "https://u:tok@host/x/train-{000..009}.tar", "val": "v.tar"}}, "train-{000..009}.tar"),
 ])
 def test_source_name_is_a_base_name_never_a_path_or_secret(data: dict, name: str) -> None:
     got = source_name(data)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.data.shards import ShardError, is_member_ref, read_member, ref_name
+
 log = logging.getLogger("medlens.data")
 
 # Limits checked from the header, before decoding; each is overridable by the reading functions' parameters.
@@ -446,7 +448,7 @@ def load_image(
     read at all; other formats are checked from the header Pillow reads before decoding.
 
     Args:
-        path: the image file.
+        path: the image file, or a tar shard member reference (:func:`medlens.data.shards.member_ref`).
         max_pixels: largest width x height decoded.
         min_side: smallest side in pixels.
         max_aspect: largest ratio of the long side to the short one.
@@ -462,6 +464,13 @@ def load_image(
         >>> img.dtype  # doctest: +SKIP
         dtype('uint8')
     """
+    if is_member_ref(path):  # a member of a tar shard (kind: webdataset), read at random by its byte offset
+        try:
+            data = read_member(str(path))
+        except ShardError as e:
+            raise ImageReadError(str(e)) from None
+        return load_image_bytes(data, ref_name(str(path)), max_pixels, min_side=min_side, max_aspect=max_aspect,
+                                prefer_voi_lut=prefer_voi_lut, reduce_to=reduce_to)
     p = Path(path)
     try:
         with open(p, "rb") as f:

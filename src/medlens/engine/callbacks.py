@@ -291,3 +291,26 @@ class TrainClock(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         v = checkpoint.get("medlens_train_time_s")
         self.before_s = float(v) if isinstance(v, (int, float)) and v == v and v >= 0 else 0.0
+
+
+class LoaderProgress(L.Callback):
+    """Tells a training loader that keeps its own place in the epoch (a shard stream,
+    :class:`medlens.data.stream.StreamLoader`) which epoch starts and each batch trained.
+
+    The loader puts ``(epoch, batches trained)`` into every checkpoint (Lightning's stateful-loader protocol), so a
+    run resumed mid-epoch skips exactly what was trained. Loaders without ``batch_done`` are left alone.
+    """
+
+    @staticmethod
+    def _loaders(trainer: L.Trainer) -> list:
+        dls = trainer.train_dataloader
+        dls = list(dls.values()) if isinstance(dls, dict) else list(dls) if isinstance(dls, list | tuple) else [dls]
+        return [dl for dl in dls if hasattr(dl, "batch_done") and hasattr(dl, "set_epoch")]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for dl in self._loaders(trainer):
+            dl.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for dl in self._loaders(trainer):
+            dl.batch_done()

@@ -77,7 +77,13 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     Example:
         >>> res = fit(cfg, module, train_loader, val_loader, run_dir, ("auroc_macro", "max"))  # doctest: +SKIP
     """
-    from medlens.engine.callbacks import AtomicCheckpointIO, EpochSummary, GracefulStop, TrainClock
+    from medlens.engine.callbacks import (
+        AtomicCheckpointIO,
+        EpochSummary,
+        GracefulStop,
+        LoaderProgress,
+        TrainClock,
+    )
     from medlens.engine.distributed import DistributedEpochOrder
     from medlens.engine.tracking import RunRecorder, build_loggers
     from medlens.engine.trainer import build_trainer
@@ -97,7 +103,7 @@ def fit(cfg: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Path
     clock = TrainClock()  # train_time_s of a resumed run counts its earlier sessions too
     trainer, ckpt_cb = build_trainer(cfg, run_dir, monitor, loggers, [RunRecorder(cfg, run_dir, resume_path), DistributedEpochOrder(),
                                                                 EpochSummary(cfg.trainer.max_epochs, epoch_line),
-                                                                stop, clock, *(callbacks or [])],
+                                                                LoaderProgress(), stop, clock, *(callbacks or [])],
                                      checkpoint_io=AtomicCheckpointIO(ck))
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path, weights_only=True)

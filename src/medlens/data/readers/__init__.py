@@ -28,6 +28,7 @@ _MODULES = {
     "sql": "medlens.data.readers.sql",
     "nih": "medlens.data.readers.nih",
     "hf": "medlens.data.readers.hf",
+    "webdataset": "medlens.data.readers.webdataset",
 }
 
 

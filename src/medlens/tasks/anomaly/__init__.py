@@ -62,7 +62,7 @@ ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
 
 #: autoencoder options a feature detector cannot use, and the feature detector's options an autoencoder cannot use
 AUTOENCODER_KEYS = ("autoencoder", "ae_depth", "ae_width", "latent_dim", "ae_skip_levels", "anomaly_map", "loss")
-DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm")
+DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm", "coreset_candidates")
 PATCHCORE = "patchcore"
 
 
@@ -208,7 +208,7 @@ class AnomalyTask(Task):
             from medlens.tasks.anomaly.patchcore import PatchCoreModule
 
             return PatchCoreModule(model=model, label_space=space, loss=loss, optim=optim_settings(cfg), monitor_metric=monitor[0],
-                                   seed=cfg.seed, score=spec)
+                                   seed=cfg.seed, score=spec, coreset_candidates=opts.coreset_candidates)
         return ReconstructionModule(model=model, label_space=space, loss=loss, optim=optim_settings(cfg), monitor_metric=monitor[0],
                                     seed=cfg.seed, score=spec)
 

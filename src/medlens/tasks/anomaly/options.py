@@ -36,6 +36,9 @@ class AnomalyOptions(TaskOptions):
     # Feature-based detection (detector: patchcore): nearest-normal-patch distances
     detector: Literal["autoencoder", "patchcore"] = "autoencoder"  # patchcore needs model.pretrained (e.g. `medlens pretrain`)
     memory_size: int = Field(4096, ge=16)  # patchcore: coreset size, normal patch features kept (bounds memory and time)
+    # patchcore: most training patches the coreset chooses from (a uniform random sample when there are more): bounds
+    # the fill's RAM at coreset_candidates * feature dim * 4 bytes (262144 x 384 x 4 = 400 MB for ResNet levels 2-3)
+    coreset_candidates: int = Field(262144, ge=16)
     patch_layers: list[int] = Field(default_factory=lambda: [2, 3])  # patchcore: timm feature levels (2 = stride 8 in a stock ResNet)
     # patchcore: "image" standardises each image by its own mean and std inside the network (after data.mean/std), so
     # a brightness or contrast shift between cohorts or scanners does not move its features; "dataset": data.mean/std only

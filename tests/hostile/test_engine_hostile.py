@@ -141,7 +141,7 @@ def test_training_interrupted_is_an_exit_with_the_signal_code() -> None:
     assert TrainingInterrupted("SIGINT", None).exit_code == 130
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.heavy)])
 def test_signal_saves_a_checkpoint_exits_with_its_code_and_resumes(tmp_path: Path, sig: int, code: int) -> None:
     from medlens.training import train
 

@@ -55,6 +55,7 @@ def test_check_disjoint_folds_catches_a_shared_patient(nih_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 53 s; the ensemble test below runs the same cv path on fewer folds
 def test_cv_breastmnist_five_folds(breast_npz, tmp_path):
     raw = tiny_config(
         tmp_path, {"kind": "medmnist", "path": str(breast_npz), "image_size": 28, "channels": 1, "batch_size": 64, "max_samples": 400,

@@ -33,6 +33,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 51 s: two processes, each importing torch and training
 def test_two_process_ddp_reaches_single_process_validation_metrics(tmp_path, pneumonia_npz):
     from medlens.bundle import read_manifest
     from medlens.training import train

@@ -88,8 +88,9 @@ def test_onnx_matches_torch_on_real_test_images(arch: dict, task: str, test_imag
     assert isinstance(onnx_p, OnnxPredictor)
     rng = np.random.default_rng(0)
     for name, imgs in test_images.items():
-        if arch["image_size"] > LARGE:
-            imgs = imgs[:: max(1, len(imgs) // 48)]
+        # a spread of each test split, not all of it: 624 + 200 images through both runtimes cost ~30 s per
+        # architecture on 2 cores, and parity is a property of the graph, not of the image count
+        imgs = imgs[:: max(1, len(imgs) // (48 if arch["image_size"] > LARGE else 160))]
         meta = rng.normal(size=(len(imgs), arch["meta_dim"])).astype(np.float32) if arch["type"] == "fusion" else None
         a = torch_p.predict_arrays(imgs, meta)
         b = onnx_p.predict_arrays(imgs, meta)

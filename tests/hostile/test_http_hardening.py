@@ -159,9 +159,22 @@ def test_with_an_api_key_the_open_routes_do_not_describe_the_model(tmp_path):
         assert open_server.get("/health").json()["labels"] == ["clear", "zebra_sign"]
 
 
-def test_docs_page_is_a_static_file(pristine_bundle):
+def test_docs_page_is_swagger_ui_from_this_server(pristine_bundle):
+    from medlens.serve.routes.docs import ASSETS, DOCS_CSP, swagger_assets
     from medlens.serve.routes.health import STATIC
 
     with _client(pristine_bundle) as c:
-        assert c.get("/docs").text == (STATIC / "docs.html").read_text(encoding="utf-8")
         assert c.get("/").text == (STATIC / "index.html").read_text(encoding="utf-8")
+        r = c.get("/docs")
+        if swagger_assets() is None:  # without fastapi-offline: the plain static reference
+            assert r.text == (STATIC / "docs.html").read_text(encoding="utf-8")
+            return
+        # Swagger UI's two files come from this server, and the page may reach no other host
+        assert f'src="{ASSETS}/swagger-ui-bundle.js"' in r.text and f'href="{ASSETS}/swagger-ui.css"' in r.text
+        assert r.headers["content-security-policy"] == DOCS_CSP and "connect-src 'self'" in DOCS_CSP
+        js, css = c.get(ASSETS + "/swagger-ui-bundle.js"), c.get(ASSETS + "/swagger-ui.css")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and b"SwaggerUIBundle" in js.content
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        # only those two files: nothing else of the package's folder, no path tricks
+        for name in ("redoc.standalone.js", "favicon.png", "..%2F__init__.py", "../core.py"):
+            assert c.get(f"{ASSETS}/{name}").status_code == 404, name

@@ -9,7 +9,8 @@ Routes (all ``/v1`` routes check the API key when one is set; see :mod:`medlens.
 * ``POST /v1/explain`` -- one image, ``label`` and ``method`` form fields -> overlay PNG.
 * ``POST /v1/report`` -- one image -> the per-image HTML report (download).
 * ``POST /v1/preview`` -- one image (e.g. DICOM, which browsers cannot show) -> a PNG of the decoded image.
-* ``GET /`` -- the web page; ``/docs`` -- the API reference; both static files, no external assets.
+* ``GET /`` -- the web page (a static file); ``/docs`` -- Swagger UI with "Try it out", its assets served here;
+  neither loads anything from another host.
   ``/openapi.json`` -- the OpenAPI schema.
 * ``/gradio`` -- with ``ui="gradio"`` (the ``gradio`` extra): a Gradio app over the same model
   (:mod:`medlens.serve.gradio_ui`).
@@ -95,7 +96,7 @@ def _new_app(state: ServerState) -> FastAPI:
         version=state.manifest.versions.get("medlens", ""),
         description=api_description(state.manifest, keyed=bool(state.settings.api_key)),
         lifespan=lifespan,
-        docs_url=None,  # Swagger UI and ReDoc load their assets from a CDN: /docs is a static page of our own
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load their assets from a CDN: /docs is routes/docs.py's
         redoc_url=None,
     )
     app.state.medlens = state

@@ -1,7 +1,7 @@
-"""``GET /health`` (liveness, no key), the web page ``GET /`` and the API reference ``GET /docs``.
+"""``GET /health`` (liveness, no key), the web page ``GET /`` and its icon ``GET /favicon.ico``.
 
-Both pages are static files under ``serve/static/``, rendered in the browser from ``/v1/model`` and
-``/openapi.json`` with ``textContent`` only, and load nothing from outside the server.
+The page is a static file under ``serve/static/``, rendered in the browser from ``/v1/model`` with ``textContent``
+only, and loads nothing from outside the server. The API reference ``GET /docs`` is :mod:`.docs`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,3 @@ FAVICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><cir
 @router.get("/favicon.ico", include_in_schema=False)
 async def favicon() -> Response:
     return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
-
-
-@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-async def docs() -> HTMLResponse:
-    return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))

@@ -260,6 +260,200 @@ def run_patchcore(ds: dict, out_dir: Path, args, pretrained: bool = True, settin
     return score(splits.val), score(splits.test), seconds, info
 
 
+# ------------------------------------------------------------------------------------------ Kermany (real resolution)
+KERMANY = DATA / "kermany_chestxray_224"
+KERMANY_CONFIG = ROOT / "configs" / "anomaly_kermany.yaml"
+AE_DEPTH = {128: 4, 224: 5}  # stride-2 stages: an 8x8 (128 px) or 7x7 (224 px) map before the dense latent
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 0.2 s from /proc), in MiB."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def kermany_config(size: int, name: str, out_dir: Path, extra: list[str]):
+    """The shipped Kermany anomaly config at ``size`` px with a candidate's overrides."""
+    import yaml
+
+    from medlens import load_config
+    from medlens.tasks.anomaly import AUTOENCODER_KEYS
+
+    over = [f"data.image_size={size}", f"output.dir={out_dir}", f"output.name={name}", "output.overwrite=true",
+            "trainer.progress_bar=false", "tracking.backends=[csv]", *extra]
+    path = KERMANY_CONFIG
+    if "task_options.detector=patchcore" in extra:  # the feature detector refuses the autoencoder's options
+        raw = yaml.safe_load(KERMANY_CONFIG.read_text())
+        raw["task_options"] = {k: v for k, v in raw["task_options"].items() if k not in AUTOENCODER_KEYS}
+        path = out_dir / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(path, over)
+
+
+def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
+    """(row label, input size, overrides) of every candidate, cheapest first."""
+    rows = []
+    for size in args.sizes:
+        pc = ["task_options.detector=patchcore", f"model.backbone={args.backbone}", "trainer.max_epochs=1",
+              f"task_options.memory_size={args.memory_size}", "task_options.input_norm=image", "task_options.anomaly_map=mse"]
+        for score in args.patch_scores:
+            s = ["task_options.anomaly_score=mean"] if score == "mean" else ["task_options.anomaly_score=percentile", "task_options.score_percentile=100"]
+            if "random" in args.detectors:
+                rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist.", size, [*pc, *s, "@random"]))
+            if "ssl" in args.detectors:
+                rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist.", size, [*pc, *s, "@ssl"]))
+    for size in args.sizes:
+        for name in args.models:
+            kind = {"unet_ae": "unet", "reversed_ae": "reversed"}[name]
+            over = [f"task_options.autoencoder={kind}", f"task_options.ae_depth={AE_DEPTH.get(size, 4)}"]
+            if args.epochs is not None:
+                over.append(f"trainer.max_epochs={args.epochs}")
+            rows.append(({"unet": "U-Net AE", "reversed": "reversed AE"}[kind], size, over))
+    return rows
+
+
+def kermany_backbone(kind: str, args, out_dir: Path) -> tuple[Path, float]:
+    """The feature detector's backbone file and the seconds it took: ``random`` (seeded init) or ``ssl`` (SimCLR on
+    the training normals at ``--pretrain-size`` px). Reused from ``out_dir`` when a staged run made it already."""
+    import torch
+
+    from medlens.models.classifier import build_backbone
+    from medlens.pretrain import pretrain, write_backbone
+
+    folder = out_dir / (f"{kind}_backbone_{args.backbone}" + (f"_{args.pretrain_epochs}ep_{args.pretrain_size}px" if kind == "ssl" else ""))
+    done = folder / "seconds.txt"
+    if done.exists():
+        return folder / "backbone.safetensors", float(done.read_text())
+    t = time.perf_counter()
+    if kind == "random":
+        torch.manual_seed(0)
+        net, red, _ = build_backbone(args.backbone, 1, max(args.sizes), "auto")
+        weights = write_backbone(net.state_dict(), folder, {"backbone": args.backbone, "in_chans": 1, "stem_reduction": red})
+    else:
+        cfg = kermany_config(args.pretrain_size, "kermany_ssl", out_dir, [
+            f"model.backbone={args.backbone}", f"pretrain.epochs={args.pretrain_epochs}", "pretrain.rows=task_training",
+            "pretrain.batch_size=64", f"pretrain.name={folder.name}"])
+        weights = pretrain(cfg).weights
+    done.write_text(f"{time.perf_counter() - t:.1f}")
+    return Path(weights), float(done.read_text())
+
+
+def read_grey(paths, size: int) -> np.ndarray:
+    """[0, 1] grey images at ``size`` px (area resize of the files), for the model-free rows and PCA."""
+    import cv2
+
+    from medlens.data.io import load_image
+
+    def one(p: str) -> np.ndarray:
+        im = load_image(p)
+        im = cv2.cvtColor(im[..., :3], cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im
+        return cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape != (size, size) else im
+
+    return np.stack([one(p) for p in paths]).astype(np.float32) / 255.0
+
+
+def benchmark_kermany(args, out_dir: Path) -> dict:
+    """Every candidate on the Kermany split of ``configs/anomaly_kermany.yaml``; the winner is chosen on validation."""
+    from medlens import train
+    from medlens.evaluation import dataset_splits
+
+    if not KERMANY.exists():
+        raise SystemExit(f"{KERMANY} not found (set MEDLENS_SHARED_DATA)")
+    os.environ.setdefault("MEDLENS_DATA_DIR", str(DATA))
+    cfg = kermany_config(args.sizes[0], "probe", out_dir, [])
+    table, splits = dataset_splits(cfg)
+    normal = table.targets[:, 0] == 1
+    tr = np.asarray(splits.train)[normal[splits.train]]
+    va, te = np.asarray(splits.val), np.asarray(splits.test)
+    yv, y = ~normal[va], ~normal[te]
+    rows: list[dict] = []
+    cache_file = out_dir / "kermany_rows.jsonl"  # one line per finished row: a staged or stopped run goes on from here
+    cache = {}
+    if cache_file.exists():
+        for line in cache_file.read_text().splitlines():
+            r = json.loads(line)
+            cache[(r["method"], r["size"], r["map"])] = r
+
+    def cached(label: str, size: int, kind: str) -> bool:
+        r = cache.get((label, size, kind))
+        if r is not None:
+            rows.append({**r, "_scores": np.asarray(r.pop("test_scores"))})
+        return r is not None
+
+    def add(label: str, size: int, kind: str, val: np.ndarray, test: np.ndarray, seconds: float, **info) -> None:
+        r = {"method": label, "size": size, "map": kind, "seconds": seconds, **info, **_summary(val, yv, test, y, args.boot, args.fpr)}
+        rows.append({**r, "_scores": test})
+        with cache_file.open("a") as f:
+            f.write(json.dumps({**r, "test_scores": [float(v) for v in test]}, default=float) + "\n")
+        print(f"  {label} @ {size} px / {kind}: val {r['val_auroc']:.3f}  test {r['auroc']:.3f}  ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    for size in args.sizes:
+        if cached("reference: -pixel std (no model)", size, "-"):
+            for label, kind in [("reference: -high-freq. energy (no model)", "-"), *[(f"PCA (k=?, {args.pca_variance:.0%} var.)", m) for m in MAPS]]:
+                hit = [k for k in cache if k[1] == size and k[2] == kind and k[0].split(" (")[0] == label.split(" (")[0]]
+                if hit:
+                    cached(*hit[0])
+            continue
+        t = time.perf_counter()
+        xtr, xva, xte = (read_grey([table.images[i] for i in rows_], size) for rows_ in (tr, va, te))
+        sec = time.perf_counter() - t
+        std_val, std_test = -xva.reshape(len(xva), -1).std(1), -xte.reshape(len(xte), -1).std(1)
+        add("reference: -pixel std (no model)", size, "-", std_val, std_test, 0.0)
+        add("reference: -high-freq. energy (no model)", size, "-", -_high_freq(xva), -_high_freq(xte), 0.0)
+        val, test, sec_pca, k = run_pca(xtr, xva, xte, args.pca_variance)
+        for m in MAPS:
+            add(f"PCA (k={k}, {args.pca_variance:.0%} var.)", size, m, val[m], test[m], sec_pca)
+        del xtr, xva, xte
+    for label, size, over in kermany_candidates(args, out_dir):
+        extra = [o for o in over if not o.startswith("@")]
+        source = next((o[1:] for o in over if o.startswith("@")), None)
+        kind = "patch dist." if source else ("mse" if "task_options.anomaly_map=mse" in extra else "ssim")
+        if cached(label, size, kind):
+            continue
+        backbone_seconds = 0.0
+        if source is not None:
+            weights, backbone_seconds = kermany_backbone(source, args, out_dir)
+            extra.append(f"model.pretrained={weights}")
+        name = f"k{size}_" + "_".join(o.split("=", 1)[1] for o in extra if not o.startswith("model.pretrained"))[:80].replace("/", "-")
+        cfg = kermany_config(size, name, out_dir, extra)
+        t = time.perf_counter()
+        with PeakRSS() as mem:
+            result = train(cfg)
+        seconds = time.perf_counter() - t + backbone_seconds  # the pretraining counts towards the detector's time
+        pred = np.load(result.run_dir / "predictions.npz", allow_pickle=False)
+        if list(pred["val_ids"]) != [str(table.ids[i]) for i in va] or list(pred["test_ids"]) != [str(table.ids[i]) for i in te]:
+            raise SystemExit(f"{name}: the run's validation/test rows differ from the benchmark's split")
+        add(label, size, kind, pred["val_probs"][:, 0].astype(np.float64), pred["test_probs"][:, 0].astype(np.float64), seconds,
+            peak_rss_mib=round(mem.peak), bundle=str(result.bundle_dir), overrides=extra, epochs_run=len(result.history))
+    return {"dataset": "Kermany chest X-rays (224 px files): normal vs pneumonia", "train_normals": int(len(tr)), "val_normals": int((~yv).sum()),
+            "val_abnormal": int(yv.sum()), "test": int(len(y)), "test_abnormal": int(y.sum()), "rows": rows, "test_scores_y": y}
+
+
 # ------------------------------------------------------------------------------------------ main
 def load_split(ds: dict, max_samples: int | None):
     """[0, 1] grey images at the dataset's size: training normals; validation and test images with their abnormal flags."""
@@ -290,6 +484,8 @@ def load_split(ds: dict, max_samples: int | None):
 
 
 def benchmark(key: str, args, out_dir: Path) -> dict:
+    if key == "kermany":
+        return benchmark_kermany(args, out_dir)
     ds = DATASETS[key]
     if not ds["path"].exists():
         raise SystemExit(f"{ds['path']} not found (set MEDLENS_SHARED_DATA)")
@@ -321,12 +517,18 @@ def benchmark(key: str, args, out_dir: Path) -> dict:
 def print_table(res: dict) -> None:
     print(f"\n### {res['dataset']}  (train normals {res['train_normals']}, val {res['val_normals']} normal + {res['val_abnormal']} abnormal, "
           f"test {res['test']} of which {res['test_abnormal']} abnormal)\n")
-    print("| method | error map | val AUROC | test AUROC [95% CI] | test AP | test sens. / spec. @ 5% val-FPR | wall time (s) |")
-    print("|---|---|---|---|---|---|---|")
+    sized = any("size" in r for r in res["rows"])
+    best = max((r for r in res["rows"] if "bundle" in r), key=lambda r: r["val_auroc"], default=None)  # a model the config can ship
+    print("| method |" + (" px |" if sized else "") + " error map | val AUROC | test AUROC [95% CI] | test AP | test sens. / spec. @ 5% val-FPR | wall time (s) |"
+          + (" peak RAM (MiB) |" if sized else ""))
+    print("|---|" + ("---|" if sized else "") + "---|---|---|---|---|---|" + ("---|" if sized else ""))
     for r in res["rows"]:
         lo, hi = r["auroc_ci"]
-        print(f"| {r['method']} | {r['map']} | {r['val_auroc']:.3f} | {r['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['average_precision']:.3f} | "
-              f"{r['sensitivity']:.2f} / {r['specificity']:.2f} | {r['seconds']:.1f} |")
+        mark = " **(chosen on val.)**" if r is best else ""
+        print(f"| {r['method']}{mark} |" + (f" {r['size']} |" if sized else "") + f" {r['map']} | {r['val_auroc']:.3f} | {r['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | "
+              f"{r['average_precision']:.3f} | {r['sensitivity']:.2f} / {r['specificity']:.2f} | {r['seconds']:.1f} |" + (f" {r.get('peak_rss_mib', '-')} |" if sized else ""))
+    if best is not None:
+        print(f"\nchosen on validation: {best['method']} at {best['size']} px; overrides: {' '.join(best['overrides'])}", file=sys.stderr)
 
 
 def write_figures(res: dict, key: str, folder: Path) -> None:
@@ -358,8 +560,12 @@ def write_figures(res: dict, key: str, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
-    ap.add_argument("--models", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--dataset", choices=[*DATASETS, "kermany", "all"], default="all",
+                    help="all = the three small ones; kermany = the 224 px chest X-rays (configs/anomaly_kermany.yaml)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=[128, 224], help="kermany: input sizes (px) of every method")
+    ap.add_argument("--patch-scores", nargs="+", choices=["mean", "max"], default=["mean", "max"], help="kermany: feature-detector image scores")
+    ap.add_argument("--pretrain-size", type=int, default=128, help="kermany: SimCLR input size (px); the backbone is used at every --sizes")
+    ap.add_argument("--models", nargs="*", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--epochs", type=int, default=None, help="override the configs' trainer.max_epochs")
     ap.add_argument("--max-samples", type=int, default=None, help="first N rows of the file, split shares kept")
     ap.add_argument("--pca-variance", type=float, default=0.90)

@@ -106,14 +106,19 @@ def export_head(model: nn.Module, manifest: Manifest) -> nn.Module:
     the bundle has an out-of-distribution gate, so ONNX Runtime scores the gate too."""
     task = task_of(manifest)
     fh = task.feature_head(model, manifest) if manifest.ood is not None and task.supports_ood else None
+    if fh is None:
+        fh = task.map_head(model, manifest)  # e.g. an anomaly detector's error map beside its score
     return (fh if fh is not None else task.inference_head(model, manifest)).eval()
 
 
 def output_names(model: nn.Module, manifest: Manifest) -> list[str]:
-    """The graph's outputs: the task's output, then ``features`` for the gate when exported."""
+    """The graph's outputs: the task's output, then ``features`` for the gate, or the task's per-pixel map."""
     task = task_of(manifest)
-    with_features = manifest.ood is not None and task.supports_ood and task.feature_head(model, manifest) is not None
-    return [output_name(manifest), *(["features"] if with_features else [])]
+    if manifest.ood is not None and task.supports_ood and task.feature_head(model, manifest) is not None:
+        return [output_name(manifest), "features"]
+    if task.map_output and task.map_head(model, manifest) is not None:
+        return [output_name(manifest), task.map_output]
+    return [output_name(manifest)]
 
 
 def output_name(manifest: Manifest) -> str:

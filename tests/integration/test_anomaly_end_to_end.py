@@ -94,6 +94,18 @@ def test_onnx_export_gives_the_torch_scores(bundle: Path, tmp_path: Path) -> Non
     assert all(s is not None for s in onnx_scores)
     assert np.allclose(onnx_scores, torch_scores, atol=1e-4), (onnx_scores, torch_scores)
     assert [p.label for p in onnx_preds] == ["pneumonia" if s >= THRESHOLD else "normal" for s in onnx_scores]
+    # the graph carries the error map too: an ONNX-only folder (no model.safetensors) draws the PyTorch map
+    assert not (out / "model.safetensors").exists()
+    from medlens.interpret import explain
+
+    onnx_p = Predictor.from_bundle(out, backend="onnx")
+    x = onnx_p.transform(imgs[0])[None]
+    raw, maps = onnx_p.run_map(x)
+    assert maps.shape == (1, 1, *x.shape[-2:]) and np.isclose(raw[0, 0], onnx_scores[0], atol=1e-5)
+    e_onnx = explain(onnx_p, imgs[0], method="error_map")[0]
+    e_torch = explain(Predictor.from_bundle(bundle), imgs[0], method="error_map")[0]
+    assert np.abs(e_onnx.heatmap - e_torch.heatmap).max() < 1e-4
+    assert np.isclose(e_onnx.probability, e_torch.probability, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

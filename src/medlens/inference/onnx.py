@@ -65,6 +65,7 @@ class OnnxPredictor(BasePredictor):
         self.device = "cpu"
         self.session = session
         self._input_names = [i.name for i in session.get_inputs()]
+        self._output_names = [o.name for o in session.get_outputs()]
         self._torch_model: Any = None
         self.init_common()
 
@@ -132,5 +133,15 @@ class OnnxPredictor(BasePredictor):
             if meta is None:
                 raise ValueError("this model needs metadata: pass one dict per image (missing fields allowed)")
             feeds["metadata"] = np.ascontiguousarray(meta, dtype=np.float32)
-        outs = self.session.run(None, feeds)
-        return np.asarray(outs[0], dtype=np.float32), (np.asarray(outs[1], dtype=np.float32) if len(outs) > 1 else None)
+        outs = dict(zip(self._output_names, self.session.run(None, feeds), strict=True))
+        feats = outs.get("features")
+        return np.asarray(outs[self._output_names[0]], dtype=np.float32), (None if feats is None else np.asarray(feats, dtype=np.float32))
+
+    def run_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """ONNX Runtime: (raw outputs, the task's per-pixel map (N, 1, H, W)) of a preprocessed batch, or None when
+        the graph has no map output (older exports, tasks without a map)."""
+        name = self.task.map_output
+        if not name or name not in self._output_names:
+            return None
+        outs = dict(zip(self._output_names, self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)}), strict=True))
+        return np.asarray(outs[self._output_names[0]], dtype=np.float32), np.asarray(outs[name], dtype=np.float32)

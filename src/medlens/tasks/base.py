@@ -459,6 +459,15 @@ class Task:
         gate (``supports_ood``); None when the network has no such features."""
         return None
 
+    #: name of the per-pixel map output the ONNX graph carries beside the task's output ("" = none), see :meth:`map_head`
+    map_output: str = ""
+
+    def map_head(self, model: nn.Module, manifest: Manifest) -> nn.Module | None:
+        """``(image, metadata) -> (raw outputs, per-pixel map (N, 1, H, W))`` in one pass, exported to ONNX as the
+        outputs ``output_name`` and :attr:`map_output` so an ONNX-only deployment can draw the task's map too;
+        None (the default) when the task has no such map."""
+        return None
+
     def num_outputs(self, manifest: Manifest) -> int:
         raise NotImplementedError
 

@@ -228,6 +228,14 @@ class AnomalyTask(Task):
 
         return AnomalyScoreHead(model, ScoreSpec.from_dict(section(manifest)))
 
+    map_output = "error_map"
+
+    def map_head(self, model: nn.Module, manifest: Manifest) -> nn.Module:
+        from medlens.models.autoencoder import ScoreSpec
+        from medlens.tasks.anomaly.head import AnomalyMapHead
+
+        return AnomalyMapHead(model, ScoreSpec.from_dict(section(manifest)))
+
     def num_outputs(self, manifest: Manifest) -> int:
         return 1
 
@@ -302,10 +310,20 @@ class AnomalyTask(Task):
 
     def presentation(self, manifest: Manifest) -> Presentation:
         names = manifest.label_names
+        sec = section(manifest)
+        if (manifest.architecture or {}).get("type") == PATCHCORE:
+            what = "how far the image's patches are from the nearest patches of the normal training images"
+        else:
+            what = "how badly an autoencoder trained on normal images reconstructs it"
+        thr, fpr, n = sec.get("threshold"), sec.get("val_normal_fpr"), sec.get("n_val_normals")
+        meaning = ""
+        if thr is not None and fpr is not None and n:
+            meaning = (f" The threshold {float(thr):.4g} flags {100 * float(fpr):.1f}% of the {int(n)} validation normal images: "
+                       f"about that share of normal images is flagged (false alarms).")
         return Presentation(
             value_name="Anomaly score", value_kind="score", explain_labels=[names[1]], explain_methods=[ERROR_MAP],
-            summary=f"The model outputs an anomaly score (reconstruction error); at or above the threshold the image is "
-                    f"flagged {names[1]!r}, below it {names[0]!r}. The score is not a probability.",
+            summary=f"The model outputs an anomaly score: {what}. At or above the threshold the image is flagged "
+                    f"{names[1]!r}, below it {names[0]!r}.{meaning} The score is not a probability.",
         )
 
     # ------------------------------------------------------------------ explanations
@@ -324,5 +342,6 @@ class AnomalyTask(Task):
         return [error_map_explanation(predictor, image)]
 
     def caption(self, method: str) -> str:
-        return ("Warm colours mark the pixels the autoencoder reconstructed worst; full colour is the 99.5th percentile "
-                "of pixel errors on the validation normals, so the colours mean the same on every image.")
+        return ("Warm colours mark where the image is least like the normal training images (the pixels an autoencoder "
+                "reconstructs worst, or the patches farthest from every normal patch); full colour is the 99.5th percentile "
+                "of the map on the validation normals, so the colours mean the same on every image.")

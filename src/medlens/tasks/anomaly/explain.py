@@ -44,18 +44,24 @@ def error_map_array(predictor: PredictorLike, image: np.ndarray) -> tuple[np.nda
         >>> emap, score = error_map_array(predictor, load_image("chest.png"))  # doctest: +SKIP
     """
     import cv2
-    import torch
-
-    from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
 
     m = predictor.manifest
-    spec = ScoreSpec.from_dict(m.task_section or {})
-    x = torch.from_numpy(predictor.transform(image))[None]
-    model = predictor.model
-    with torch.inference_mode():
-        maps = error_map(x, model(x), spec)
-        score = float(scores_from_error_maps(maps, spec)[0])
-    emap = maps[0, 0].float().cpu().numpy()
+    x_np = predictor.transform(image)[None]
+    run_map = getattr(predictor, "run_map", None)
+    onnx_out = run_map(x_np) if run_map is not None else None  # ONNX Runtime: the graph's own error-map output
+    if onnx_out is not None:
+        score, emap = float(onnx_out[0][0, 0]), onnx_out[1][0, 0]
+    else:
+        import torch
+
+        from medlens.models.autoencoder import ScoreSpec, error_map, scores_from_error_maps
+
+        spec = ScoreSpec.from_dict(m.task_section or {})
+        x = torch.from_numpy(x_np)
+        with torch.inference_mode():
+            maps = error_map(x, predictor.model(x), spec)
+            score = float(scores_from_error_maps(maps, spec)[0])
+        emap = maps[0, 0].float().cpu().numpy()
     h, w = image.shape[:2]
     if emap.shape != (h, w):
         emap = cv2.resize(emap, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -18,3 +18,12 @@ class AnomalyScoreHead(nn.Module):
     def forward(self, image, metadata=None):  # noqa: ARG002 - autoencoders use images only
         maps = error_map(image, self.model(image), self.spec)
         return scores_from_error_maps(maps, self.spec)[:, None]
+
+
+class AnomalyMapHead(AnomalyScoreHead):
+    """``(image, metadata) -> (anomaly score (N, 1), error map (N, 1, H, W))``: the score head that also returns the map
+    the score reduces, so ONNX Runtime draws the same error map as PyTorch."""
+
+    def forward(self, image, metadata=None):  # noqa: ARG002
+        maps = error_map(image, self.model(image), self.spec)
+        return scores_from_error_maps(maps, self.spec)[:, None], maps

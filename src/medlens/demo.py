@@ -58,8 +58,9 @@ def demo_config(out_dir: str, source: str, path: str | None) -> RunConfig:
     return config_from_dict(raw, source="demo")
 
 
-def run_demo(out_dir: str = "runs", offline: bool = False, epochs: int | None = None) -> dict[str, Any]:
-    """Run the demo; returns where the bundle and metrics are and which data was used.
+def run_demo(out_dir: str = "runs", offline: bool = False, epochs: int | None = None, progress_bar: bool = True) -> dict[str, Any]:
+    """Run the demo; returns where the bundle and metrics are and which data was used (``progress_bar``: the
+    training's progress bar on stderr).
 
     Example:
         >>> info = run_demo("runs")  # doctest: +SKIP
@@ -81,6 +82,7 @@ def run_demo(out_dir: str = "runs", offline: bool = False, epochs: int | None = 
     cfg = demo_config(out_dir, "synthetic" if path is None else "medmnist", path)
     if epochs is not None:
         cfg.trainer.max_epochs = epochs
+    cfg.trainer.progress_bar = progress_bar
     if path is None:
         source = "a generated dataset (PneumoniaMNIST not found locally and not downloadable)"
     result = train(cfg)

@@ -24,6 +24,7 @@ import numpy as np
 
 from medlens._atomic import write_text_atomic
 from medlens.htmlkit import esc, fmt, html_img, html_page, html_table
+from medlens.runs import resolve_bundle
 from medlens.subgroups import subgroup_columns, subgroup_performance, subgroups_html
 from medlens.targets import check_targets
 from medlens.tasks import ReportInputs, ReportPart, Task, task_of
@@ -55,12 +56,7 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
         >>> resolve_source("runs/nih_multilabel")  # doctest: +SKIP
         (PosixPath('runs/nih_multilabel/bundle'), PosixPath('runs/nih_multilabel'))
     """
-    p = Path(source)
-    if (p / "bundle" / "manifest.json").is_file():
-        return p / "bundle", p
-    if (p / "manifest.json").is_file():
-        return p, (p.parent if p.name == "bundle" else None)
-    raise FileNotFoundError(f"{p}: neither a run folder (with bundle/) nor a bundle folder (with manifest.json)")
+    return resolve_bundle(source)  # the one rule of every command that reads a bundle
 
 
 def _split_summary(table, splits) -> dict[str, Any]:

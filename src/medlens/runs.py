@@ -310,6 +310,43 @@ def is_run_dir(path: str | Path) -> bool:
     return (p / CONFIG).is_file() and ((p / BUNDLE).is_dir() or (p / "checkpoints").is_dir() or (p / METRICS).is_file() or (p / ENVIRONMENT).is_file())
 
 
+def resolve_bundle(source: str | Path) -> tuple[Path, Path | None]:
+    """(bundle folder, run folder or None) from a run folder or a bundle folder: what every command that reads a
+    bundle accepts (``evaluate``, ``report``, ``predict``, ``explain``, ``export``, ``serve``).
+
+    Raises:
+        FileNotFoundError: neither (naming the runs or bundles one level below, and a run whose training has not
+            written its bundle yet).
+        ValueError: ambiguous: a bundle folder that holds another bundle in ``bundle/``.
+
+    Example:
+        >>> resolve_bundle("runs/nih_multilabel")  # doctest: +SKIP
+        (PosixPath('runs/nih_multilabel/bundle'), PosixPath('runs/nih_multilabel'))
+    """
+    p = Path(source)
+    own, inner = (p / "manifest.json").is_file(), (p / BUNDLE / "manifest.json").is_file()
+    if own and inner:
+        raise ValueError(f"{p}: ambiguous: a bundle itself (manifest.json) and a run folder with another bundle in "
+                         f"{p / BUNDLE}; name the one to use")
+    if inner:
+        return p / BUNDLE, p
+    if own:
+        return p, (p.parent if p.name == BUNDLE else None)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: not found (give a run folder with bundle/ or a bundle folder with manifest.json)")
+    if not p.is_dir():
+        raise NotADirectoryError(f"{p}: not a folder (give a run folder with bundle/ or a bundle folder with manifest.json)")
+    if (p / CONFIG).is_file() and (p / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{p}: a run folder without a bundle yet (its training has not finished; resume it "
+                                f"with --resume {p / 'checkpoints' / 'last.ckpt'})")
+    below = sorted(c for c in p.iterdir() if c.is_dir() and ((c / "manifest.json").is_file() or (c / BUNDLE / "manifest.json").is_file()))
+    where = f"{p}: neither a run folder (with bundle/) nor a bundle folder (with manifest.json)"
+    if below:
+        names = ", ".join(str(c) for c in below[:5]) + (f" and {len(below) - 5} more" if len(below) > 5 else "")
+        raise FileNotFoundError(f"{where}; it holds {len(below)} ({names}): name the one to use")
+    raise FileNotFoundError(where)
+
+
 def load_run(path: str | Path) -> RunInfo:
     """Read a run folder (or a bundle folder: its run folder when it has one, else its manifest).
 

@@ -51,7 +51,7 @@ def test_a_module_missing_deep_in_the_library_names_its_extra(monkeypatch, bundl
     def boom(*a, **k):
         raise ModuleNotFoundError("No module named 'pytorch_grad_cam'", name="pytorch_grad_cam")
 
-    monkeypatch.setattr(cli.predict, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr(cli.common, "setup_logging", lambda *a, **k: None)
     monkeypatch.setattr("medlens.interpret.explain_to_dir", boom)
     r = runner.invoke(app, ["explain", str(bundle), "x.png", "--out", "o"])
     assert r.exit_code == 2
@@ -140,7 +140,7 @@ def test_evaluate_prints_a_table_or_only_json_and_passes_threshold_options(monke
         seen.update(kwargs)
         return SimpleNamespace(metrics=BINARY)
 
-    monkeypatch.setattr(cli.evaluate, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr(cli.common, "setup_logging", lambda *a, **k: None)
     monkeypatch.setattr("medlens.evaluation.evaluate", fake_evaluate)
     r = runner.invoke(app, ["evaluate", "B"])
     assert r.exit_code == 0 and r.stdout.startswith("test: AUROC 0.960 (95% CI") and "threshold" not in seen

@@ -3,7 +3,7 @@
 One module per command group, each with a ``register(app)``; :mod:`medlens.cli.common` holds what they share
 (logging, one-line errors and exit codes). Heavy libraries (torch, timm, Lightning) are imported inside the
 commands so ``medlens --help`` is fast. Help texts are plain click formatting (no type names): every option
-carries its own help and metavar.
+carries its own help and metavar. Every command and group takes ``--quiet`` and ``--verbose`` (:mod:`medlens.cli.common`).
 
 Example:
     >>> from typer.testing import CliRunner
@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from medlens.cli import data, db, evaluate, predict, pretrain, project, runs, serve, train
-from medlens.cli.common import record_subcommand
+from medlens.cli.common import QuietOption, VerboseOption, record_subcommand, set_verbosity
 from medlens.cli.helptext import plain_help
 
 app = typer.Typer(
@@ -40,8 +40,10 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def _main(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+          quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
     """Train, evaluate, explain and serve medical image classifiers."""
+    set_verbosity(quiet, verbose, reset=True)  # --quiet/--verbose here hold for the command; each command takes them too
     record_subcommand(ctx, reset=True)
 
 

@@ -11,20 +11,26 @@ carries results, stderr one line, the exit code says what happened):
 * Ctrl-C anywhere else: ``interrupted (Ctrl-C)``, exit 130;
 * anything unexpected: ``error: <Type>: <message>`` and how to see the traceback, exit 1.
 
-``--verbose`` (where a command has it) or ``MEDLENS_DEBUG=1`` shows the traceback instead (a stopped run still
-prints its resume line). Heavy libraries are imported inside the commands, so ``medlens --help`` stays fast.
+Every command, every group and ``medlens`` itself take ``--quiet`` (only warnings and errors on stderr, no progress
+bars) and ``--verbose`` (debug logs, and the traceback of an error instead of its one line; ``MEDLENS_DEBUG=1`` does
+the same), added by :func:`guarded` and :func:`command_group`: ``medlens --quiet train ...`` and ``medlens train ...
+--quiet`` are the same (a stopped run still prints its resume line). Heavy libraries are imported inside the
+commands, so ``medlens --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import click
 import typer
@@ -44,20 +50,75 @@ NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_
 ResumeHint = Callable[[dict[str, Any], str | None], str]
 
 
+# ------------------------------------------------------------------------------------- --quiet, --verbose
+QUIET_HELP = "Only warnings and errors on stderr: no progress bars, no notes."
+VERBOSE_HELP = "Debug logging, and the full traceback of an error."
+
+
+@dataclass
+class Verbosity:
+    """``--quiet`` / ``--verbose`` of the command being run (given to ``medlens``, its group or the command)."""
+
+    quiet: bool = False
+    verbose: bool = False
+
+
+#: the verbosity of the command being run: reset by ``medlens``'s callback, raised by each level's flags
+VERBOSITY = Verbosity()
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False, reset: bool = False) -> None:
+    """Add one level's ``--quiet`` / ``--verbose`` to :data:`VERBOSITY` (``reset``: start from neither)."""
+    if reset:
+        VERBOSITY.quiet = VERBOSITY.verbose = False
+    VERBOSITY.quiet |= quiet
+    VERBOSITY.verbose |= verbose
+    if VERBOSITY.quiet and VERBOSITY.verbose:
+        fail("error: --quiet and --verbose cannot be used together")
+
+
+def quiet() -> bool:
+    """Whether ``--quiet`` was given: no progress bars, no notes on stderr."""
+    return VERBOSITY.quiet
+
+
+def show_progress(default: bool | None = None) -> bool:
+    """Whether to draw progress bars: never with ``--quiet``; else ``default`` (None: when stderr is a terminal)."""
+    if VERBOSITY.quiet:
+        return False
+    return sys.stderr.isatty() if default is None else default
+
+
+def note(text: str) -> None:
+    """Guidance for a person (next steps, where a file went beside JSON output) on stderr; nothing with ``--quiet``."""
+    if not VERBOSITY.quiet:
+        typer.echo(text, err=True)
+
+
+def quiet_overrides(overrides: list[str] | None) -> list[str]:
+    """``--set`` overrides of a training command, plus ``trainer.progress_bar=false`` under ``--quiet``."""
+    return [*(overrides or []), *(["trainer.progress_bar=false"] if VERBOSITY.quiet else [])]
+
+
+#: the options every command, group and ``medlens`` itself take
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)]
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Library log lines through rich on stderr (DEBUG with ``verbose``, which also turns tracebacks on)."""
+    """Library log lines through rich on stderr: INFO, DEBUG with ``verbose`` (or ``--verbose``), WARNING with
+    ``--quiet``."""
     from rich.console import Console
     from rich.logging import RichHandler
 
-    if verbose:
-        os.environ["MEDLENS_DEBUG"] = "1"
+    verbose = verbose or VERBOSITY.verbose
+    level = logging.DEBUG if verbose else logging.WARNING if VERBOSITY.quiet else logging.INFO
     if sys.stderr.isatty():  # a person at a terminal: rich's aligned, coloured lines
         handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
         fmt = "%(message)s"
     else:  # a log file or a pipe (cluster jobs, CI): plain, unwrapped lines, so URLs and paths stay whole
         handler, fmt = logging.StreamHandler(sys.stderr), "%(levelname)s: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler],
-                        force=True)  # stderr: stdout carries results only (``--json``)
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)  # stderr: stdout carries results only
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:  # Lightning's internal deprecation/perf notes are not actionable for a user of the CLI
@@ -67,8 +128,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def debug() -> bool:
-    """Whether tracebacks are wanted (``MEDLENS_DEBUG=1`` or ``--verbose``)."""
-    return bool(os.environ.get("MEDLENS_DEBUG"))
+    """Whether tracebacks are wanted (``--verbose`` or ``MEDLENS_DEBUG=1``)."""
+    return VERBOSITY.verbose or bool(os.environ.get("MEDLENS_DEBUG"))
 
 
 def command_name() -> str:
@@ -84,8 +145,10 @@ def record_subcommand(ctx: typer.Context, reset: bool = False) -> None:
         INVOKED.append(ctx.invoked_subcommand)
 
 
-def subgroup_callback(ctx: typer.Context) -> None:
-    """The callback of a command group (``db``, ``split``, ``runs``): records the subcommand for messages."""
+def subgroup_callback(ctx: typer.Context, quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
+    """The callback of a command group (``db``, ``split``, ``runs``): records the subcommand for messages and takes
+    ``--quiet`` / ``--verbose`` for all its commands."""
+    set_verbosity(quiet, verbose)
     record_subcommand(ctx)
 
 
@@ -95,6 +158,29 @@ def command_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
     group.callback()(subgroup_callback)
     app.add_typer(group, name=name)
     return group
+
+
+#: the help of a BUNDLE argument
+BUNDLE_HELP = "Bundle folder, or the run folder holding it (RUN/bundle)."
+
+
+def bundle_folder(value: Path | None) -> Path | None:
+    """Callback of every BUNDLE argument: a run folder becomes its bundle folder, as ``report`` reads it
+    (:func:`medlens.runs.resolve_bundle`). A folder that is neither, or is ambiguous, stops with one line (exit 2);
+    anything else (a path that does not exist, a file) is passed on, for the command to say so after its own checks.
+
+    Example:
+        >>> bundle_folder(Path("runs/pneumoniamnist"))  # doctest: +SKIP
+        PosixPath('runs/pneumoniamnist/bundle')
+    """
+    if value is None or not value.is_dir():
+        return value
+    from medlens.runs import resolve_bundle
+
+    try:
+        return resolve_bundle(value)[0]
+    except (OSError, ValueError) as e:
+        fail(f"error: {error_text(e)}")
 
 
 def print_json(obj: Any) -> None:
@@ -194,24 +280,37 @@ def exit_for(e: BaseException, args: dict[str, Any] | None = None, resume: Resum
     if isinstance(e, user_error_types()):
         fail(f"error: {error_text(e)}")
     if isinstance(e, Exception):
-        fail(f"error: {type(e).__name__}: {error_text(e)} (MEDLENS_DEBUG=1 shows the traceback)", EXIT_FAILED)
+        fail(f"error: {type(e).__name__}: {error_text(e)} (--verbose or MEDLENS_DEBUG=1 shows the traceback)", EXIT_FAILED)
     raise e
 
 
+#: the parameters :func:`guarded` adds to every command
+_VERBOSITY_PARAMS = (
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOption),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VerboseOption),
+)
+
+
 def guarded(fn: Callable[..., Any], resume: ResumeHint | None = None) -> Callable[..., Any]:
-    """``fn`` as a command: every exception ends as one line and an exit code (:func:`exit_for`).
+    """``fn`` as a command: ``--quiet`` / ``--verbose`` added, logging set up, and every exception ending as one line
+    and an exit code (:func:`exit_for`).
 
     Args:
-        fn: the command function (its signature and help are kept for typer).
+        fn: the command function (its signature and help are kept for typer; it takes no quiet/verbose itself).
         resume: for commands that train: how to print the command that resumes a stopped run.
 
     Example:
         >>> app.command("train")(guarded(train, resume=resume_command("train")))  # doctest: +SKIP
     """
+    sig = inspect.signature(fn, eval_str=True)
+    if any(p.name in sig.parameters for p in _VERBOSITY_PARAMS):
+        raise TypeError(f"{fn.__name__}: --quiet and --verbose are added by guarded(); remove them from the command")
 
     @functools.wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> Any:
+    def command(*args: Any, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Any:
         try:
+            set_verbosity(quiet, verbose)
+            setup_logging()
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -222,4 +321,5 @@ def guarded(fn: Callable[..., Any], resume: ResumeHint | None = None) -> Callabl
         except BaseException as e:  # noqa: BLE001 -- Ctrl-C and every error end as one line
             exit_for(e, kwargs, resume)
 
+    command.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_VERBOSITY_PARAMS])  # type: ignore[attr-defined]
     return command

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from medlens.cli.common import command_group, guarded, setup_logging
+from medlens.cli.common import EXIT_FAILED, command_group, fail, guarded, show_progress
 
 
 def split_audit(
@@ -22,7 +21,6 @@ def split_audit(
                                                 "resized or brightened copies; distinct chest X-rays are 40+ apart; -1: exact duplicates only).")] = 24,
 ) -> None:
     """List every patient/exam group in more than one split, and duplicated images (exit code 1 when any crosses splits)."""
-    setup_logging()
     from medlens.config import load_config
     from medlens.data.audit import audit_config
 
@@ -46,7 +44,6 @@ def split_folders(
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Keep images that are links to files outside SRC (default: left out, one warning each).")] = False,
 ) -> None:
     """Split a class-folder tree into train/val/test folders: stratified, group-aware, deterministic."""
-    setup_logging()
     from medlens.data.split_folders import split_folders as split_tree
 
     s = split_tree(src, out, val, test, seed, group_regex, clear_existing, link_mode, follow_links)
@@ -66,13 +63,13 @@ def download(
     split_after_download: Annotated[float | None, typer.Option(metavar="SHARE", help="Train share, e.g. 0.85: write a stratified OUT_split/train|val/<class>/ tree.")] = None,
     max_mb: Annotated[float, typer.Option("--max-mb", metavar="MIB", help="Largest file kept, in MiB (a larger one is a listed failure).")] = 100.0,
 ) -> None:
-    """Download images listed in CSV into a class-folder tree (resumable; failures listed; exit 1 when any failed)."""
-    setup_logging()
+    """Download images listed in CSV into a class-folder tree (resumable; failures listed; exit 1 when any failed, 0 when
+    every row is in, downloaded now or before)."""
     from medlens.data.download import SUMMARY
     from medlens.data.download import download as download_images
 
     s = download_images(csv_file, out, workers, timeout, retries, source=source, link_mode=link_mode,
-                        split_after_download=split_after_download, progress=sys.stderr.isatty(),
+                        split_after_download=split_after_download, progress=show_progress(),
                         max_bytes=max(1, int(max_mb * 2**20)))
     typer.echo(f"{out}: {s.downloaded} downloaded, {s.kept} already present, {s.linked} linked into "
                f"{len(s.classes)} class folders, {len(s.failed)} failed (details in {s.summary_path or out / SUMMARY})")
@@ -82,9 +79,10 @@ def download(
         typer.echo(f"  line {f.line}: {f.url}: {f.reason}", err=True)
     if len(s.failed) > 20:
         typer.echo(f"  ... and {len(s.failed) - 20} more", err=True)
-    if s.failed:  # a partial download is not a success: a script or scheduler must see it
-        typer.echo(f"error: {len(s.failed)} of {s.rows} rows failed (listed above and in {s.summary_path or out / SUMMARY})", err=True)
-        raise typer.Exit(code=1)
+    if s.failed:  # a partial download is not a success: a script or scheduler must see it (exit 1)
+        first = s.failed[0]
+        fail(f"error: {len(s.failed)} of {s.rows} rows failed, the first line {first.line}: {first.url} ({first.reason}); "
+             f"all listed in {s.summary_path or out / SUMMARY}", EXIT_FAILED)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import command_group, guarded, need, setup_logging
+from medlens.cli.common import command_group, guarded, need
 
 DB_URL_HELP = "Database URL (sqlite:///file.db or postgresql+psycopg://user@host/db); default $MEDLENS_DB_URL."
 PW_ENV_HELP = "Environment variable holding the password."
@@ -20,7 +20,6 @@ def db_init(
     password_file: Annotated[Path | None, typer.Option(metavar="FILE", help=PW_FILE_HELP)] = None,
 ) -> None:
     """Create the medlens tables (existing tables and rows are kept)."""
-    setup_logging()
     need("sql", "sqlalchemy")
     from medlens.data.db import init_db, safe_url
 
@@ -42,7 +41,6 @@ def db_import(
     password_file: Annotated[Path | None, typer.Option(metavar="FILE", help=PW_FILE_HELP)] = None,
 ) -> None:
     """Load a folder, CSV or JSONL dataset into the database (the schema is created when missing)."""
-    setup_logging()
     need("sql", "sqlalchemy")
     from medlens.data.db import import_dataset
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import fmt, guarded, print_json, setup_logging
+from medlens.cli.common import BUNDLE_HELP, bundle_folder, fmt, guarded, print_json
 
 #: the --subgroups option of evaluate and report
 SUBGROUPS_HELP = ("Metadata columns to report performance per subgroup of, comma-separated (default: every metadata column "
@@ -15,7 +15,7 @@ SUBGROUPS_HELP = ("Metadata columns to report performance per subgroup of, comma
 
 
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help=BUNDLE_HELP, callback=bundle_folder)],
     config: Annotated[Path | None, typer.Option(metavar="FILE", help="Data config (default: the one saved in the bundle).")] = None,
     split: Annotated[str, typer.Option(metavar="SPLIT", help="train, val or test.")] = "test",
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write metrics JSON here.")] = None,
@@ -29,7 +29,6 @@ def evaluate(
     subgroups: Annotated[str | None, typer.Option(metavar="COL1,COL2", help=SUBGROUPS_HELP)] = None,
 ) -> None:
     """Evaluate BUNDLE on a split: a short table (headline with 95% CI and n, per label, targets), or --json."""
-    setup_logging()
     from medlens.console import metrics_text
     from medlens.evaluation import evaluate as evaluate_bundle
     from medlens.subgroups import parse_columns, subgroups_text
@@ -60,7 +59,6 @@ def report(
     subgroups: Annotated[str | None, typer.Option(metavar="COL1,COL2", help=SUBGROUPS_HELP)] = None,
 ) -> None:
     """Write an HTML evaluation report (metrics with CIs, thresholds, calibration, plots) and metrics.json."""
-    setup_logging()
     from medlens.report import build_report
     from medlens.subgroups import parse_columns
 

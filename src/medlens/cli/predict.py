@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import fail, guarded, need, print_json, setup_logging
+from medlens.cli.common import (
+    BUNDLE_HELP,
+    bundle_folder,
+    fail,
+    guarded,
+    need,
+    note,
+    print_json,
+    show_progress,
+)
 
 #: file extensions ``medlens predict FOLDER`` picks up (recursively)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
@@ -46,7 +55,7 @@ def require_explanations(bundle: Path, what: str, method: str | None = None) -> 
 
 
 def predict(
-    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help=BUNDLE_HELP, callback=bundle_folder)],
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Image files (PNG, JPEG, TIFF, BMP, DICOM) or folders (searched recursively for those extensions).")],
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write a CSV here: per image the model's values, per finding its threshold and decision, errors.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON on stdout (one record per image, as the API returns them).")] = False,
@@ -61,7 +70,6 @@ def predict(
     text: Annotated[Path | None, typer.Option(metavar="FILE", help="A CSV with an image column and the bundle's data.text_column (else 'text'), e.g. each image's report: carried to the CSV and the reports, never given to the model.")] = None,
 ) -> None:
     """Predict IMAGES with BUNDLE: per finding the value, its threshold and the decision."""
-    setup_logging()
     from medlens.bundle import read_manifest
     from medlens.data.metadata import metadata_rows_for, texts_for
     from medlens.inference import predict as predict_images
@@ -78,7 +86,7 @@ def predict(
     paths = image_paths(images)
     meta = metadata_rows_for(metadata, paths) if metadata else None
     texts = texts_for(str(text), paths, text_column_name(read_manifest(bundle))) if text is not None else None
-    progress = sys.stderr.isatty() or len(paths) > 50
+    progress = show_progress(sys.stderr.isatty() or len(paths) > 50)
     if report is not None:
         from medlens.clinical_report import predict_with_reports
 
@@ -96,10 +104,13 @@ def predict(
         for p in preds:
             if p.ok:
                 typer.echo(f"{p.source}\t{task.summary_line(p, manifest)}")
-    if out is not None:
-        typer.echo(f"wrote {out} ({len(preds) - len(bad)} predicted, {len(bad)} failed)", err=json_)
-    if report is not None:
-        typer.echo(f"reports: {report / 'index.html'}", err=json_)
+    written = [f"wrote {out} ({len(preds) - len(bad)} predicted, {len(bad)} failed)"] if out is not None else []
+    written += [f"reports: {report / 'index.html'}"] if report is not None else []
+    for line in written:
+        if json_:
+            note(line)  # beside JSON on stdout: a note on stderr
+        else:
+            typer.echo(line)
     for p in bad:
         typer.echo(f"could not predict {p.source}: {plain_error(p.source, p.error)}", err=True)
     if bad and (len(bad) == len(preds) or not keep_going):
@@ -107,7 +118,7 @@ def predict(
 
 
 def explain(
-    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help=BUNDLE_HELP, callback=bundle_folder)],
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file (PNG, JPEG, DICOM, ...).")],
     out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the overlay PNGs, heatmaps (.npy) and a JSON summary.")],
     label: Annotated[list[str] | None, typer.Option(metavar="LABEL", help="Label to explain (repeatable); default: the positive/predicted labels.")] = None,
@@ -116,7 +127,6 @@ def explain(
     metadata: Annotated[str | None, typer.Option(metavar="JSON", help="Fusion models: patient metadata as a JSON object.")] = None,
 ) -> None:
     """Explain IMAGE with BUNDLE: one heatmap overlay per label."""
-    setup_logging()
     from medlens.interpret import explain_to_dir
 
     require_explanations(bundle, "medlens explain")
@@ -127,13 +137,12 @@ def explain(
 
 
 def export(
-    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder.")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help=BUNDLE_HELP, callback=bundle_folder)],
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="Export format: onnx.")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", metavar="FOLDER", help="Output folder (default: inside the bundle).")] = None,
     opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset version.")] = 17,
 ) -> None:
     """Export BUNDLE (ONNX with a dynamic batch axis, manifest beside it)."""
-    setup_logging()
     need("onnx", "onnx", "onnxruntime")
     from medlens.export import export as export_bundle
 

@@ -7,21 +7,19 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import guarded, resume_command, setup_logging
+from medlens.cli.common import guarded, quiet_overrides, resume_command
 
 
 def pretrain(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML); its pretrain section sets epochs, batch size, lr, temperature.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
     resume: Annotated[str | None, typer.Option(metavar="CHECKPOINT", help="Continue from a checkpoint (RUN/checkpoints/last.ckpt).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging, and tracebacks for errors.")] = False,
 ) -> None:
     """Pretrain CONFIG's backbone on its train+val images without labels (SimCLR); writes RUN/backbone.safetensors."""
-    setup_logging(verbose)
     from medlens.config import load_config
     from medlens.pretrain import pretrain as pretrain_run
 
-    result = pretrain_run(load_config(config, set_ or []), resume=resume)
+    result = pretrain_run(load_config(config, quiet_overrides(set_)), resume=resume)
     if result.info:
         typer.echo(f"backbone: {result.weights}")
         typer.echo(f"fine-tune with: model.pretrained: {result.weights}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import fmt, guarded, setup_logging
+from medlens.cli.common import fmt, guarded, note, quiet
 
 
 def init(
@@ -22,7 +22,7 @@ def init(
     for p in written:
         typer.echo(f"wrote {p}")
     for line in init_guidance(directory, data_dir):  # guidance, not results: stderr
-        typer.echo(line, err=True)
+        note(line)
 
 
 def demo(
@@ -31,17 +31,16 @@ def demo(
     epochs: Annotated[int | None, typer.Option(metavar="N", help="Override the number of epochs.")] = None,
 ) -> None:
     """Train and evaluate a small PneumoniaMNIST model end to end (no network needed)."""
-    setup_logging()
     from medlens.demo import demo_next_steps, run_demo
 
-    info = run_demo(out_dir, offline, epochs)
+    info = run_demo(out_dir, offline, epochs, progress_bar=not quiet())
     typer.echo(f"data:    {info['data']}")
     typer.echo(f"bundle:  {info['bundle']}")
     typer.echo(f"metrics: {info['metrics']}")
     t = info["test"]
     typer.echo(f"test AUROC {fmt(t.get('auroc_macro'))}, accuracy {fmt(t.get('accuracy'))} ({info['wall_time_s']} s)")
     for line in demo_next_steps(info["bundle"]):  # guidance, not results: stderr
-        typer.echo(line, err=True)
+        note(line)
 
 
 def register(app: typer.Typer) -> None:

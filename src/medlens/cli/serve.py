@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import guarded, need, setup_logging
+from medlens.cli.common import bundle_folder, guarded, need
 
 
 def serve(
-    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder (or an exported ONNX folder with --backend onnx).")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder, the run folder holding it (RUN/bundle), or an exported ONNX folder with --backend onnx.",
+                                           callback=bundle_folder)],
     host: Annotated[str, typer.Option(metavar="ADDRESS", help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="TCP port (1-65535).")] = 8000,
     backend: Annotated[str, typer.Option(metavar="torch|onnx", help="Runtime: torch, or onnx (needs the 'onnx' extra).")] = "torch",
@@ -24,7 +25,6 @@ def serve(
     ui: Annotated[str, typer.Option(metavar="page|gradio", help="page: the web page at /; gradio: also a Gradio app at /gradio on the same model (needs the 'gradio' extra).")] = "page",
 ) -> None:
     """Serve BUNDLE: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
-    setup_logging()
     need("serve", "fastapi", "uvicorn")
     if backend == "onnx":
         need("onnx", "onnxruntime")

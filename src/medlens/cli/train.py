@@ -11,25 +11,23 @@ from typing import Annotated
 
 import typer
 
-from medlens.cli.common import guarded, resume_command, setup_logging
+from medlens.cli.common import guarded, quiet_overrides, resume_command
 
 
 def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override: section.key=value (repeatable).")] = None,
     resume: Annotated[str | None, typer.Option(metavar="CHECKPOINT", help="Continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging, and tracebacks for errors.")] = False,
     sweep: Annotated[list[str] | None, typer.Option(metavar="KEY=V1,V2", help="Grid sweep: section.key=v1,v2 (repeatable); one run each, then a table.")] = None,
     env_file: Annotated[Path | None, typer.Option(metavar="FILE", help="A .env file with MEDLENS__SECTION__KEY=value lines (default ./.env).")] = None,
 ) -> None:
     """Train a model from CONFIG and write its bundle; ends with the headline metric, its 95% CI and n."""
-    setup_logging(verbose)
     from medlens.config import load_config
     from medlens.training import train as train_run
 
     if sweep:
-        return train_sweep(config, set_ or [], sweep, env_file)
-    cfg = load_config(config, set_ or [], env_file)
+        return train_sweep(config, quiet_overrides(set_), sweep, env_file)
+    cfg = load_config(config, quiet_overrides(set_), env_file)
     result = train_run(cfg, resume=resume)
     if not result.metrics:  # a DDP process other than rank 0: rank 0 evaluates and reports
         return
@@ -68,11 +66,10 @@ def cv(
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Also save the folds' models as one bundle (mean of their probabilities): FOLDER/ensemble.")] = False,
 ) -> None:
     """Group-aware stratified k-fold cross-validation of CONFIG: one model per fold, mean +- std report."""
-    setup_logging()
     from medlens.config import load_config
     from medlens.cv import cross_validate
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, quiet_overrides(set_))
     r = cross_validate(cfg, folds, out, ensemble=ensemble)
     typer.echo(f"report:  {r.report}")
     typer.echo(f"metrics: {r.json_path}")

@@ -377,6 +377,42 @@ def read_grey(paths, size: int) -> np.ndarray:
     return np.stack([one(p) for p in paths]).astype(np.float32) / 255.0
 
 
+def inference_cost(bundle: Path, paths: list[str]) -> dict:
+    """ms per image (PyTorch and ONNX Runtime, batch 1 and 32, decoding excluded) and the ONNX parity of the score
+    and of the error map, on ``paths`` (test images), for one bundle."""
+    import tempfile as _tf
+
+    from medlens.data.io import load_image
+    from medlens.export import export_onnx
+    from medlens.inference import Predictor
+    from medlens.tasks.anomaly.explain import error_map_array
+
+    imgs = [load_image(p) for p in paths]
+    out: dict = {"images": len(imgs), "bundle_mib": round(sum(f.stat().st_size for f in bundle.iterdir() if f.is_file()) / 2**20, 1)}
+    with _tf.TemporaryDirectory() as tmp:
+        onnx_dir = Path(tmp) / "onnx"
+        export_onnx(bundle, onnx_dir)
+        out["onnx_mib"] = round((onnx_dir / "model.onnx").stat().st_size / 2**20, 1)
+        preds = {}
+        for name, backend in (("torch", "torch"), ("onnx", "onnx")):
+            for bs in (1, 32):
+                p = Predictor.from_bundle(bundle if backend == "torch" else onnx_dir, backend=backend, batch_size=bs)
+                x = np.stack([p.transform(im) for im in imgs])
+                p.run(x[:bs], None)  # warm-up
+                t = time.perf_counter()
+                raw = np.concatenate([p.run(x[i : i + bs], None) for i in range(0, len(x), bs)])
+                out[f"{name}_ms_per_image_batch{bs}"] = round(1000 * (time.perf_counter() - t) / len(x), 1)
+            preds[name] = (p, raw)
+        out["onnx_max_abs_score_diff"] = float(np.abs(preds["torch"][1] - preds["onnx"][1]).max())
+        diffs = []
+        for im in imgs[:16]:
+            a, _ = error_map_array(preds["torch"][0], im)
+            b, _ = error_map_array(preds["onnx"][0], im)
+            diffs.append(float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12)))
+        out["onnx_max_rel_map_diff"] = max(diffs)
+    return out
+
+
 def benchmark_kermany(args, out_dir: Path) -> dict:
     """Every candidate on the Kermany split of ``configs/anomaly_kermany.yaml``; the winner is chosen on validation."""
     from medlens import train
@@ -419,9 +455,7 @@ def benchmark_kermany(args, out_dir: Path) -> dict:
                 if hit:
                     cached(*hit[0])
             continue
-        t = time.perf_counter()
         xtr, xva, xte = (read_grey([table.images[i] for i in rows_], size) for rows_ in (tr, va, te))
-        sec = time.perf_counter() - t
         std_val, std_test = -xva.reshape(len(xva), -1).std(1), -xte.reshape(len(xte), -1).std(1)
         add("reference: -pixel std (no model)", size, "-", std_val, std_test, 0.0)
         add("reference: -high-freq. energy (no model)", size, "-", -_high_freq(xva), -_high_freq(xte), 0.0)
@@ -450,6 +484,10 @@ def benchmark_kermany(args, out_dir: Path) -> dict:
             raise SystemExit(f"{name}: the run's validation/test rows differ from the benchmark's split")
         add(label, size, kind, pred["val_probs"][:, 0].astype(np.float64), pred["test_probs"][:, 0].astype(np.float64), seconds,
             peak_rss_mib=round(mem.peak), bundle=str(result.bundle_dir), overrides=extra, epochs_run=len(result.history))
+    best = max((r for r in rows if "bundle" in r), key=lambda r: r["val_auroc"], default=None)
+    if best is not None and args.inference_images:
+        best["inference"] = inference_cost(Path(best["bundle"]), [str(table.images[i]) for i in te[:: max(1, len(te) // args.inference_images)]])
+        print(f"  inference ({best['method']} @ {best['size']} px): {best['inference']}", file=sys.stderr, flush=True)
     return {"dataset": "Kermany chest X-rays (224 px files): normal vs pneumonia", "train_normals": int(len(tr)), "val_normals": int((~yv).sum()),
             "val_abnormal": int(yv.sum()), "test": int(len(y)), "test_abnormal": int(y.sum()), "rows": rows, "test_scores_y": y}
 
@@ -564,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="all = the three small ones; kermany = the 224 px chest X-rays (configs/anomaly_kermany.yaml)")
     ap.add_argument("--sizes", nargs="+", type=int, default=[128, 224], help="kermany: input sizes (px) of every method")
     ap.add_argument("--patch-scores", nargs="+", choices=["mean", "max"], default=["mean", "max"], help="kermany: feature-detector image scores")
+    ap.add_argument("--inference-images", type=int, default=64, help="kermany: test images timed for the chosen bundle (0: skip)")
     ap.add_argument("--pretrain-size", type=int, default=128, help="kermany: SimCLR input size (px); the backbone is used at every --sizes")
     ap.add_argument("--models", nargs="*", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--epochs", type=int, default=None, help="override the configs' trainer.max_epochs")

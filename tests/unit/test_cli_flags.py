@@ -25,6 +25,17 @@ from tests.unit.test_cli_help import COMMANDS  # every command and group, walked
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The commands configure the root logger and the verbosity; later tests get them back as they were."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    common.set_verbosity(reset=True)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> SimpleNamespace:
     """Two run folders with random bundles, three images, a synthetic data config."""

@@ -129,6 +129,7 @@ def _train_and_check(cfg_dict: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 18 s; the SQL source trains the same multi-label model from a table in the default run
 def test_jsonl_source_trains_a_multilabel_model(nih_reference: SampleTable, tmp_path: Path) -> None:
     sub = _subset(nih_reference)
     lines = []

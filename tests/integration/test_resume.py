@@ -88,6 +88,7 @@ def test_manifest_records_whether_ema_or_raw_weights_were_kept(tmp_path: Path) -
     assert load_bundle(r.bundle_dir).manifest.weights_source == "raw"
 
 
+@pytest.mark.heavy  # 29 s (a subprocess killed mid-run); exact resume is also proven by the tests above and by auto_resume with workers
 def test_sigkilled_run_leaves_a_last_checkpoint_that_loads_and_resumes(tmp_path: Path) -> None:
     raw = _raw(tmp_path, "killed", trainer={"max_epochs": 200, "auto_resume": True}, output={"overwrite": False})
     cfg_path = tmp_path / "killed.yaml"

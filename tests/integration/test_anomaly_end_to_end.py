@@ -29,7 +29,8 @@ def anomaly_bundle(path: Path, threshold: float = THRESHOLD) -> Path:
     model = ReversedAutoencoder(1, 16, depth=2, width=4, latent_dim=4).eval()
     spec = ScoreSpec(error_map="mse", method="percentile", percentile=95.0, mean=(0.5,), std=(0.5,))
     m = Manifest(arch, LabelSpace(("normal", "pneumonia"), "anomaly"), resolve_preprocessing(16, 1), thresholds=[threshold],
-                 task_section={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, **spec.to_dict()},
+                 task_section={"normal_label": "normal", "threshold": threshold, "fpr": 0.05, "val_normal_fpr": 0.049,
+                               "n_val_normals": 204, **spec.to_dict()},
                  intended_use="Test anomaly detector. Not a diagnosis.")
     return save_bundle(model, m, path)
 
@@ -127,6 +128,10 @@ def test_model_card_presents_a_score(client) -> None:
     assert m["presentation"]["value_name"] == "Anomaly score"
     assert m["explain_methods"] == ["error_map"]
     assert m["presentation"]["explain_methods"] == ["error_map"]
+    # what the number and the threshold mean, in the words the page and the per-image report show
+    summary = m["presentation"]["summary"]
+    assert "autoencoder" in summary and "not a probability" in summary
+    assert f"threshold {THRESHOLD:.4g} flags 4.9% of the 204 validation normal images" in summary and "false alarms" in summary
 
 
 def test_predict_findings_carry_the_score_and_the_threshold(client, bundle: Path) -> None:

@@ -227,7 +227,9 @@ def image_report_html(image: np.ndarray, prediction: Prediction, explanations: S
         parts.append("<p class='meta'>This model has no out-of-distribution gate: an image unlike its training images is not flagged.</p>")
     parts.append("<h2>Image and explanation</h2><div class='imgs'>")
     parts.append(f"<figure><img alt='input image' src='{_b64_png(image_png(image, 768))}'><figcaption>Input ({image.shape[1]}&times;{image.shape[0]} px)</figcaption></figure>")
-    symbol = "p" if task.presentation(manifest).value_kind == "probability" else "value"
+    # the task's word for the number, as on the page ("score" unless calibration is good enough for "probability")
+    pres = task.presentation(manifest)
+    symbol = (pres.value_name or "score").lower() if pres.value_kind == "probability" else "value"
     for e in explanations:
         cap = f"{esc(e.label)}: {esc(e.method)}" + (f" at {esc(e.target_layer)}" if e.target_layer else "") + f" ({symbol} = {e.probability:.4g})"
         parts.append(f"<figure><img alt='{esc(e.method)} overlay for {esc(e.label)}' src='{_b64_png(e.overlay_png)}'><figcaption>{cap}</figcaption></figure>")

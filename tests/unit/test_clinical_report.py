@@ -140,6 +140,8 @@ def test_generated_banner_and_operating_point_in_html_and_pdf(tmp_path: Path) ->
     page = _html.unescape(image_report_html(img, pred, [], p.manifest))
     assert "id='generated-banner'" in page and BANNER in page
     assert op in page and "95% CI" in page and "patient bootstrap" in page and "resampling the split's 40 patients" in page
+    exp = explain(p, img, method="gradcam")
+    assert "(score = " in _html.unescape(image_report_html(img, pred, exp, p.manifest))  # the page's word, not "p"
 
     text = pypdf.PdfReader(io.BytesIO(image_report_pdf(img, pred, [], p.manifest))).pages[0].extract_text()
     flat = " ".join(text.split())  # lines are wrapped in the PDF

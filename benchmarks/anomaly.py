@@ -318,7 +318,8 @@ def kermany_config(size: int, name: str, out_dir: Path, extra: list[str]):
 def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
     """(row label, input size, overrides) of every candidate, cheapest first."""
     rows = []
-    for size in args.sizes:
+    sizes = args.model_sizes or args.sizes
+    for size in sizes:
         pc = ["task_options.detector=patchcore", f"model.backbone={args.backbone}", "trainer.max_epochs=1",
               f"task_options.memory_size={args.memory_size}", "task_options.input_norm=image", "task_options.anomaly_map=mse"]
         for score in args.patch_scores:
@@ -327,7 +328,7 @@ def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
                 rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist.", size, [*pc, *s, "@random"]))
             if "ssl" in args.detectors:
                 rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist.", size, [*pc, *s, "@ssl"]))
-    for size in args.sizes:
+    for size in sizes:
         for name in args.models:
             kind = {"unet_ae": "unet", "reversed_ae": "reversed"}[name]
             over = [f"task_options.autoencoder={kind}", f"task_options.ae_depth={AE_DEPTH.get(size, 4)}"]
@@ -601,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", choices=[*DATASETS, "kermany", "all"], default="all",
                     help="all = the three small ones; kermany = the 224 px chest X-rays (configs/anomaly_kermany.yaml)")
     ap.add_argument("--sizes", nargs="+", type=int, default=[128, 224], help="kermany: input sizes (px) of every method")
+    ap.add_argument("--model-sizes", nargs="+", type=int, default=None,
+                    help="kermany: input sizes of the trained methods (default: --sizes; the model-free rows and PCA use --sizes)")
     ap.add_argument("--patch-scores", nargs="+", choices=["mean", "max"], default=["mean", "max"], help="kermany: feature-detector image scores")
     ap.add_argument("--inference-images", type=int, default=64, help="kermany: test images timed for the chosen bundle (0: skip)")
     ap.add_argument("--pretrain-size", type=int, default=128, help="kermany: SimCLR input size (px); the backbone is used at every --sizes")

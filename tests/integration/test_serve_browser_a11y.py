@@ -96,7 +96,7 @@ def test_axe_and_keyboard(a11y_server, chromium, tmp_path: Path):
 
             # the operating point: the split and its patients named, Wilson and patient-bootstrap intervals, how computed
             op = page.text_content("#operating-point")
-            assert "abnormal on the test split (n=120, 40 patients), threshold 0.500" in op
+            assert "abnormal on the test split (n=120) of 40 patients, threshold 0.500" in op
             assert "95% CI" in op and "patient bootstrap" in op and "resampling the split's 40 patients" in op
             # images say what they are; the findings table has column headers
             alts = page.eval_on_selector_all("img:not([hidden])", "is => is.filter(i => i.offsetParent).map(i => i.alt)")

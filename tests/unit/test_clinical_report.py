@@ -135,7 +135,7 @@ def test_generated_banner_and_operating_point_in_html_and_pdf(tmp_path: Path) ->
     p = Predictor.from_bundle(b)
     img = np.random.default_rng(1).integers(0, 255, (32, 32), dtype=np.uint8)
     pred = p.predict_one(img)
-    op = "abnormal on the test split (n=120, 40 patients), threshold 0.500: sensitivity"
+    op = "abnormal on the test split (n=120) of 40 patients, threshold 0.500: sensitivity"
 
     page = _html.unescape(image_report_html(img, pred, [], p.manifest))
     assert "id='generated-banner'" in page and BANNER in page

@@ -108,7 +108,7 @@ def test_patient_bootstrap_intervals_beside_wilson_when_patients_are_known(tmp_p
         assert boot["low"] <= boot["estimate"] <= boot["high"]
         # 4 correlated images per patient: the patient interval is wider than Wilson's, which counts images
         assert boot["high"] - boot["low"] > wil["high"] - wil["low"]
-    assert "(n=240, 60 patients)" in op["text"][0] and "patient bootstrap" in op["text"][0]
+    assert "(n=240) of 60 patients" in op["text"][0] and "patient bootstrap" in op["text"][0]
     assert "resampling the split's 60 patients" in op["interval_method"]
 
     m = read_manifest(random_bundle(tmp_path / "p", thresholds=[0.5], metrics={"test": plain}))

@@ -116,8 +116,8 @@ def operating_point(metrics: dict[str, Any] | None, labels: Sequence[str], thres
                       "high": (boot_label.get(metric) or {}).get("high"), "n_valid": (boot_label.get(metric) or {}).get("n_valid")}
                 for key, metric in METRIC_OF.items()} if boot_label else None
         at = "the highest class" if deployed is None else f"threshold {deployed:.3f}"
-        who = f"n={n}" if ci is None else f"n={n}, {ci.get('n_units')} patients"
-        text = f"{label} on the {split} split ({who}), {at}: " + "; ".join(
+        who = "" if ci is None else f" of {ci.get('n_units')} patients"
+        text = f"{label} on the {split} split (n={n}){who}, {at}: " + "; ".join(
             _rate_text(name, rates[key], None if boot is None else boot[key]) for key, name in RATES)
         entry: dict[str, Any] = {"threshold": deployed, **rates, "text": text}
         if boot is not None:

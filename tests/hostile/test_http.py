@@ -183,15 +183,23 @@ def test_model_info_tells_the_client_and_nothing_about_the_host(client, pristine
         assert secret not in text, secret
 
 
-def test_openapi_documents_errors_and_api_key(client):
+def test_openapi_documents_errors_and_the_api_key_only_when_there_is_one(client, keyed):
     spec = client.get("/openapi.json").json()
-    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                                                                      "description": "Needed when the server has an API key."}
+    assert "securitySchemes" not in spec.get("components", {})  # an open server asks for no key, so none is declared
     for route in ("/v1/predict", "/v1/explain", "/v1/report", "/v1/preview"):
         op = spec["paths"][route]["post"]
-        assert {"400", "401", "413", "415", "422"} <= set(op["responses"]), route
-        assert op["security"] == [{"APIKeyHeader": []}]
+        assert {"400", "413", "415", "422"} <= set(op["responses"]) and "401" not in op["responses"], route
+        assert "security" not in op
+        for code in ("400", "413", "415", "422"):  # errors are JSON, even where the answer is a PNG or a page
+            assert op["responses"][code]["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     assert "ErrorBody" in spec["components"]["schemas"]
+    spec = keyed.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                                                      "description": "Needed when the server has an API key."}
+    for route, method in (("/v1/predict", "post"), ("/v1/explain", "post"), ("/v1/report", "post"), ("/v1/preview", "post"), ("/v1/model", "get")):
+        op = spec["paths"][route][method]
+        assert "401" in op["responses"] and op["security"] == [{"APIKeyHeader": []}], route
+    assert "security" not in spec["paths"]["/health"]["get"]
 
 
 def test_docs_page_works_offline(client):

@@ -1,6 +1,7 @@
 """The REST API and the clinicians' web page, on FastAPI: :func:`create_app` and :func:`serve`.
 
-Routes (all ``/v1`` routes check the API key when one is set; see :mod:`medlens.serve.routes`):
+Routes (all ``/v1`` routes check the API key when one is set, and only then declare it in the OpenAPI schema;
+see :mod:`medlens.serve.routes`):
 
 * ``GET /health`` -- liveness, no key needed (with a key set it says nothing about the model).
 * ``GET /v1/model`` -- the manifest: labels, thresholds, preprocessing, metrics, intended use.
@@ -11,7 +12,8 @@ Routes (all ``/v1`` routes check the API key when one is set; see :mod:`medlens.
 * ``POST /v1/preview`` -- one image (e.g. DICOM, which browsers cannot show) -> a PNG of the decoded image.
 * ``GET /`` -- the web page (a static file); ``/docs`` -- Swagger UI with "Try it out", its assets served here;
   neither loads anything from another host.
-  ``/openapi.json`` -- the OpenAPI schema.
+  ``/openapi.json`` -- the OpenAPI schema, narrowed to the model's labels, methods and layers on an open server
+  (with a key: generic, and the narrowed one at ``GET /v1/openapi.json``; :mod:`medlens.serve.contract`).
 * ``/gradio`` -- with ``ui="gradio"`` (the ``gradio`` extra): a Gradio app over the same model
   (:mod:`medlens.serve.gradio_ui`).
 
@@ -31,10 +33,12 @@ import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from medlens.serve.batching import MicroBatcher
-from medlens.serve.errors import ApiError, install_error_handlers
+from medlens.serve.contract import install_contract
+from medlens.serve.deps import KEY
+from medlens.serve.errors import ApiError, install_error_handlers, responses
 from medlens.serve.middleware import ENVELOPE_BYTES, BodyLimitMiddleware, GuardMiddleware, request_check
 from medlens.serve.public import api_description, public_model_info
 from medlens.serve.routes import routers
@@ -74,12 +78,22 @@ def create_app(bundle: str | Path, backend: str = "torch", settings: ServeSettin
     _add_limits(app, state)
     install_error_handlers(app, state.count_error)
     for router in routers():
-        app.include_router(router)
+        app.include_router(router, **key_contract(router, keyed=bool(settings.api_key)))
+    install_contract(app, state)  # the schema names this model's choices (with a key: at /v1/openapi.json)
     if ui == "gradio":
         from medlens.serve.gradio_ui import mount_gradio
 
         mount_gradio(app, state)
     return app
+
+
+def key_contract(router: APIRouter, keyed: bool) -> dict:
+    """What the OpenAPI schema says about the API key for ``router``'s routes: on a server with a key, the ``/v1``
+    routes declare the ``X-API-Key`` scheme and their 401; on an open server nothing (no key is asked, none is
+    documented). The check itself is :func:`~medlens.serve.middleware.request_check`'s, on the same ``/v1/`` prefix."""
+    if not keyed or not any(str(getattr(r, "path", "")).startswith("/v1/") for r in router.routes):
+        return {}
+    return {"dependencies": [KEY], "responses": responses(401)}
 
 
 def _new_app(state: ServerState) -> FastAPI:
@@ -111,7 +125,8 @@ def _add_limits(app: FastAPI, state: ServerState) -> None:
     s = state.settings
     body_limit = s.max_upload_bytes + ENVELOPE_BYTES
     app.add_middleware(BodyLimitMiddleware, limit=body_limit, on_refuse=state.count_error)
-    app.add_middleware(GuardMiddleware, check=request_check(s.api_key, body_limit, s.max_upload_bytes, state.count))
+    uploads = {r.path for router in routers() for r in router.routes if "POST" in (getattr(r, "methods", None) or ()) and r.path.startswith("/v1/")}
+    app.add_middleware(GuardMiddleware, check=request_check(s.api_key, body_limit, s.max_upload_bytes, state.count, upload_paths=uploads))
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", api_key: str | None = None, max_upload_mb: float = 32.0,

@@ -1,6 +1,7 @@
-"""What every route depends on: :func:`get_state` (the one :class:`ServerState`) and :data:`KEY` (the API key
-documented in OpenAPI; the check itself runs before any route, in :func:`medlens.serve.middleware.request_check`,
-which also takes ``Authorization: Bearer``)."""
+"""What every route depends on: :func:`get_state` (the one :class:`ServerState`) and :data:`KEY` (the API key as
+OpenAPI documents it, on the ``/v1`` routes of a server that has one: :func:`medlens.serve.app.key_contract`; the
+check itself runs before any route, in :func:`medlens.serve.middleware.request_check`, which also takes
+``Authorization: Bearer``)."""
 
 from __future__ import annotations
 

@@ -46,18 +46,24 @@ class ErrorBody(BaseModel):
 _WHAT = {400: "Bad request (e.g. an empty file)", 401: "Missing or wrong API key", 413: "Body, file, image or file count over the limit",
          415: "Not a readable image, or not multipart/form-data", 422: "A field is invalid (the message names it)",
          503: "Busy: too many pixels being decoded; retry after the Retry-After seconds"}
+#: where an error body is declared: every error is JSON, whatever the route answers when it succeeds
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error codes a route may answer."""
-    return {c: {"model": ErrorBody, "description": _WHAT[c]} for c in codes}
+    """OpenAPI ``responses`` for the error codes a route may answer: ``application/json`` with :class:`ErrorBody`
+    (declared with its media type, so a route whose success is HTML or PNG does not seem to answer errors in it)."""
+    return {c: {"model": ErrorBody, "description": _WHAT[c], "content": _ERROR_CONTENT} for c in codes}
 
 
-#: the errors of every route that takes an upload
-UPLOAD_ERRORS = responses(400, 401, 413, 415, 422, 503)
+#: the errors of every route that takes an upload (401 is added to the ``/v1`` routes only when the server has a key)
+UPLOAD_ERRORS = responses(400, 413, 415, 422, 503)
 #: a 200 whose body is a PNG image (``/v1/explain``, ``/v1/preview``), declared with its media type
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
+#: a 200 whose body is an HTML page (``/v1/report``), declared with its media type
+HTML_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "An HTML page (a download)", "content": {"text/html": {"schema": {"type": "string"}}}}}
 
 
 def one_line(text: str) -> str:
@@ -91,7 +97,8 @@ def install_error_handlers(app: FastAPI, count_error: Callable[[], None]) -> Non
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        # the exception's headers travel with it: a 405 names the methods the route takes (``Allow``, RFC 9110)
+        return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

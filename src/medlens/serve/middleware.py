@@ -3,13 +3,13 @@
 * :class:`BodyLimitMiddleware` counts request body bytes as they stream in and answers 413 past the limit,
   whatever the headers claim (a chunked upload has no Content-Length).
 * :class:`GuardMiddleware` answers at once with a check's refusal: :func:`request_check` refuses a missing or
-  wrong API key (401), a declared body over the limit (413) and a ``/v1`` POST that is not multipart (415).
+  wrong API key (401), a declared body over the limit (413) and an upload POST that is not multipart (415).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -106,15 +106,21 @@ def key_matches(headers: Headers, api_key: str) -> bool:
     return hmac.compare_digest(given.encode(), api_key.encode())
 
 
-def request_check(api_key: str | None, body_limit: int, upload_limit: int, count: Callable[[bool], None]) -> Callable[[dict], Response | None]:
-    """The checks run before any route: API key on ``/v1``, declared body size, multipart on ``/v1`` POSTs.
+def request_check(api_key: str | None, body_limit: int, upload_limit: int, count: Callable[[bool], None],
+                  upload_paths: Collection[str] | None = None) -> Callable[[dict], Response | None]:
+    """The checks run before any route: API key on ``/v1``, declared body size, multipart on upload POSTs.
 
     Args:
         api_key: the key ``/v1`` routes need (None: open).
         body_limit: largest body, envelope included, in bytes.
         upload_limit: the limit as users set it (``max_upload_bytes``), for the message.
         count: called once per request with ``True`` when it is refused (the server's counters).
+        upload_paths: the routes that take a multipart upload by POST (default: every ``/v1`` path); a POST to
+            another path goes on to the router, which answers 405 (with ``Allow``) or 404 as the schema says.
     """
+
+    def takes_upload(path: str) -> bool:
+        return path in upload_paths if upload_paths is not None else path.startswith("/v1/")
 
     def check(scope: dict) -> Response | None:
         path = scope["path"]
@@ -132,7 +138,7 @@ def request_check(api_key: str | None, body_limit: int, upload_limit: int, count
                     refusal = error_response(400, "bad_request", "invalid Content-Length")
             if refusal is None and size is not None and size > body_limit:
                 refusal = error_response(413, "too_large", f"request body of {size} bytes is over the limit of {upload_limit}")
-            elif refusal is None and path.startswith("/v1/") and not (headers.get("content-type") or "").lower().startswith("multipart/form-data"):
+            elif refusal is None and takes_upload(path) and not (headers.get("content-type") or "").lower().startswith("multipart/form-data"):
                 refusal = error_response(415, "unsupported_media_type", "send the request as multipart/form-data (field 'files' or 'file')")
         count(refusal is not None)
         return refusal

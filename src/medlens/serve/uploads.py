@@ -138,9 +138,36 @@ class PixelBudget:
                 fut.set_result(None)
 
 
+# ------------------------------------------------------------------------------------------ the upload fields' schemas
+#: an uploaded file in the OpenAPI contract: bytes, never empty (an empty file is refused with 400)
+FILE_SCHEMA = {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
+
+
+def optional_text(schema: dict) -> None:
+    """The schema of an optional text form field (``json_schema_extra``): a string when sent, left out otherwise
+    (a multipart part has no null: FastAPI's ``anyOf [string, null]`` would invite the text ``null``)."""
+    schema.pop("anyOf", None)
+    schema["type"] = "string"
+
+
+def metadata_schema(max_items: int | None = None) -> dict:
+    """The ``metadata`` form field in the OpenAPI contract: a JSON part (an object, a list of objects or null), as
+    :func:`parse_metadata` reads it; a list has one entry per file (``max_items``: 1 for the one-image routes)."""
+    listed = {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "object"}, {"type": "null"}]}}
+    if max_items is not None:
+        listed["maxItems"] = max_items
+    return {"anyOf": [{"type": "object"}, listed, {"type": "null"}]}
+
+
+#: ``metadata`` of ``/v1/predict`` (a list: one entry per file) and of the one-image routes
+METADATA_SCHEMA = metadata_schema()
+METADATA_ONE_SCHEMA = metadata_schema(max_items=1)
+
+
 # ------------------------------------------------------------------------------------------ metadata
 def parse_metadata(text: str | None, n: int) -> list[dict | None] | None:
-    """The ``metadata`` form field: a JSON object (every image) or a list of ``n`` objects; 422 naming the problem."""
+    """The ``metadata`` form field: a JSON object (every image), a list of ``n`` objects, or JSON ``null`` (none);
+    422 naming the problem."""
     from medlens.data.metadata import MetadataError, parse_metadata_json
 
     if text is None or text.strip() == "":
@@ -151,6 +178,8 @@ def parse_metadata(text: str | None, n: int) -> list[dict | None] | None:
         raise ApiError(422, "bad_metadata", str(e)) from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts (4300)
         raise ApiError(422, "bad_metadata", f"metadata: not valid JSON ({e})") from None
+    if obj is None:  # JSON null: no metadata, as the schema says
+        return None
     if isinstance(obj, dict):
         return [obj] * n
     if isinstance(obj, list) and len(obj) == n and all(isinstance(x, dict) or x is None for x in obj):

@@ -8,17 +8,29 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from medlens.serve.deps import KEY, get_state
+from medlens.serve.deps import get_state
 from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS
 from medlens.serve.state import ServerState
-from medlens.serve.uploads import header_safe, parse_metadata, read_upload, safe_name
+from medlens.serve.uploads import (
+    FILE_SCHEMA,
+    METADATA_ONE_SCHEMA,
+    header_safe,
+    optional_text,
+    parse_metadata,
+    read_upload,
+    safe_name,
+)
 
 router = APIRouter()
 
 
-@router.post("/v1/explain", dependencies=[KEY], responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
-async def explain(file: UploadFile = File(...), label: str | None = Form(None), method: str | None = Form(None),
-                  metadata: str | None = Form(None), target_layer: str | None = Form(None), state: ServerState = Depends(get_state)):
+@router.post("/v1/explain", responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
+async def explain(file: UploadFile = File(..., json_schema_extra=FILE_SCHEMA),
+                  label: str | None = Form(None, json_schema_extra=optional_text),
+                  method: str | None = Form(None, json_schema_extra=optional_text),
+                  metadata: str | None = Form(None, json_schema_extra=METADATA_ONE_SCHEMA),
+                  target_layer: str | None = Form(None, json_schema_extra=optional_text),
+                  state: ServerState = Depends(get_state)):
     """One image, optional ``label``, ``method``, ``target_layer`` and ``metadata`` -> overlay PNG."""
     data = await read_upload(file, state.settings.max_upload_bytes)
     e = await state.explanation(data, safe_name(file.filename), label, method, parse_metadata(metadata, 1), target_layer)

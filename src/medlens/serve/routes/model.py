@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from medlens.serve.deps import KEY, get_state
-from medlens.serve.errors import responses
+from medlens.serve.deps import get_state
 from medlens.serve.public import INPUT_FORMATS, metadata_fields, public_model_info
 from medlens.serve.schemas import ModelInfo
 from medlens.serve.state import ServerState
@@ -14,7 +13,7 @@ from medlens.serve.state import ServerState
 router = APIRouter()
 
 
-@router.get("/v1/model", dependencies=[KEY], responses=responses(401), response_model=ModelInfo)
+@router.get("/v1/model", response_model=ModelInfo)
 async def model_info(state: ServerState = Depends(get_state)) -> dict:
     """What a client needs: labels, task, thresholds, presentation, explanation methods, input spec, metrics."""
     m, s = state.manifest, state.settings

@@ -8,17 +8,26 @@ import asyncio
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from medlens.serve.deps import KEY, get_state
+from medlens.serve.deps import get_state
 from medlens.serve.errors import PNG_RESPONSE, UPLOAD_ERRORS, ApiError
 from medlens.serve.schemas import PredictResponse
 from medlens.serve.state import ServerState
-from medlens.serve.uploads import parse_metadata, preview_png, read_upload, safe_name
+from medlens.serve.uploads import (
+    FILE_SCHEMA,
+    METADATA_SCHEMA,
+    parse_metadata,
+    preview_png,
+    read_upload,
+    safe_name,
+)
 
 router = APIRouter()
 
 
-@router.post("/v1/predict", dependencies=[KEY], responses=UPLOAD_ERRORS, response_model=PredictResponse)
-async def predict(files: list[UploadFile] = File(..., description="Images: PNG, JPEG, DICOM, ..."), metadata: str | None = Form(None),
+@router.post("/v1/predict", responses=UPLOAD_ERRORS, response_model=PredictResponse)
+async def predict(files: list[UploadFile] = File(..., description="Images: PNG, JPEG, DICOM, ...", min_length=1, json_schema_extra={"items": FILE_SCHEMA}),
+                  metadata: str | None = Form(None, description="A JSON object (every image) or a list of one object per file (fusion models)",
+                                              json_schema_extra=METADATA_SCHEMA),
                   state: ServerState = Depends(get_state)) -> JSONResponse:
     """Predict each image; optional ``metadata``: a JSON object, or a list with one object per file (fusion models)."""
     s = state.settings
@@ -34,8 +43,8 @@ async def predict(files: list[UploadFile] = File(..., description="Images: PNG, 
     return JSONResponse({"model": state.model_name, "task": state.manifest.task, "predictions": [state.record(p) for p in preds]})
 
 
-@router.post("/v1/preview", dependencies=[KEY], responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
-async def preview(file: UploadFile = File(..., description="One image: PNG, JPEG, DICOM, ..."), state: ServerState = Depends(get_state)):
+@router.post("/v1/preview", responses={**UPLOAD_ERRORS, **PNG_RESPONSE}, response_class=Response)
+async def preview(file: UploadFile = File(..., description="One image: PNG, JPEG, DICOM, ...", json_schema_extra=FILE_SCHEMA), state: ServerState = Depends(get_state)):
     """A PNG of the decoded image (longest side at most 1024 px): how the page shows DICOM files."""
     data = await read_upload(file, state.settings.max_upload_bytes)
     async with state.decoded(data, safe_name(file.filename)) as img:

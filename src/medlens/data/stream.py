@@ -239,8 +239,10 @@ class StreamLoader(DataLoader):
     """
 
     def __init__(self, stream: ShardStream, num_workers: int = 0, pin_memory: bool = False) -> None:
+        # its own generator: starting workers draws their base seed from it, not from the global random state, which
+        # a run resumed mid-epoch restores to where the stopped run left it (the draws happen at different times)
         super().__init__(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
-                         pin_memory=pin_memory)
+                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(stream.seed))
         self.epoch = 0
         self.done = 0  # batches trained this epoch
         self.resume_from = 0  # batches to skip when the next iteration starts (a resumed epoch)

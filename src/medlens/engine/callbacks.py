@@ -295,17 +295,40 @@ class TrainClock(L.Callback):
 
 class LoaderProgress(L.Callback):
     """Tells a training loader that keeps its own place in the epoch (a shard stream,
-    :class:`medlens.data.stream.StreamLoader`) which epoch starts and each batch trained.
+    :class:`medlens.data.stream.StreamLoader`) which epoch starts and each batch trained, and carries that place
+    through checkpoints (``medlens_loader_state``).
 
-    The loader puts ``(epoch, batches trained)`` into every checkpoint (Lightning's stateful-loader protocol), so a
-    run resumed mid-epoch skips exactly what was trained. Loaders without ``batch_done`` are left alone.
+    The loader's state is restored in ``on_train_start``, before its first batch is drawn. Lightning's own
+    stateful-loader restore is not enough: it runs only when the training loader is first set up after the
+    checkpoint was read, and a module that asks for ``trainer.estimated_stepping_batches`` in
+    ``configure_optimizers`` (the cosine schedule's length) sets it up before. Loaders without ``batch_done`` are
+    left alone.
     """
+
+    KEY = "medlens_loader_state"
+
+    def __init__(self) -> None:
+        self._pending: list[dict[str, Any]] | None = None
 
     @staticmethod
     def _loaders(trainer: L.Trainer) -> list:
         dls = trainer.train_dataloader
         dls = list(dls.values()) if isinstance(dls, dict) else list(dls) if isinstance(dls, list | tuple) else [dls]
         return [dl for dl in dls if hasattr(dl, "batch_done") and hasattr(dl, "set_epoch")]
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = [dl.state_dict() for dl in self._loaders(trainer)]
+        if states:
+            checkpoint[self.KEY] = states
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._pending = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending:
+            for dl, state in zip(self._loaders(trainer), self._pending, strict=False):
+                dl.load_state_dict(state)
+            self._pending = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for dl in self._loaders(trainer):

@@ -65,6 +65,32 @@ def measure_memory_formats(step: Callable[[bool], None], steps: int = 3, timer: 
     return channels_last < contiguous * (1.0 - margin), contiguous, channels_last
 
 
+def random_state(*generators: torch.Generator) -> dict[str, Any]:
+    """The process's random state (Python, NumPy, torch CPU and CUDA, and ``generators``) as plain data a
+    ``weights_only`` checkpoint holds."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": [g.get_state() for g in generators]}
+
+
+def set_random_state(state: dict[str, Any], *generators: torch.Generator) -> None:
+    """Restore what :func:`random_state` returned (parts that are missing are left alone)."""
+    if "python" in state:
+        v, internal, gauss = state["python"]
+        random.setstate((v, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for g, st in zip(generators, state.get("generators", []), strict=False):
+        g.set_state(st)
+
+
 @dataclass
 class OptimSettings:
     """Optimiser and schedule settings (the adapter :func:`optim_settings` maps the config onto these)."""
@@ -176,6 +202,7 @@ class TaskModule(L.LightningModule):
         self.history: list[dict[str, Any]] = []
         self.ema_better_by_epoch: dict[int, bool] = {}
         self._mix_gen = torch.Generator().manual_seed(seed)
+        self._rng_pending: dict[str, Any] | None = None
         self._train_loss_sum = 0.0
         self._train_loss_n = 0
         self._epoch_lr: float | None = None  # the head's learning rate as the epoch started
@@ -317,6 +344,9 @@ class TaskModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._ema_seen_step = int(self.global_step)
+        if self._rng_pending is not None:  # a resumed run: the random state where the checkpoint left it
+            set_random_state(self._rng_pending, self._mix_gen)
+            self._rng_pending = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Update the average after each optimiser step (not each batch: gradient accumulation steps less often).
@@ -406,6 +436,9 @@ class TaskModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["medlens_history"] = self.history
+        # the random state after the last batch (dropout, mixup): a run resumed mid-epoch draws what the stopped one
+        # would have (each epoch start reseeds from (seed, epoch) anyway)
+        checkpoint["medlens_random_state"] = random_state(self._mix_gen)
         checkpoint["medlens_ema_better"] = self.ema_better_by_epoch
         if self.memory_format_probe is not None:
             checkpoint["medlens_memory_format"] = self.memory_format_probe
@@ -414,6 +447,7 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("medlens_history", []))
+        self._rng_pending = checkpoint.get("medlens_random_state")  # restored in on_train_start, before the first batch
         self.ema_better_by_epoch = dict(checkpoint.get("medlens_ema_better", {}))
         probe = checkpoint.get("medlens_memory_format")
         if self.channels_last == "auto" and isinstance(probe, dict):  # a resumed run keeps the layout it measured

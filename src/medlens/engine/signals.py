@@ -10,7 +10,9 @@ is written (atomically, through the run's checkpoint plugin) and :func:`medlens.
 The checkpoint is the state after the last finished batch. Resuming from it continues the epoch where it
 stopped, but the data loader restarts that epoch's iteration, so the rest of that one epoch sees other batches
 than an uninterrupted run would: the run is resumable, not bit-identical (an end-of-epoch ``last.ckpt``, the one
-a crash or ``kill -9`` leaves, resumes exactly).
+a crash or ``kill -9`` leaves, resumes exactly). A training split streamed from tar shards (``data.kind: webdataset``)
+resumes exactly mid-epoch too: its loader skips what was trained (:mod:`medlens.data.stream`) and the checkpoint
+carries the random state (dropout, mixup).
 
 Example:
     >>> e = TrainingInterrupted("SIGTERM", "runs/x/checkpoints/last.ckpt")

@@ -151,3 +151,49 @@ def test_config_refuses_options_that_cannot_act(tmp_path: Path) -> None:
         _cfg(tmp_path, urls={"train": "a.tar"})
     with pytest.raises(ValueError, match="is in both train and val"):
         read_dataset(_cfg(tmp_path, urls={"train": "a-{0..1}.tar", "val": "a-1.tar"}))
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> str:
+    with tarfile.open(path, "w") as tf:
+        for k, v in members.items():
+            add_member(tf, k, v)
+    return str(path)
+
+
+def test_image_ext_label_field_metadata_fields_and_timeout_act(pneumonia_npz: Path, tmp_path: Path) -> None:
+    import socket
+
+    z = np.load(pneumonia_npz)
+    mask = png(np.zeros((28, 28), np.uint8))
+    train = {}
+    for i in range(4):  # an image, a mask beside it, and a json with the label under "finding" and metadata
+        train[f"s{i}.png"] = png(z["train_images"][i])
+        train[f"s{i}.seg.png"] = mask
+        train[f"s{i}.json"] = json.dumps({"finding": ["normal", "pneumonia"][i % 2], "age": 30 + i, "site": "A"}).encode()
+    val = {"v0.png": png(z["val_images"][0]), "v0.seg.png": mask, "v0.json": json.dumps({"finding": "normal", "age": 50}).encode()}
+    urls = {"train": _tar(tmp_path / "train-000.tar", train), "val": _tar(tmp_path / "val-000.tar", val)}
+    kw = {"urls": urls, "label_member": "json", "label_field": "finding"}
+    t = read_dataset(_cfg(tmp_path, **kw, metadata_fields=["age", "site"]))
+    assert t.class_index().tolist() == [0, 1, 0, 1, 0]  # data.label_field: the .json key "finding"
+    assert t.metadata["age"].tolist() == [30, 31, 32, 33, 50] and t.metadata["site"].tolist()[:4] == ["A"] * 4
+    assert t.metadata["site"].isna().tolist() == [False] * 4 + [True]  # a key the sample lacks: missing
+    assert np.array_equal(load_image(t.images[1]), z["train_images"][1])  # .png, first of data.image_ext
+    masks = read_dataset(_cfg(tmp_path, **kw, image_ext=["seg.png"]))
+    assert load_image(masks.images[1]).max() == 0  # data.image_ext: the mask member instead
+    # the same keys in two shards are refused; a .cls index needs data.label_names
+    dup = {"train": urls["train"], "val": _tar(tmp_path / "dup-000.tar", train)}
+    with pytest.raises(ShardError, match=r"dup-000\.tar: sample key 's0' is also in .*train-000\.tar"):
+        read_dataset(_cfg(tmp_path, **{**kw, "urls": dup}))
+    cls = {"train": _tar(tmp_path / "cls-000.tar", {"c0.png": png(z["train_images"][0]), "c0.cls": b"1"}), "val": urls["val"]}
+    with pytest.raises(LabelError, match=r"cls-000\.tar: member c0\.cls: class index 1 needs data.label_names"):
+        read_dataset(config_from_dict({"data": {"kind": "webdataset", "urls": cls}}).data)
+    # data.timeout_s: a server that accepts and never answers fails after the timeout, naming the shard
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/train-000.tar"
+        with pytest.raises(ShardError, match=r"127\.0\.0\.1:\d+/train-000\.tar: .*timed out"):
+            read_dataset(_cfg(tmp_path, urls={"train": url, "val": urls["val"]}, timeout_s=0.5))
+    finally:
+        silent.close()

@@ -118,3 +118,13 @@ def test_a_resumed_loader_continues_exactly(train_set: ImageDataset, caplog: pyt
     with caplog.at_level(logging.WARNING, logger="medlens.data"):
         other.load_state_dict(state)
     assert "restarts from its first sample" in caplog.text and len(_epoch(other)) == len(other)
+
+
+def test_the_shuffle_buffer_mixes_samples_across_a_stream(train_set: ImageDataset) -> None:
+    def breaks(rows: list[int]) -> int:  # places where the next row is not the next one of the same shard
+        return sum(b != a + 1 for a, b in zip(rows, rows[1:], strict=False))
+
+    plain = _run(ShardStream(train_set, batch_size=4, seed=7, shuffle_buffer=1), 1, 0, 1, 0)
+    mixed = _run(ShardStream(train_set, batch_size=4, seed=7, shuffle_buffer=12), 1, 0, 1, 0)
+    assert sorted(plain) == sorted(mixed)
+    assert breaks(plain) <= 4 < breaks(mixed)  # buffer 1: each shard read in order (5 shards, shuffled)

@@ -374,6 +374,13 @@ class HfData(_DataBase):
     group_column: str | None = None
     metadata_columns: list[str] = Field(default_factory=list)
     cache_dir: str | None = None  # where embedded image bytes are written once (default ~/.cache/medlens/hf)
+    text_column: str | None = None  # a string column of free text kept with each row (a report): never a label
+
+    @model_validator(mode="after")
+    def _text_is_not_a_label(self) -> HfData:
+        if self.text_column and self.text_column in (self.image_column, self.label_column):
+            raise ValueError(f"data.text_column {self.text_column!r} is also the image or the label column; text is never a label")
+        return self
 
 
 class SyntheticData(_DataBase):

@@ -72,6 +72,11 @@ def test_predict_carries_the_text_to_the_csv_and_the_report(nih_dir: Path, tmp_p
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(out.open()))
     assert [row["report"] for row in rows] == ["Left effusion, <script>x</script>", ""]  # the bundle's data.text_column
+    r = CliRunner().invoke(app, ["predict", str(bundle), *images, "--json", "--text", str(texts)])
+    assert r.exit_code == 0, r.output
+    records = json.loads(r.stdout)
+    assert [x["text"] for x in records] == ["Left effusion, <script>x</script>", None]  # travels with the record
+    assert all(f["label"] != "Left effusion" for x in records for f in x["findings"])  # never a label
     bad = CliRunner().invoke(app, ["predict", str(bundle), *images, "--text", str(path.with_name("none.csv"))])
     assert bad.exit_code == 2 and "--text" in bad.output
 
@@ -93,3 +98,23 @@ def test_the_per_image_report_shows_the_carried_text_escaped(nih_dir: Path, tmp_
     assert "id='carried-text'" in image_report_html(np.zeros((8, 8), np.uint8), pred, [], read_manifest(bundle))
     pred.text = None
     assert "carried-text" not in image_report_html(np.zeros((8, 8), np.uint8), pred, [], read_manifest(bundle))
+
+
+def test_hugging_face_datasets_carry_a_text_column(nih_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    rows = [(str(p), cls, f"{p.stem}: {REPORTS[cls]}") for cls in REPORTS for p in sorted((nih_dir / "train" / cls).glob("*.png"))[:3]]
+    rows[1] = (rows[1][0], rows[1][1], None)  # a row without a report
+    ds = datasets.Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows], "report": [r[2] for r in rows]})
+    ds.to_parquet(str(tmp_path / "rows.parquet"))
+    cfg = {"kind": "hf", "path": str(tmp_path / "rows.parquet"), "image_size": 32, "channels": 1}
+    from medlens.data.readers import read_dataset
+
+    table = read_dataset(config_from_dict({"data": {**cfg, "text_column": "report"}}).data)
+    assert table.label_space.names == ("0_normal", "1_abnormal")  # the report adds no label
+    assert table.texts.tolist() == [r[2] for r in rows] and table.summary()["rows_with_text"] == 5
+    assert read_dataset(config_from_dict({"data": cfg}).data).texts is None
+    with pytest.raises(ConfigError, match="data.text_column 'label' is also the image or the label column"):
+        config_from_dict({"data": {**cfg, "text_column": "label"}})
+    with pytest.raises(KeyError, match=r"column 'impression' \(data.text_column\) not found"):
+        read_dataset(config_from_dict({"data": {**cfg, "text_column": "impression"}}).data)

@@ -9,6 +9,8 @@
 * ``label_column`` may be a ``ClassLabel`` (its names are the label names), a string, an integer (indices into
   ``label_names``), or a list of those (multi-label). A ``ClassLabel`` of -1 or a null is unknown.
 * Split names map through ``split_map`` (``{validation: val}``) or the usual spellings.
+* ``text_column``: a string column of free text (a radiology report) kept with each row, carried to the predictions
+  and reports, never a label.
 """
 
 from __future__ import annotations
@@ -162,12 +164,15 @@ def read_hf(cfg) -> SampleTable:
     for c in [*meta_cols, *([cfg.group_column] if cfg.group_column else [])]:
         if c not in first.column_names:
             raise KeyError(f"{src}: column {c!r} not found; columns are {first.column_names}")
+    if cfg.text_column and cfg.text_column not in first.column_names:
+        raise KeyError(f"{src}: column {cfg.text_column!r} (data.text_column) not found; columns are {first.column_names}")
     ids: list[str] = []
     images: list[str] = []
     raw_labels: list[Any] = []
     groups: list[str | None] = []
     splits: list[str | None] = []
     meta: dict[str, list[Any]] = {c: [] for c in meta_cols}
+    texts: list[str | None] = []  # data.text_column: free text per row, never a label
     cache: Path | None = None
     for split_name, ds in parts:
         split = None
@@ -177,7 +182,8 @@ def read_hf(cfg) -> SampleTable:
         img_feature = ds.features[cfg.image_column]
         if isinstance(img_feature, datasets.Image):
             ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
-        cols = [cfg.image_column, cfg.label_column, *meta_cols, *([cfg.group_column] if cfg.group_column else [])]
+        cols = [cfg.image_column, cfg.label_column, *meta_cols, *([cfg.group_column] if cfg.group_column else []),
+                *([cfg.text_column] if cfg.text_column else [])]
         fp = getattr(ds, "_fingerprint", None) or hashlib.sha1(f"{cfg.path}:{split_name}:{len(ds)}".encode()).hexdigest()
         row = 0
         for batch in ds.select_columns(list(dict.fromkeys(cols))).iter(batch_size=_CHUNK):
@@ -211,6 +217,12 @@ def read_hf(cfg) -> SampleTable:
                 groups.extend(None if g is None else str(g) for g in batch[cfg.group_column])
             for c in meta_cols:
                 meta[c].extend(batch[c])
+            if cfg.text_column:
+                for i, t in enumerate(batch[cfg.text_column]):
+                    if t is not None and not isinstance(t, str):
+                        raise ValueError(f"{src}: row {row + i}: column {cfg.text_column!r} (data.text_column) must be text, "
+                                         f"got {type(t).__name__}")
+                    texts.append(t if t and t.strip() else None)
             row += len(batch[cfg.image_column])
     if cache is not None:
         log.info("%s: embedded images written once to %s", src, cache)
@@ -254,6 +266,7 @@ def read_hf(cfg) -> SampleTable:
         groups if cfg.group_column else None,
         splits if any(s is not None for s in splits) else None,
         pd.DataFrame(meta) if meta_cols else None, source=src,
+        texts=texts if cfg.text_column else None, text_column=cfg.text_column,
     )
     if not label_keep.all():  # single-label rows whose class is outside data.label_names
         table = table.subset(np.where(label_keep)[0])

@@ -120,7 +120,8 @@ def test_generated_banner_and_operating_point_in_html_and_pdf(tmp_path: Path) ->
     pypdf = pytest.importorskip("pypdf")
     import io
 
-    from medlens.provenance import GENERATED_BANNER as BANNER, training_data_record
+    from medlens.provenance import GENERATED_BANNER as BANNER
+    from medlens.provenance import training_data_record
     from medlens.tasks import get_task
 
     rng = np.random.default_rng(0)

@@ -80,8 +80,9 @@ def test_the_contract_piece_by_piece(bundle: Path) -> None:
         assert explain["file"]["minLength"] == 1 and bodies["Body_predict_v1_predict_post"]["properties"]["files"]["minItems"] == 1
         assert c.post("/v1/preview", files={"file": ("e.png", b"")}).status_code == 400
         # this model's choices are in the schema of an open server (what /v1/model publishes)
-        assert explain["label"] == {"type": "string", "title": "Label", "enum": list(state.manifest.label_names)}
-        assert explain["method"]["enum"] == state.explain_methods() and explain["target_layer"]["enum"] == state.target_layers()
+        assert explain["label"] == {"type": "string", "title": "Label", "enum": [*state.manifest.label_names, ""]}
+        assert explain["method"]["enum"] == [*state.explain_methods(), ""] and explain["target_layer"]["enum"] == [*state.target_layers(), ""]
+        assert c.post("/v1/explain", files={"file": ("x.png", _png())}, data={"label": "", "method": "", "target_layer": ""}).status_code == 200
         # metadata is a JSON part: null means none
         assert c.post("/v1/predict", files={"files": ("x.png", _png())}, data={"metadata": "null"}).status_code == 200
         # the report's errors are JSON, its answer HTML
@@ -98,4 +99,4 @@ def test_the_contract_piece_by_piece(bundle: Path) -> None:
         assert "enum" not in generic["components"]["schemas"]["Body_explain_v1_explain_post"]["properties"]["label"]
         assert c.get("/v1/openapi.json").status_code == 401
         narrowed = c.get("/v1/openapi.json", headers={"X-API-Key": "k3y"}).json()
-        assert narrowed["components"]["schemas"]["Body_explain_v1_explain_post"]["properties"]["label"]["enum"] == ["normal", "abnormal"]
+        assert narrowed["components"]["schemas"]["Body_explain_v1_explain_post"]["properties"]["label"]["enum"] == ["normal", "abnormal", ""]

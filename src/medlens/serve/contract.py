@@ -53,8 +53,8 @@ def narrow(schema: dict[str, Any], state: ServerState) -> dict[str, Any]:
             ref = (((op.get("requestBody") or {}).get("content") or {}).get("multipart/form-data") or {}).get("schema", {}).get("$ref", "")
             props = components.get(ref.rsplit("/", 1)[-1], {}).get("properties", {})
             for name, values in choices.items():
-                if name in props:
-                    props[name]["enum"] = list(values)
+                if name in props:  # "" is taken as "not sent" (the page sends it for "the default")
+                    props[name]["enum"] = [*values, ""]
             if meta is not None and "metadata" in props:
                 for branch in props["metadata"].get("anyOf", []):
                     if branch.get("type") == "object":

@@ -105,3 +105,40 @@ def test_without_the_extra_serve_ui_gradio_says_what_to_install(monkeypatch, tmp
     assert lines == ["medlens serve needs the 'gradio' extra: pip install 'medlens[gradio]'"], res.stderr
     res = cli("serve", tmp_path / "no-bundle-needed", "--ui", "tk")
     assert res.exit_code == 2 and "--ui tk: one of page, gradio" in res.stderr
+
+
+@pytest.mark.browser
+def test_gradio_ui_in_chromium_answers_a_prediction(chromium, tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    pytest.importorskip("pytorch_grad_cam")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from medlens.serve.app import create_app
+    from tests.conftest import CHROMIUM_FLAGS
+    from tests.unit._bundles import random_bundle
+
+    img = tmp_path / "chest.png"
+    img.write_bytes(png_bytes(np.random.default_rng(1).integers(0, 255, (40, 48), dtype=np.uint8)))
+    shot = Path(__file__).resolve().parents[1] / "artifacts"
+    shot.mkdir(exist_ok=True)
+    with Server(create_app(random_bundle(tmp_path / "b"), ui="gradio")) as s, sync_api.sync_playwright() as pw:
+        rest = httpx.post(s.url + "/v1/predict", files=[("files", ("chest.png", img.read_bytes(), "image/png"))], timeout=60).json()
+        (finding,) = rest["predictions"][0]["findings"]
+        browser = pw.chromium.launch(executable_path=chromium, args=[f for f in CHROMIUM_FLAGS if f != "--headless"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            elsewhere: list[str] = []
+            page.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith(s.url) else None)
+            page.goto(s.url + "/gradio/")
+            page.wait_for_selector("#analyse", timeout=60000)
+            page.set_input_files("#image input[type=file]", str(img))
+            page.click("#analyse")
+            page.wait_for_function("(document.querySelector('#outcome textarea') || {}).value", timeout=60000)
+            table = page.inner_text("#findings").split()
+            want = [finding["label"], finding["decision"], f"{100 * finding['value']:.1f}%"]  # /v1/predict's, as the page writes it
+            assert table[table.index(want[0]):][:3] == want, table
+            page.wait_for_function("(document.querySelector('#caption textarea') || {}).value", timeout=60000)  # the heatmap follows
+            assert page.input_value("#caption textarea").startswith("gradcam for ")
+            page.screenshot(path=str(shot / "serve_gradio.png"), full_page=True)
+            assert elsewhere == []  # nothing loaded from another host (fonts included)
+        finally:
+            browser.close()

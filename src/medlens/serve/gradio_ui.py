@@ -246,7 +246,7 @@ def build_blocks(state: ServerState) -> Any:
         gr.HTML(_header_html(state))
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.File(label="Image (PNG, JPEG, TIFF, BMP or DICOM)", type="filepath")
+                image = gr.File(label="Image (PNG, JPEG, TIFF, BMP or DICOM)", type="filepath", elem_id="image")
                 meta_inputs: list[Any] = []
                 if meta_names:
                     with gr.Group():
@@ -254,19 +254,20 @@ def build_blocks(state: ServerState) -> Any:
                         meta_inputs += [gr.Number(label=str(n), value=None) for n in fields["numeric"]]
                         meta_inputs += [gr.Dropdown(label=str(n), choices=[str(v) for v in values], value=None)
                                         for n, values in fields["categorical"].items()]
-                analyse = gr.Button("Analyse", variant="primary")
+                analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):
-                shown = gr.Image(label="Image as decoded", interactive=False, format="png")
-                ood = gr.Textbox(label="Out-of-distribution check", interactive=False)
+                shown = gr.Image(label="Image as decoded", interactive=False, format="png", elem_id="decoded", height=300,
+                                 buttons=["download", "fullscreen"])  # no "share": images stay on this server
+                ood = gr.Textbox(label="Out-of-distribution check", interactive=False, elem_id="ood")
                 table = gr.Dataframe(headers=["Finding", "Decision", pres.value_name, "Threshold"], datatype="str", interactive=False,
-                                     label="Findings (decision first, then the number it was made on)")
-                outcome = gr.Textbox(label="Model output", interactive=False)
+                                     label="Findings (decision first, then the number it was made on)", elem_id="findings")
+                outcome = gr.Textbox(label="Model output", interactive=False, elem_id="outcome")
                 op_text = _operating_point_text(state)
                 if op_text:
                     gr.Textbox(value=op_text, label="At this threshold", interactive=False, lines=max(2, op_text.count("\n") + 1))
                 with gr.Accordion("Record (as /v1/predict returns it)", open=False):
                     record = gr.JSON(label="record")
-        analyse.click(predict, inputs=[image, *meta_inputs], outputs=[shown, ood, table, outcome, record], api_name="predict")
+        analysed = analyse.click(predict, inputs=[image, *meta_inputs], outputs=[shown, ood, table, outcome, record], api_name="predict")
         if methods:
             with gr.Row():
                 with gr.Column(scale=1):
@@ -277,9 +278,13 @@ def build_blocks(state: ServerState) -> Any:
                     layer = gr.Dropdown(label="Layer", choices=layers, value=DEFAULT_LAYER)
                     explain_btn = gr.Button("Explain")
                 with gr.Column(scale=2):
-                    heatmap = gr.Image(label="Heatmap (where the model looked, not where disease is)", interactive=False, format="png")
-                    caption = gr.Textbox(label="Caption", interactive=False)
-            explain_btn.click(explain, inputs=[image, label, method, layer, *meta_inputs], outputs=[heatmap, caption], api_name="explain")
+                    heatmap = gr.Image(label="Heatmap (where the model looked, not where disease is)", interactive=False, format="png",
+                                       elem_id="heatmap", height=300, buttons=["download", "fullscreen"])
+                    caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
+            explain_inputs = [image, label, method, layer, *meta_inputs]
+            explain_btn.click(explain, inputs=explain_inputs, outputs=[heatmap, caption], api_name="explain")
+            # as on the page: a prediction is followed by its heatmap (not a separate API endpoint)
+            analysed.success(explain, inputs=explain_inputs, outputs=[heatmap, caption], api_visibility="private")
         with gr.Row():
             report_btn = gr.Button("Per-image report (HTML)")
             report_file = gr.File(label="Report", interactive=False)

@@ -429,7 +429,7 @@ class WebDatasetData(_DataBase):
                              "the shard lists data.urls.train/val/test (use auto or predefined)")
         if self.disk_cache is True or self.disk_cache_mb is not None:
             raise ValueError("data.disk_cache: shard members are not files the disk cache can key; remove the key")
-        if self.label_member == "cls" and "label_field" in self.model_fields_set:
+        if self.label_member == "cls" and self.label_field != "label":  # by value: a saved config holds every key
             raise ValueError("data.label_field names a .json key; it acts with data.label_member: json")
         if self.text_column and (self.text_column in self.image_ext or self.text_column == self.label_member
                                  or (self.label_member == "json" and self.text_column == self.label_field)):

@@ -67,6 +67,15 @@ def test_train_from_local_shards_through_the_cli(shards: Path, tmp_path: Path) -
     assert man["history"][0]["step"] == 6  # 3 shards over 2 workers: 32 + 16 rows in batches of 8
     assert "test" in man["metrics"] and 0.0 <= man["metrics"]["test"]["auroc_macro"] <= 1.0
     assert man["config"]["data"]["urls"]["train"] == str(shards / "train-{000..002}.tar")  # made absolute
+    # evaluate re-reads the test shard from the bundle's config and scores its members read at random
+    from typer.testing import CliRunner
+
+    from medlens.cli import app
+
+    bundle = tmp_path / "runs" / "local" / "bundle"
+    r = CliRunner().invoke(app, ["evaluate", str(bundle), "--json", "--no-record"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["auroc_macro"] == pytest.approx(man["metrics"]["test"]["auroc_macro"])
 
 
 def test_train_from_a_local_http_server(shards: Path, tmp_path: Path) -> None:

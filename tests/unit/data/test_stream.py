@@ -128,3 +128,19 @@ def test_the_shuffle_buffer_mixes_samples_across_a_stream(train_set: ImageDatase
     mixed = _run(ShardStream(train_set, batch_size=4, seed=7, shuffle_buffer=12), 1, 0, 1, 0)
     assert sorted(plain) == sorted(mixed)
     assert breaks(plain) <= 4 < breaks(mixed)  # buffer 1: each shard read in order (5 shards, shuffled)
+
+
+def test_ddp_ranks_get_their_own_shards_and_the_same_number_of_batches(train_set: ImageDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medlens.data.stream as stream
+
+    seen, lengths = [], []
+    for rank in (0, 1):  # two processes of one loader worker each: shards 0, 2, 4 to rank 0; 1, 3 to rank 1
+        monkeypatch.setattr(stream, "_dist", lambda rank=rank: (2, rank))
+        loader = StreamLoader(ShardStream(train_set, 4, seed=3, shuffle_buffer=6), num_workers=0)
+        batches = [b.index.tolist() for b in loader]
+        lengths.append((len(loader), len(batches)))
+        seen.append({r for b in batches for r in b})
+    # rows per rank: 9 + 6 + 4 = 19 (5 batches) and 7 + 5 = 12 (3 batches): both train on 3 batches an epoch
+    assert lengths == [(3, 3), (3, 3)]
+    assert not seen[0] & seen[1]
+    assert seen[0] <= set(range(0, 9)) | set(range(16, 22)) | set(range(27, 31)) and seen[1] <= set(range(9, 16)) | set(range(22, 27))

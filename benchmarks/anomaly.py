@@ -319,15 +319,17 @@ def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
     """(row label, input size, overrides) of every candidate, cheapest first."""
     rows = []
     sizes = args.model_sizes or args.sizes
+    norm_random, norm_ssl = args.patch_input_norm or "image", args.ssl_input_norm
     for size in sizes:
-        pc = ["task_options.detector=patchcore", f"model.backbone={args.backbone}", "trainer.max_epochs=1",
-              f"task_options.memory_size={args.memory_size}", "task_options.input_norm=image", "task_options.anomaly_map=mse"]
+        pc = ["task_options.detector=patchcore", f"model.backbone={args.backbone}", "trainer.max_epochs=1", f"task_options.memory_size={args.memory_size}"]
         for score in args.patch_scores:
             s = ["task_options.anomaly_score=mean"] if score == "mean" else ["task_options.anomaly_score=percentile", "task_options.score_percentile=100"]
             if "random" in args.detectors:
-                rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist.", size, [*pc, *s, "@random"]))
+                rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist." + ("" if norm_random == "image" else ", dataset norm."), size,
+                             [*pc, f"task_options.input_norm={norm_random}", *s, "@random"]))
             if "ssl" in args.detectors:
-                rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist.", size, [*pc, *s, "@ssl"]))
+                rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist."
+                             + (", per-image std." if norm_ssl == "image" else ", dataset norm."), size, [*pc, f"task_options.input_norm={norm_ssl}", *s, "@ssl"]))
     for size in sizes:
         for name in args.models:
             kind = {"unet_ae": "unet", "reversed_ae": "reversed"}[name]
@@ -338,15 +340,17 @@ def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
     return rows
 
 
-def kermany_backbone(kind: str, args, out_dir: Path) -> tuple[Path, float]:
+def kermany_backbone(kind: str, args, out_dir: Path, norm: str = "image") -> tuple[Path, float]:
     """The feature detector's backbone file and the seconds it took: ``random`` (seeded init) or ``ssl`` (SimCLR on
-    the training normals at ``--pretrain-size`` px). Reused from ``out_dir`` when a staged run made it already."""
+    the training normals at ``--pretrain-size`` px, its views normalised as the detector's ``input_norm``). Reused
+    from ``out_dir`` when a staged run made it already."""
     import torch
 
     from medlens.models.classifier import build_backbone
     from medlens.pretrain import pretrain, write_backbone
 
-    folder = out_dir / (f"{kind}_backbone_{args.backbone}" + (f"_{args.pretrain_epochs}ep_{args.pretrain_size}px" if kind == "ssl" else ""))
+    folder = out_dir / (f"{kind}_backbone_{args.backbone}" + (f"_{args.pretrain_epochs}ep_{args.pretrain_size}px" + ("_imgnorm" if norm == "image" else "")
+                                                             if kind == "ssl" else ""))
     done = folder / "seconds.txt"
     if done.exists():
         return folder / "backbone.safetensors", float(done.read_text())
@@ -358,7 +362,7 @@ def kermany_backbone(kind: str, args, out_dir: Path) -> tuple[Path, float]:
     else:
         cfg = kermany_config(args.pretrain_size, "kermany_ssl", out_dir, [
             f"model.backbone={args.backbone}", f"pretrain.epochs={args.pretrain_epochs}", "pretrain.rows=task_training",
-            "pretrain.batch_size=64", f"pretrain.name={folder.name}"])
+            "pretrain.batch_size=64", f"pretrain.name={folder.name}", "task_options.detector=patchcore", f"task_options.input_norm={norm}"])
         weights = pretrain(cfg).weights
     done.write_text(f"{time.perf_counter() - t:.1f}")
     return Path(weights), float(done.read_text())
@@ -472,7 +476,8 @@ def benchmark_kermany(args, out_dir: Path) -> dict:
             continue
         backbone_seconds = 0.0
         if source is not None:
-            weights, backbone_seconds = kermany_backbone(source, args, out_dir)
+            norm = next(o.split("=", 1)[1] for o in extra if o.startswith("task_options.input_norm="))
+            weights, backbone_seconds = kermany_backbone(source, args, out_dir, norm)
             extra.append(f"model.pretrained={weights}")
         name = f"k{size}_" + "_".join(o.split("=", 1)[1] for o in extra if not o.startswith("model.pretrained"))[:80].replace("/", "-")
         cfg = kermany_config(size, name, out_dir, extra)
@@ -604,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", type=int, default=[128, 224], help="kermany: input sizes (px) of every method")
     ap.add_argument("--model-sizes", nargs="+", type=int, default=None,
                     help="kermany: input sizes of the trained methods (default: --sizes; the model-free rows and PCA use --sizes)")
+    ap.add_argument("--ssl-input-norm", choices=["dataset", "image"], default="image",
+                    help="kermany: input_norm of the SimCLR detector (its pretraining normalises its views the same way)")
     ap.add_argument("--patch-scores", nargs="+", choices=["mean", "max"], default=["mean", "max"], help="kermany: feature-detector image scores")
     ap.add_argument("--inference-images", type=int, default=64, help="kermany: test images timed for the chosen bundle (0: skip)")
     ap.add_argument("--pretrain-size", type=int, default=128, help="kermany: SimCLR input size (px); the backbone is used at every --sizes")

@@ -48,7 +48,7 @@ def test_tta_predict_explain_and_report_give_the_same_number(pristine_bundle):
         rep = c.post("/v1/report", files={"file": png_file()})
         assert rep.status_code == 200, rep.text
         assert f"{finding['value']:.4f}" in rep.text  # the findings table
-        shown = re.search(r"\(p = ([0-9.]+)\)", rep.text).group(1)  # the overlay's caption, as many decimals as it has
+        shown = re.search(r"\((?:p|score) = ([0-9.]+)\)", rep.text).group(1)  # the overlay's caption, as many decimals as it has
         assert float(shown) == pytest.approx(finding["value"], abs=0.6 * 10 ** -len(shown.split(".")[1]))
     with _client(pristine_bundle) as plain:  # the preset acts: without it the number differs
         q = plain.post("/v1/predict", files={"files": png_file()}).json()["predictions"][0]["findings"][0]["value"]

@@ -167,3 +167,17 @@ def test_patchcore_options_are_checked(tmp_path):
     other = _weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match="different network"):
         train(config_from_dict(_raw(tmp_path, other)))
+
+
+def test_coreset_candidates_bound_the_patches_the_memory_is_chosen_from(tmp_path, trained, caplog):
+    """task_options.coreset_candidates: the fill keeps a uniform sample of at most that many training patches, so the
+    memory (memory_size 512 here) can hold no more than them; the default keeps every patch of this small set."""
+    from medlens.bundle import load_bundle
+
+    full = load_bundle(trained.bundle_dir).model.memory
+    assert full.shape[0] == 512
+    w = _weights(tmp_path)
+    with caplog.at_level("INFO", logger="medlens"):
+        r = train(config_from_dict(_raw(tmp_path, w, task_options={"coreset_candidates": 200})))
+    assert load_bundle(r.bundle_dir).model.memory.shape[0] == 200  # every candidate kept: fewer than memory_size
+    assert any("of" in m and "training patches sampled for the coreset" in m for m in caplog.messages)

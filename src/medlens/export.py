@@ -21,10 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,26 @@ def _example_inputs(manifest: Manifest, n: int, seed: int = 0) -> tuple[torch.Te
     return x, m
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what native code writes to file descriptor 1 to stderr for the duration: the TorchScript exporter
+    prints its whole IR graph there when it gives up on a model, and stdout carries only results."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout (embedded, captured): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bool | None) -> tuple[bytes, str]:
     """Trace the network to ONNX in memory; returns (bytes, exporter used).
 
@@ -83,7 +106,7 @@ def export_to_bytes(model: nn.Module, manifest: Manifest, opset: int, dynamo: bo
     for use_dynamo in ([False, True] if dynamo is None else [dynamo]):
         buf = io.BytesIO()
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), _stdout_to_stderr():
                 warnings.simplefilter("ignore")
                 if use_dynamo:
                     batch = torch.export.Dim("batch", min=1, max=4096)

@@ -192,3 +192,21 @@ def test_cli_predict_with_reports(bundle: Path, tmp_path: Path) -> None:
     assert "NaN" not in index.read_text(encoding="utf-8")
     page = (reports / "img0.html").read_text(encoding="utf-8")
     assert "Anomaly score" in page and "data:image/png;base64," in page
+
+
+def test_export_of_an_ssim_detector_keeps_stdout_to_the_result(tmp_path: Path) -> None:
+    """The TorchScript exporter gives up on the SSIM map (reflect padding) and prints its IR graph to file
+    descriptor 1 before the dynamo exporter takes over: ``medlens export`` must still print only the path."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    arch = {"type": "reversed_ae", "in_chans": 1, "image_size": 16, "depth": 2, "width": 4, "latent_dim": 4}
+    spec = ScoreSpec(error_map="ssim", method="mean", mean=(0.5,), std=(0.5,), ssim_window=5)
+    m = Manifest(arch, LabelSpace(("normal", "pneumonia"), "anomaly"), resolve_preprocessing(16, 1), thresholds=[0.2],
+                 task_section={"normal_label": "normal", "threshold": 0.2, "fpr": 0.05, **spec.to_dict()})
+    bundle = save_bundle(ReversedAutoencoder(1, 16, depth=2, width=4, latent_dim=4).eval(), m, tmp_path / "ssim")
+    r = subprocess.run([sys.executable, "-m", "medlens", "export", str(bundle), "--out", str(tmp_path / "onnx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == [f"exported {tmp_path / 'onnx' / 'model.onnx'}"], r.stdout[:500]

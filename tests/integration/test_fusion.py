@@ -147,6 +147,7 @@ def nih_data(csv_path: Path) -> dict:
     }
 
 
+@pytest.mark.heavy  # 11 s; fusion training and the bundle's parity are covered by the binary fusion tests
 def test_multilabel_fusion_on_nih(tmp_path, nih_dir):
     cfg, result = run(tmp_path, nih_data(nih_subset(nih_dir, tmp_path / "nih240.csv")))
     bundle = load_bundle(result.bundle_dir)

@@ -30,6 +30,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 24 s; corrupt and unreadable files are also refused row by row in tests/hostile
 def test_predict_1000_images_with_a_corrupt_one(bundle: Path, nih_dir: Path, tmp_path: Path) -> None:
     images = sorted(str(p) for p in nih_dir.glob("*/*/*.png"))[:1000]
     assert len(images) == 1000
@@ -51,6 +52,7 @@ def test_predict_1000_images_with_a_corrupt_one(bundle: Path, nih_dir: Path, tmp
     assert all(row["error"] == "" and 0.0 <= float(row["prob_Mass"]) <= 1.0 for row in good)
 
 
+@pytest.mark.heavy  # 28 s; the ONNX backend's parity and the per-image report have their own default tests
 def test_predict_report_and_onnx_backend(bundle: Path, nih_dir: Path, tmp_path: Path) -> None:
     images = sorted(str(p) for p in nih_dir.glob("test/*/*.png"))[:3]
     bad = tmp_path / "broken.png"

@@ -177,6 +177,7 @@ def test_cli_pretrain_writes_the_weights(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 12 s; pretraining on real images also runs in the resumed-pretraining test
 def test_pretrain_on_real_pneumoniamnist_images(tmp_path, pneumonia_npz):
     raw = _raw(tmp_path, data={"kind": "medmnist", "path": str(pneumonia_npz), "max_samples": 200, "download": False, "image_size": 28},
                pretrain={"epochs": 1, "batch_size": 32}, model={"small_input": "auto"})

@@ -85,6 +85,7 @@ def test_train_from_a_local_http_server(shards: Path, tmp_path: Path) -> None:
     assert man["history"][0]["step"] == 6 and "test" in man["metrics"]
 
 
+@pytest.mark.heavy  # 23 s; tests/unit/data/test_stream.py proves the resumed loader continues exactly (rows and pixels)
 def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(shards: Path, tmp_path: Path) -> None:
     def cfg(name: str, **trainer):
         raw = _raw(str(shards), tmp_path / "runs", name)

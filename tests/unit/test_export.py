@@ -77,8 +77,17 @@ def test_configs_yield_architectures() -> None:
     assert "classifier" in types and len(ARCHS) >= 2, ARCHS
 
 
+#: the architectures compared in the default run (a 28 px and a 224 px classifier, every anomaly model); the others
+#: run with -m heavy (~13 s each)
+DEFAULT_PARITY = ("breastmnist-classifier", "jsonl_example-classifier")
+
+
+def _parity_params() -> list:
+    return [pytest.param(a, t, id=i, marks=() if t == "anomaly" or i.startswith(DEFAULT_PARITY) else pytest.mark.heavy) for i, a, t in ARCHS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,task", [(a, t) for _, a, t in ARCHS], ids=[i for i, _, _ in ARCHS])
+@pytest.mark.parametrize("arch,task", _parity_params())
 def test_onnx_matches_torch_on_real_test_images(arch: dict, task: str, test_images, tmp_path: Path) -> None:
     bundle = _bundle_for(arch, task, tmp_path / "bundle")
     onnx_path = export_onnx(bundle)

@@ -13,6 +13,10 @@ AUROC of the score (OOD as positive, against the in-distribution test images) an
 OOD images let through when 95 % of in-distribution test images pass), then the deployed gate's flags: the share of
 each set it flags at its threshold (fitted to pass 95 % of validation images). Aims (issue 34): far-OOD AUROC >=
 0.99, near-OOD >= 0.90, in-distribution false flags <= 5 %.
+
+The features are read once, as stage features (the channel means of the stem and each earlier stage, then the pooled
+vector: ``ood.features: stages``, the default); the penultimate detectors read the last segment, so every detector
+sees the same images through the same network, whatever gate the bundle itself carries.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def main() -> None:
         bundle = medlens.train(medlens.load_config(ROOT / "configs" / "pneumoniamnist.yaml", overrides=over)).bundle_dir
     train_s = time.perf_counter() - t0
     p = Predictor.from_bundle(bundle, batch_size=256)
+    from medlens.tasks.classification.head import ClassifierHead
+
+    p.feature_head = ClassifierHead(p.model, False, with_features=True, stages=True).eval()  # every segment, once
+    segments = p.model.ood_segments()
+    pen = slice(sum(segments[:-1]), None)  # the pooled vector: the last segment
     cfg = medlens.config_from_dict(p.manifest.config)
     from medlens.evaluation import dataset_splits
 
@@ -87,16 +96,21 @@ def main() -> None:
     }
     ind = feats["test (in-distribution)"]
     print(f"bundle {bundle} ({p.manifest.architecture.get('backbone')}, {p.manifest.preprocessing.image_size} px); "
-          f"test AUROC {p.manifest.metrics.get('test', {}).get('auroc_macro')}; trained in {train_s:.0f} s")
-    print("\n| detector | set | n | AUROC | FPR at 95 % TPR | flagged by the gate (threshold from validation) |")
-    print("|---|---|---|---|---|---|")
-    for method, k in (("knn", 10), ("knn", 1), ("mahalanobis", 10)):
-        det = fit_detector(feats["train"], feats["val"], method, k, 0.95, max_bank=4096, seed=0)
-        s_in = det.score(ind)
+          f"test AUROC {p.manifest.metrics.get('test', {}).get('auroc_macro')}; trained in {train_s:.0f} s; "
+          f"stage segments {segments}")
+    print("\n| detector | features | set | n | AUROC | FPR at 95 % TPR | flagged by the gate (threshold from validation) |")
+    print("|---|---|---|---|---|---|---|")
+    for method, k, kind in (("knn", 10, "penultimate"), ("mahalanobis", 10, "penultimate"), ("knn", 10, "stages"),
+                            ("mahalanobis", 10, "stages")):
+        cut = pen if kind == "penultimate" else slice(None)
+        det = fit_detector(feats["train"][:, cut], feats["val"][:, cut], method, k, 0.95, max_bank=4096, seed=0,
+                           segments=segments if kind == "stages" else None)
+        s_in = det.score(ind[:, cut])
         name = f"kNN k={k}" if method == "knn" else "Mahalanobis"
+        name = f"{name} | {kind}{' (default)' if (method, kind) == ('mahalanobis', 'stages') else ''}"
         print(f"| {name} | {getattr(cfg, 'name', None) or 'own'} test (in-distribution) | {len(ind)} | - | - | {np.mean(s_in > det.threshold):.3f} (false flags) |")
         for set_name, f in ood_sets.items():
-            s_out = det.score(f)
+            s_out = det.score(f[:, cut])
             print(f"| {name} | {set_name} | {len(f)} | {auroc(s_in, s_out):.4f} | {fpr_at_95_tpr(s_in, s_out):.3f} | "
                   f"{np.mean(s_out > det.threshold):.3f} |")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

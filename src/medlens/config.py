@@ -562,6 +562,9 @@ class OodConfig(StrictModel):
 
     # mahalanobis: measured the better gate here (benchmarks/ood.py); knn: nearest training images; none: no gate
     method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
+    # stages: channel means of the stem and each stage beside the pooled vector (Mahalanobis per stage, standardised
+    # and averaged); penultimate: the pooled vector the head reads. benchmarks/ood.py compares them
+    features: Literal["stages", "penultimate"] = "stages"
     k: int = Field(10, ge=1, le=1000)  # knn: the neighbour whose cosine distance is the score
     val_pass: float = Field(0.95, gt=0.5, lt=1.0)
     max_train: int = Field(4096, ge=10, le=20000)  # training images whose features are kept (a seeded subset beyond)

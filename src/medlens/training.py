@@ -342,11 +342,14 @@ def fit_ood_gate(cfg: RunConfig, task: Any, predictor: Predictor, table: SampleT
     if len(rows) > o.max_train:
         rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, o.max_train, replace=False))
     t0 = time.perf_counter()
+    stages = getattr(predictor.feature_head, "stages", False)
+    segments = predictor.model.ood_segments() if stages else None
     det = fit_detector(predictor.features_table(table.subset(rows)), predictor.features_table(val_table), o.method, o.k, o.val_pass,
-                       max_bank=o.max_train, seed=cfg.seed)
+                       max_bank=o.max_train, seed=cfg.seed, segments=segments)
     predictor.ood = det
-    log.info("ood gate: %s on %d-d features of %d training images; threshold %.4g lets %.1f%% of %d validation images through (%.1f s)",
-             o.method if o.method != "knn" else f"kNN (k={o.k})", det.record["feature_dim"], len(rows), det.threshold,
+    log.info("ood gate: %s on %d-d %s features of %d training images; threshold %.4g lets %.1f%% of %d validation images through (%.1f s)",
+             o.method if o.method != "knn" else f"kNN (k={o.k})", det.record["feature_dim"],
+             f"stage ({len(segments)} segments)" if stages else "penultimate", len(rows), det.threshold,
              100 * det.record["val_pass_rate"], det.record["n_val"], time.perf_counter() - t0)
     return det
 

@@ -50,6 +50,7 @@ def test_the_gate_is_fitted_and_lives_in_the_bundle(chest_bundle: Path) -> None:
 
     m = read_manifest(chest_bundle)
     assert (chest_bundle / "ood.safetensors").is_file() and m.ood["method"] == "mahalanobis"
+    assert m.ood["features"] == "stages" and m.ood["segments"][-1] == 512 and sum(m.ood["segments"]) == m.ood["feature_dim"]
     assert 0.9 <= m.ood["val_pass_rate"] <= 1.0 and m.ood["feature_dim"] > 0 and m.ood["threshold"] > 0
     test = m.metrics["test"]["ood"]  # in-distribution test images it flags: about 5 %
     assert test["n"] > 50 and test["flagged_fraction"] <= 0.2
@@ -75,18 +76,19 @@ def test_onnx_scores_the_gate_like_torch_and_the_csv_and_json_carry_it(chest_bun
     from medlens.inference import Predictor
     from medlens.inference.onnx import OnnxPredictor
 
-    imgs = _chest_images(kermany, 8) + [str(f) for f in sorted((shared_data / "ham10000_subset100" / "images").glob("*.jpg"))[:2]]
+    imgs = _chest_images(kermany, 8) + [str(f) for f in sorted((shared_data / "ham10000_subset100" / "images").glob("*.jpg"))[:6]]
     a = Predictor.from_bundle(chest_bundle).predict(imgs)
     medlens.export_onnx(chest_bundle, tmp_path / "onnx")
     b = OnnxPredictor.from_bundle(tmp_path / "onnx").predict(imgs)
     assert np.allclose([x.ood_score for x in a], [x.ood_score for x in b], atol=1e-3)
     assert [x.ood for x in a] == [x.ood for x in b]
     out = tmp_path / "p.csv"
-    medlens.predict(chest_bundle, imgs[-2:], out=out)
+    medlens.predict(chest_bundle, imgs[-6:], out=out)  # the dermoscopy photos
     rows = list(csv.DictReader(out.open()))
-    assert rows[0]["ood"] == "true" and float(rows[0]["ood_score"]) > 0
+    assert [r["ood"] for r in rows] == [str(x.ood).lower() for x in a[-6:]] and "true" in [r["ood"] for r in rows]
+    assert np.allclose([float(r["ood_score"]) for r in rows], [x.ood_score for x in a[-6:]], atol=1e-4)
     p = Predictor.from_bundle(chest_bundle)
-    rec = p.task.record(a[-1], p.manifest)
+    rec = p.task.record(next(x for x in a[-6:] if x.ood), p.manifest)
     assert rec["ood"] is True and rec["ood_score"] > rec["ood_threshold"] and "not reliable" in rec["ood_note"]
     json.dumps(rec)
 
@@ -122,6 +124,18 @@ def test_ood_options_act_and_are_refused_where_they_cannot(tmp_path: Path) -> No
     assert fit_detector(tr, va, "knn", 1).threshold != knn.threshold  # ood.k
     assert fit_detector(tr, va, "knn", 10, val_pass=0.8).threshold < knn.threshold  # ood.val_pass
     assert len(fit_detector(tr, va, "knn", 10, max_bank=50).arrays["bank"]) == 50  # ood.max_train
+    # ood.features acts through the config: the pooled vector alone, or the stages beside it (the default)
+    import medlens
+    from medlens.bundle import read_manifest
+    from tests.conftest import tiny_config
+
+    for features in ("penultimate", "stages"):
+        raw = tiny_config(tmp_path / features, {"kind": "synthetic", "num_samples": 48, "image_size": 16, "channels": 1},
+                          ood={"features": features})
+        rec = read_manifest(medlens.train(config_from_dict(raw)).bundle_dir).ood
+        assert rec["features"] == features
+        assert (rec["segments"], rec["feature_dim"]) == (([], 512) if features == "penultimate" else (rec["segments"], sum(rec["segments"])))
+        assert features == "penultimate" or len(rec["segments"]) > 2
     cfg = config_from_dict({"data": {"kind": "synthetic", "task": "anomaly"}, "ood": {"method": "knn"},
                             "task_options": {"normal_label": "negative"}})
     with pytest.raises(ValueError, match="ood.method: an out-of-distribution gate cannot act for task 'anomaly'"):

@@ -692,6 +692,7 @@ REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
 #: key -> "tests/...py::test_name": the test that proves the key's effect (it must exist and name the key)
 COVERED_BY: dict[str, str] = {
     "ood.method": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
+    "ood.features": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
     "ood.k": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
     "ood.val_pass": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",
     "ood.max_train": "tests/integration/test_ood.py::test_ood_options_act_and_are_refused_where_they_cannot",

@@ -184,6 +184,46 @@ class ImageClassifier(nn.Module):
     def forward_head(self, feats: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.dropout(self.pool(feats)))
 
+    def stage_names(self) -> list[tuple[str, int]]:
+        """The backbone's earlier stages (timm's ``feature_info``: stem, then each stage but the last) as
+        ``(module name, channels)``; the last stage is the feature map :meth:`pool` reads."""
+        info = getattr(self.backbone, "feature_info", None) or []
+        if hasattr(info, "info"):  # a timm FeatureInfo object
+            info = info.info
+        stages = [(str(d["module"]), int(d["num_chs"])) for d in info if isinstance(d, dict) and d.get("module") and d.get("num_chs")]
+        mods = dict(self.backbone.named_modules())
+        return [(n, c) for n, c in stages[:-1] if n in mods]
+
+    def ood_segments(self) -> list[int]:
+        """Widths of the segments :meth:`forward_with_stages` concatenates: each earlier stage, then the pooled features."""
+        return [c for _, c in self.stage_names()] + [self.num_features]
+
+    def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(feature map, stage features)``: the feature map of :meth:`forward_features` and, from the same pass,
+        the channel means of every earlier stage's output followed by the pooled features (B, sum(ood_segments)).
+
+        Early stages see intensity and texture, the pooled features content: together they tell a dermoscopy
+        photo or an adult radiograph from a paediatric one better than the pooled features alone
+        (benchmarks/ood.py). Forward hooks read the stages, so the traced ONNX graph exports them too.
+        """
+        stages = self.stage_names()
+        mods = dict(self.backbone.named_modules())
+        outs: list[tuple[torch.Tensor, int]] = []
+        handles = []
+        for name, chans in stages:
+            def hook(_m, _i, o, chans=chans):
+                outs.append((o[0] if isinstance(o, (tuple, list)) else o, chans))
+            handles.append(mods[name].register_forward_hook(hook))
+        try:
+            fmap = self.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if len(outs) != len(stages):  # a stage skipped or called twice: the segments would not line up
+            raise RuntimeError(f"stage features: {len(outs)} outputs from {len(stages)} stages of {type(self.backbone).__name__}")
+        pooled = [_channel_mean(o, c) for o, c in outs]
+        return fmap, torch.cat([*(p.to(fmap.dtype) for p in pooled), self.pool(fmap)], dim=1)
+
     def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), metadata)
 
@@ -192,6 +232,15 @@ class ImageClassifier(nn.Module):
 
     def head_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+
+def _channel_mean(o: torch.Tensor, chans: int) -> torch.Tensor:
+    """The mean of each channel of a stage output: NCHW, NHWC (found by the channel count) or tokens (B, N, C)."""
+    if o.ndim == 4:
+        return o.mean(dim=(1, 2)) if o.shape[1] != chans and o.shape[-1] == chans else o.mean(dim=(2, 3))
+    if o.ndim == 3:
+        return o.mean(dim=1)
+    return o.flatten(1)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

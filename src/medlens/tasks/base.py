@@ -278,6 +278,7 @@ CORE_CAPABILITIES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
     ("optim.freeze_backbone", lambda c: bool(c.optim.freeze_backbone), "uses_backbone", "a frozen backbone"),
     ("optim.freeze_epochs", lambda c: c.optim.freeze_epochs > 0, "uses_backbone", "backbone warm-up freezing"),
     ("ood.method", lambda c: c.ood.method not in ("mahalanobis", "none"), "supports_ood", "an out-of-distribution gate"),
+    ("ood.features", lambda c: c.ood.features != "stages", "supports_ood", "an out-of-distribution gate"),
     ("ood.k", lambda c: c.ood.k != 10, "supports_ood", "an out-of-distribution gate"),
     ("ood.val_pass", lambda c: c.ood.val_pass != 0.95, "supports_ood", "an out-of-distribution gate"),
     ("ood.max_train", lambda c: c.ood.max_train != 4096, "supports_ood", "an out-of-distribution gate"),

@@ -26,6 +26,7 @@ from medlens.tasks.base import (
     changed_keys,
     refuse_keys,
 )
+from medlens.ood import ood_features
 from medlens.tasks.classification.calibration import fit_temperatures
 from medlens.tasks.classification.metrics import binary_auroc, classification_metrics, tune_thresholds
 from medlens.tasks.classification.options import ClassificationOptions
@@ -174,7 +175,9 @@ class ClassificationTask(Task):
 
         if not all(hasattr(model, a) for a in ("forward_features", "forward_head", "pool")):
             return None  # an ensemble: no one penultimate feature space
-        return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")), with_features=True)
+        stages = ood_features(manifest) == "stages" and hasattr(model, "forward_with_stages")
+        return ClassifierHead(model, bool(manifest.metadata_encoder) or bool(manifest.architecture.get("meta_dim")), with_features=True,
+                              stages=stages)
 
     def num_outputs(self, manifest: Manifest) -> int:
         return manifest.label_space.num_outputs

@@ -562,7 +562,7 @@ class OodConfig(StrictModel):
 
     # mahalanobis: measured the better gate here (benchmarks/ood.py); knn: nearest training images; none: no gate
     method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
-    # stages: channel means of the stem and each stage beside the pooled vector (Mahalanobis per stage, standardised
+    # stages: channel means and spreads of the stem and each stage beside the pooled vector (Mahalanobis per stage, standardised
     # and averaged); penultimate: the pooled vector the head reads. benchmarks/ood.py compares them
     features: Literal["stages", "penultimate"] = "stages"
     k: int = Field(10, ge=1, le=1000)  # knn: the neighbour whose cosine distance is the score

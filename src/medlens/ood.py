@@ -12,7 +12,7 @@ marked as not reliable. Two detectors, both from the OpenOOD benchmark's feature
   "Out-of-distribution detection with deep nearest neighbors"); no distribution assumed.
 
 Features (``ood.features``): ``penultimate`` (the pooled vector the head reads) or ``stages`` (default): the channel
-means of the stem's and each earlier stage's output followed by the pooled vector. With ``stages`` Mahalanobis fits one
+means and standard deviations of the stem's and each earlier stage's output followed by the pooled vector. With ``stages`` Mahalanobis fits one
 Gaussian per segment and the score is the mean over segments of each distance standardised by its validation mean and
 spread (the class-agnostic form of Lee et al.'s feature ensemble): early stages see intensity and texture (a
 dermoscopy photo), the pooled vector content (an adult radiograph in a paediatric model); see benchmarks/ood.py.

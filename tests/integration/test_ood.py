@@ -111,6 +111,18 @@ def test_a_bundle_without_a_gate_says_so_and_a_tampered_gate_is_refused(chest_bu
     (bad / "ood.safetensors").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="ood.safetensors: checksum does not match"):
         Predictor.from_bundle(bad)
+    # a gate fitted on other stage features (an earlier definition) is refused by name, not scored wrongly
+    from medlens.ood import fit_detector
+
+    other = Path(shutil.copytree(chest_bundle, tmp_path / "other"))
+    segs = [64, 64, 128, 256, 512]
+    rng = np.random.default_rng(0)
+    rec = fit_detector(rng.normal(size=(300, 1024)), rng.normal(size=(50, 1024)), segments=segs).save(other)
+    m = json.loads((other / MANIFEST).read_text())
+    m["ood"] = rec
+    (other / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"fitted on stage features \[64, 64, 128, 256, 512\], this version of medlens reads"):
+        Predictor.from_bundle(other)
 
 
 def test_ood_options_act_and_are_refused_where_they_cannot(tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ class Predictor(BasePredictor):
         self.head = self.task.inference_head(self.model, self.manifest).eval()
         fh = self.task.feature_head(self.model, self.manifest) if self.task.supports_ood else None
         self.feature_head = None if fh is None else fh.eval()
+        segs = getattr(self.ood, "segments", None)
+        if segs and getattr(fh, "stages", False) and segs != self.model.ood_segments():
+            from medlens.bundle import BundleError
+
+            raise BundleError(f"{self.path or 'the bundle'}: its out-of-distribution gate was fitted on stage features {segs}, "
+                              f"this version of medlens reads {self.model.ood_segments()}; retrain, or drop the gate (manifest 'ood')")
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "torch", **kw: Any) -> BasePredictor:

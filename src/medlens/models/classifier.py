@@ -195,12 +195,14 @@ class ImageClassifier(nn.Module):
         return [(n, c) for n, c in stages[:-1] if n in mods]
 
     def ood_segments(self) -> list[int]:
-        """Widths of the segments :meth:`forward_with_stages` concatenates: each earlier stage, then the pooled features."""
-        return [c for _, c in self.stage_names()] + [self.num_features]
+        """Widths of the segments :meth:`forward_with_stages` concatenates: each earlier stage (channel means and
+        standard deviations), then the pooled features."""
+        return [2 * c for _, c in self.stage_names()] + [self.num_features]
 
     def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(feature map, stage features)``: the feature map of :meth:`forward_features` and, from the same pass,
-        the channel means of every earlier stage's output followed by the pooled features (B, sum(ood_segments)).
+        the channel means and standard deviations of every earlier stage's output followed by the pooled features
+        (B, sum(ood_segments)).
 
         Early stages see intensity and texture, the pooled features content: together they tell a dermoscopy
         photo or an adult radiograph from a paediatric one better than the pooled features alone
@@ -221,7 +223,7 @@ class ImageClassifier(nn.Module):
                 h.remove()
         if len(outs) != len(stages):  # a stage skipped or called twice: the segments would not line up
             raise RuntimeError(f"stage features: {len(outs)} outputs from {len(stages)} stages of {type(self.backbone).__name__}")
-        pooled = [_channel_mean(o, c) for o, c in outs]
+        pooled = [_channel_stats(o, c) for o, c in outs]
         return fmap, torch.cat([*(p.to(fmap.dtype) for p in pooled), self.pool(fmap)], dim=1)
 
     def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,13 +236,17 @@ class ImageClassifier(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
 
-def _channel_mean(o: torch.Tensor, chans: int) -> torch.Tensor:
-    """The mean of each channel of a stage output: NCHW, NHWC (found by the channel count) or tokens (B, N, C)."""
+def _channel_stats(o: torch.Tensor, chans: int) -> torch.Tensor:
+    """The mean and the standard deviation of each channel of a stage output (B, 2 * chans): NCHW, NHWC (found by
+    the channel count) or tokens (B, N, C)."""
     if o.ndim == 4:
-        return o.mean(dim=(1, 2)) if o.shape[1] != chans and o.shape[-1] == chans else o.mean(dim=(2, 3))
-    if o.ndim == 3:
-        return o.mean(dim=1)
-    return o.flatten(1)
+        dims = (1, 2) if o.shape[1] != chans and o.shape[-1] == chans else (2, 3)
+    elif o.ndim == 3:
+        dims = (1,)
+    else:
+        raise RuntimeError(f"stage features: an output of shape {tuple(o.shape)} has no spatial or token axis")
+    o = o.float()
+    return torch.cat([o.mean(dim=dims), o.std(dim=dims)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

@@ -10,7 +10,7 @@ class ClassifierHead(nn.Module):
 
     With ``with_features`` it returns ``(logits, pooled features)`` from one pass through the backbone: the
     features the out-of-distribution gate scores (``medlens.ood``). With ``stages`` as well, the features are the
-    channel means of each earlier stage followed by the pooled features (``ImageClassifier.forward_with_stages``).
+    channel means and standard deviations of each earlier stage followed by the pooled features (``ImageClassifier.forward_with_stages``).
     """
 
     def __init__(self, model: nn.Module, with_metadata: bool, with_features: bool = False, stages: bool = False) -> None:

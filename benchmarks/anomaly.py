@@ -434,6 +434,7 @@ def benchmark_kermany(args, out_dir: Path) -> dict:
     yv, y = ~normal[va], ~normal[te]
     rows: list[dict] = []
     cache_file = out_dir / "kermany_rows.jsonl"  # one line per finished row: a staged or stopped run goes on from here
+    out_dir.mkdir(parents=True, exist_ok=True)
     cache = {}
     if cache_file.exists():
         for line in cache_file.read_text().splitlines():

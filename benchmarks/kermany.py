@@ -42,7 +42,7 @@ CONFIG = ROOT / "configs" / "kermany_224.yaml"
 CANDIDATES: dict[str, list[str]] = {
     "resnet18 128": ["model.backbone=resnet18", "data.image_size=128", "trainer.max_epochs=4"],
     "mobilenetv3 224": ["model.backbone=mobilenetv3_large_100", "data.image_size=224", "trainer.max_epochs=4"],
-    # added 2026-12-05 for a CPU with AVX-512 bf16 units, where "resnet18 128" took 3.6 min (precision auto: bf16):
+    # added 2026-12-05 for a CPU with AVX-512, where "resnet18 128" took 3.6 min (float32: no AMX, so auto is 32):
     # sized from its ~45 s an epoch to <= ~15 wall-minutes (~30 CPU-minutes) each, before any of them ran
     "resnet18 224": ["model.backbone=resnet18", "data.image_size=224", "trainer.max_epochs=6"],
     "resnet18 160 strong": ["model.backbone=resnet18", "data.image_size=160", "trainer.max_epochs=10", "data.augment=strong"],

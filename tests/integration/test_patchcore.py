@@ -181,3 +181,45 @@ def test_coreset_candidates_bound_the_patches_the_memory_is_chosen_from(tmp_path
         r = train(config_from_dict(_raw(tmp_path, w, task_options={"coreset_candidates": 200})))
     assert load_bundle(r.bundle_dir).model.memory.shape[0] == 200  # every candidate kept: fewer than memory_size
     assert any("of" in m and "training patches sampled for the coreset" in m for m in caplog.messages)
+
+
+def test_patch_position_compares_a_patch_with_normal_patches_at_its_place():
+    """task_options.patch_position: a patch that looks like a normal patch from elsewhere is far from the memory
+    once places count; with 0 (classic PatchCore) it is not."""
+    torch.manual_seed(0)
+    grid = torch.zeros(1, 2, 4, 4)
+    grid[:, 0, :2] = 1.0  # normal images: feature A in the top half, feature B in the bottom half
+    grid[:, 1, 2:] = 1.0
+    swapped = grid.flip(2)  # the same two features, each in the other half
+
+    class Fixed(PatchCoreDetector):
+        def patch_features(self, x):
+            return x
+
+    for weight, far in ((0.0, False), (1.0, True)):
+        m = Fixed("resnet10t", 1, 28, memory_size=64, patch_position=weight)
+        m.feature_dim, m.memory_dim = 2, 2 + (2 if weight else 0)
+        m.fill_memory(grid.repeat(3, 1, 1, 1))
+        d_same, d_swapped = m.patch_distances(grid).max().item(), m.patch_distances(swapped).max().item()
+        assert d_same < 1e-3
+        assert (d_swapped > 0.3) == far, (weight, d_swapped)  # 0.35: half the image away, at w x spread 0.71
+    assert float(m.pos_scale) == pytest.approx(0.5**0.5)  # w x the features' spread (RMS distance to their mean)
+
+
+def test_patch_position_acts_through_the_config_and_exports(tmp_path):
+    from medlens.export import export_onnx
+    from medlens.inference import Predictor
+    from medlens.inference.onnx import OnnxPredictor
+
+    r = train(config_from_dict(_raw(tmp_path, _weights(tmp_path), task_options={"patch_position": 2.0})))
+    b = load_bundle(r.bundle_dir)
+    assert b.manifest.architecture["patch_position"] == 2.0 and b.model.memory.shape[1] == b.model.feature_dim + 2
+    assert float(b.model.pos_scale) > 0 and r.metrics["test"]["auroc"] > 0.9
+    export_onnx(r.bundle_dir, tmp_path / "onnx")
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(4)]
+    np.testing.assert_allclose(OnnxPredictor.from_bundle(tmp_path / "onnx").predict_arrays(imgs),
+                               Predictor.from_bundle(r.bundle_dir).predict_arrays(imgs), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="patch_position"):
+        train(config_from_dict({**_raw(tmp_path, None), "model": {"backbone": "resnet10t"},
+                                "task_options": {"patch_position": 1.0}}))

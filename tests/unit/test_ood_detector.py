@@ -81,6 +81,8 @@ def test_the_classifier_exposes_its_stages_in_one_pass() -> None:
         assert [c for _, c in m.stage_names()] == [64, 64, 128, 256] and m.ood_segments() == [128, 128, 256, 512, 512]
         assert feats.shape == (2, 1536) and torch.allclose(feats[:, -512:], m.pool(fmap))
         stem = m.backbone.act1(m.backbone.bn1(m.backbone.conv1(x)))  # the first segment: the stem's channel means, then spreads
-        assert torch.allclose(feats[:, :64], stem.mean(dim=(2, 3)), atol=1e-5) and torch.allclose(feats[:, 64:128], stem.std(dim=(2, 3)), atol=1e-5)
+        assert torch.allclose(feats[:, :64], stem.mean(dim=(2, 3)), atol=1e-5) and torch.allclose(feats[:, 64:128], stem.std(dim=(2, 3), correction=0), atol=1e-5)
+        tiny = ImageClassifier("resnet18", num_outputs=1, in_chans=1, image_size=16).eval()  # stages down to 1x1 maps
+        assert torch.isfinite(tiny.forward_with_stages(torch.randn(2, 1, 16, 16))[1]).all()
         assert torch.allclose(fmap, m.forward_features(x))  # the hooks leave the pass unchanged and are removed
         assert not any(mod._forward_hooks for mod in m.modules())

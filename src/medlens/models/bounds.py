@@ -166,6 +166,10 @@ def _check_fields(arch: Any, where: str, depth: int = 0) -> None:
             raise _fail(f"{where}.meta_missing", "expected a list of finite numbers")
         if _is_int(arch.get("meta_dim")) and len(v) != arch["meta_dim"]:
             raise _fail(f"{where}.meta_missing", f"{len(v)} values, but meta_dim is {arch['meta_dim']}")
+    if "patch_position" in arch:
+        v = arch["patch_position"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 100:
+            raise _fail(f"{where}.patch_position", f"expected a number in 0..100, got {v!r}"[:200])
     if "small_input" in arch:
         v = arch["small_input"]
         if not (isinstance(v, bool) or v == "auto" or (_is_int(v) and v in (1, 2, 4))):

@@ -245,8 +245,8 @@ def _channel_stats(o: torch.Tensor, chans: int) -> torch.Tensor:
         dims = (1,)
     else:
         raise RuntimeError(f"stage features: an output of shape {tuple(o.shape)} has no spatial or token axis")
-    o = o.float()
-    return torch.cat([o.mean(dim=dims), o.std(dim=dims)], dim=1)
+    o = o.float()  # the population spread: 0, not NaN, for a 1x1 map (a small input's last stages)
+    return torch.cat([o.mean(dim=dims), o.std(dim=dims, correction=0)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

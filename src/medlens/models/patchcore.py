@@ -139,6 +139,10 @@ class PatchCoreDetector(nn.Module):
         pretrained: backbone weights (``model.pretrained``), only when building the model to train.
         input_norm: ``dataset`` (the input as preprocessed) or ``image`` (each image standardised by its own
             mean and std first, see :func:`standardize_images`: robust to brightness/contrast shifts).
+        patch_position: 0 (classic PatchCore: a patch may match a normal patch anywhere) or a weight w > 0: each
+            patch also carries its place (row and column in [0, 1]) scaled by w times the spread of the memory's
+            features, so a patch is compared mostly with normal patches from the same part of the image (for
+            aligned images such as chest X-rays, where a hazy lung patch resembles normal soft tissue elsewhere).
 
     Example:
         >>> m = PatchCoreDetector("resnet10t", 1, 28, memory_size=32)
@@ -149,7 +153,7 @@ class PatchCoreDetector(nn.Module):
 
     def __init__(self, backbone: str = "resnet18", in_chans: int = 1, image_size: int = 64, small_input: bool | str | int = "auto",
                  patch_layers: Sequence[int] = (2, 3), memory_size: int = 4096, pretrained: bool | str = False,
-                 input_norm: str = "dataset") -> None:
+                 input_norm: str = "dataset", patch_position: float = 0.0) -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"task_options.input_norm {input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
@@ -169,7 +173,14 @@ class PatchCoreDetector(nn.Module):
         self.in_chans = int(in_chans)
         self.memory_size = int(memory_size)
         self.feature_dim = sum(int(self.backbone.feature_info[i]["num_chs"]) for i in self.patch_layers)
-        self.register_buffer("memory", torch.zeros(0, self.feature_dim))
+        if not (isinstance(patch_position, (int, float)) and not isinstance(patch_position, bool) and 0 <= patch_position <= 100):
+            raise ValueError(f"task_options.patch_position {patch_position!r}: expected a number in 0..100")
+        self.patch_position = float(patch_position)
+        #: memory columns: the features, then (row, column) scaled by ``pos_scale`` when ``patch_position`` > 0
+        self.memory_dim = self.feature_dim + (2 if self.patch_position > 0 else 0)
+        self.register_buffer("memory", torch.zeros(0, self.memory_dim))
+        if self.patch_position > 0:  # set by fill_memory: patch_position x the spread of the memory's features
+            self.register_buffer("pos_scale", torch.zeros(()))
 
     def train(self, mode: bool = True) -> PatchCoreDetector:
         super().train(mode)
@@ -178,7 +189,7 @@ class PatchCoreDetector(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         key = prefix + "memory"
-        if key in state_dict and state_dict[key].ndim == 2 and state_dict[key].shape[1] == self.feature_dim:
+        if key in state_dict and state_dict[key].ndim == 2 and state_dict[key].shape[1] == self.memory_dim:
             self.memory = torch.empty_like(state_dict[key], device=self.memory.device)  # the bank's size is data-dependent
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -199,9 +210,19 @@ class PatchCoreDetector(nn.Module):
         return torch.cat(out, dim=1)
 
     @staticmethod
-    def flat_patches(feats: torch.Tensor) -> torch.Tensor:
-        """Patch features (N, C, h, w) -> rows (N * h * w, C)."""
-        return feats.float().permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu()
+    def positions(n: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+        """(row, column) of every patch in [0, 1], in the order of :meth:`flat_patches`: (n * h * w, 2)."""
+        rows = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        cols = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(1, h * w, 2)
+        return grid.expand(n, -1, -1).reshape(n * h * w, 2)
+
+    def flat_patches(self, feats: torch.Tensor) -> torch.Tensor:
+        """Patch features (N, C, h, w) -> rows (N * h * w, C), with the patches' (row, column) in [0, 1] as two more
+        columns when ``patch_position`` > 0 (scaled later, by :meth:`fill_memory`)."""
+        n, c, h, w = feats.shape
+        flat = feats.float().permute(0, 2, 3, 1).reshape(-1, c).cpu()
+        return torch.cat([flat, self.positions(n, h, w)], dim=1) if self.patch_position > 0 else flat
 
     @torch.no_grad()
     def fill_memory(self, feats: torch.Tensor | Sequence[torch.Tensor] | PatchReservoir, seed: int = 0) -> None:
@@ -215,6 +236,11 @@ class PatchCoreDetector(nn.Module):
             flat = self.flat_patches(feats)
         if len(flat) == 0:
             raise ValueError("patchcore: no normal training patches to fill the memory with")
+        if self.patch_position > 0:  # place weighs w x the features' spread (root mean squared distance to their mean)
+            f = flat[:, : self.feature_dim]
+            spread = float((f - f.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt())
+            self.pos_scale = torch.tensor(self.patch_position * spread, device=self.memory.device)
+            flat = torch.cat([f, flat[:, self.feature_dim :] * float(self.pos_scale)], dim=1)
         self.memory = flat[greedy_coreset(flat, self.memory_size, seed)].contiguous().to(self.memory.device)
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +250,9 @@ class PatchCoreDetector(nn.Module):
         f = self.patch_features(x).float()
         n, c, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        if self.patch_position > 0:
+            pos = self.positions(1, h, w, q.device).reshape(1, h * w, 2) * self.pos_scale.to(q.dtype)
+            q = torch.cat([q, pos.expand(n, -1, -1)], dim=-1)
         mem = self.memory.float()
         # ||q - m||^2 = ||q||^2 - 2 q.m + ||m||^2, as matmuls (exports to ONNX, no cdist)
         d2 = q.pow(2).sum(-1, keepdim=True) - 2.0 * q @ mem.t() + mem.pow(2).sum(-1)[None, None, :]

@@ -62,7 +62,7 @@ ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
 
 #: autoencoder options a feature detector cannot use, and the feature detector's options an autoencoder cannot use
 AUTOENCODER_KEYS = ("autoencoder", "ae_depth", "ae_width", "latent_dim", "ae_skip_levels", "anomaly_map", "loss")
-DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm", "coreset_candidates")
+DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm", "coreset_candidates", "patch_position")
 PATCHCORE = "patchcore"
 
 
@@ -89,7 +89,7 @@ def architecture_for_anomaly(cfg: RunConfig, opts: AnomalyOptions | None = None)
     if opts.detector == PATCHCORE:
         return {"type": "patchcore", "backbone": cfg.model.backbone, "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
                 "small_input": cfg.model.small_input, "patch_layers": list(opts.patch_layers), "memory_size": opts.memory_size,
-                "input_norm": opts.input_norm}
+                "input_norm": opts.input_norm, **({"patch_position": opts.patch_position} if opts.patch_position > 0 else {})}
     arch: dict[str, Any] = {
         "type": ARCHITECTURES[opts.autoencoder], "in_chans": cfg.data.channels, "image_size": cfg.data.image_size,
         "depth": opts.ae_depth, "width": opts.ae_width, "latent_dim": opts.latent_dim,

@@ -43,3 +43,7 @@ class AnomalyOptions(TaskOptions):
     # patchcore: "image" standardises each image by its own mean and std inside the network (after data.mean/std), so
     # a brightness or contrast shift between cohorts or scanners does not move its features; "dataset": data.mean/std only
     input_norm: Literal["dataset", "image"] = "dataset"
+    # patchcore: 0 = a patch may match a normal patch anywhere (classic PatchCore); w > 0 = each patch also carries its
+    # place, weighted w x the features' spread, so it is compared mostly with normal patches from the same part of the
+    # image (aligned images: chest X-rays). See benchmarks/anomaly.py
+    patch_position: float = Field(0.0, ge=0.0, le=100.0)

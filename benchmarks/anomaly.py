@@ -323,13 +323,18 @@ def kermany_candidates(args, out_dir: Path) -> list[tuple[str, int, list[str]]]:
     for size in sizes:
         pc = ["task_options.detector=patchcore", f"model.backbone={args.backbone}", "trainer.max_epochs=1", f"task_options.memory_size={args.memory_size}"]
         for score in args.patch_scores:
-            s = ["task_options.anomaly_score=mean"] if score == "mean" else ["task_options.anomaly_score=percentile", "task_options.score_percentile=100"]
-            if "random" in args.detectors:
-                rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist." + ("" if norm_random == "image" else ", dataset norm."), size,
-                             [*pc, f"task_options.input_norm={norm_random}", *s, "@random"]))
-            if "ssl" in args.detectors:
-                rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist."
-                             + (", per-image std." if norm_ssl == "image" else ", dataset norm."), size, [*pc, f"task_options.input_norm={norm_ssl}", *s, "@ssl"]))
+            for w in args.patch_positions:
+                s = ["task_options.anomaly_score=mean"] if score == "mean" else ["task_options.anomaly_score=percentile", "task_options.score_percentile=100"]
+                if w > 0:  # position-aware memory: a patch is compared mostly with normal patches at its place
+                    s.append(f"task_options.patch_position={w:g}")
+                where = f", place weight {w:g}" if w > 0 else ""
+                if "random" in args.detectors:
+                    rows.append((f"PatchCore, random-init {args.backbone}, {score} patch dist." + ("" if norm_random == "image" else ", dataset norm.") + where,
+                                 size, [*pc, f"task_options.input_norm={norm_random}", *s, "@random"]))
+                if "ssl" in args.detectors:
+                    rows.append((f"PatchCore, SimCLR {args.backbone} ({args.pretrain_epochs} ep. at {args.pretrain_size} px), {score} patch dist."
+                                 + (", per-image std." if norm_ssl == "image" else ", dataset norm.") + where, size,
+                                 [*pc, f"task_options.input_norm={norm_ssl}", *s, "@ssl"]))
     for size in sizes:
         for name in args.models:
             kind = {"unet_ae": "unet", "reversed_ae": "reversed"}[name]
@@ -613,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ssl-input-norm", choices=["dataset", "image"], default="image",
                     help="kermany: input_norm of the SimCLR detector (its pretraining normalises its views the same way)")
     ap.add_argument("--patch-scores", nargs="+", choices=["mean", "max"], default=["mean", "max"], help="kermany: feature-detector image scores")
+    ap.add_argument("--patch-positions", nargs="+", type=float, default=[0.0],
+                    help="kermany: task_options.patch_position of the feature detector (0: classic PatchCore; w > 0: position-aware)")
     ap.add_argument("--inference-images", type=int, default=64, help="kermany: test images timed for the chosen bundle (0: skip)")
     ap.add_argument("--pretrain-size", type=int, default=128, help="kermany: SimCLR input size (px); the backbone is used at every --sizes")
     ap.add_argument("--models", nargs="*", choices=list(CONFIGS), default=list(CONFIGS))

@@ -223,3 +223,15 @@ def test_patch_position_acts_through_the_config_and_exports(tmp_path):
     with pytest.raises(ValueError, match="patch_position"):
         train(config_from_dict({**_raw(tmp_path, None), "model": {"backbone": "resnet10t"},
                                 "task_options": {"patch_position": 1.0}}))
+
+
+def test_random_features_are_an_explicit_choice(tmp_path):
+    """task_options.random_features: the seeded random backbone instead of model.pretrained (refused without it, and
+    beside model.pretrained); two runs with one seed give the same memory."""
+    raw = _raw(tmp_path, None, task_options={"random_features": True, "patch_position": 1.0})
+    a = load_bundle(train(config_from_dict(raw)).bundle_dir).model
+    raw["output"]["name"] = "pc2"
+    b = load_bundle(train(config_from_dict(raw)).bundle_dir).model
+    assert a.memory.shape[0] > 0 and torch.equal(a.memory, b.memory)
+    with pytest.raises(ValueError, match="remove model.pretrained"):
+        train(config_from_dict(_raw(tmp_path, _weights(tmp_path), task_options={"random_features": True})))

@@ -803,6 +803,7 @@ COVERED_BY: dict[str, str] = {
     "task_options(anomaly).memory_size": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
     "task_options(anomaly).coreset_candidates": "tests/integration/test_patchcore.py::test_coreset_candidates_bound_the_patches_the_memory_is_chosen_from",
     "task_options(anomaly).patch_position": "tests/integration/test_patchcore.py::test_patch_position_acts_through_the_config_and_exports",
+    "task_options(anomaly).random_features": "tests/integration/test_patchcore.py::test_random_features_are_an_explicit_choice",
     "task_options(anomaly).patch_layers": "tests/integration/test_patchcore.py::test_distance_is_zero_on_memorised_patches_and_coreset_bounds_memory",
     "task_options(anomaly).input_norm": "tests/integration/test_patchcore.py::test_image_norm_makes_distances_indifferent_to_brightness_and_contrast",
     "pretrain.epochs": "tests/integration/test_pretrain.py::test_resumed_pretraining_equals_uninterrupted",

@@ -62,7 +62,7 @@ ARCHITECTURES = {"unet": "unet_ae", "reversed": "reversed_ae"}
 
 #: autoencoder options a feature detector cannot use, and the feature detector's options an autoencoder cannot use
 AUTOENCODER_KEYS = ("autoencoder", "ae_depth", "ae_width", "latent_dim", "ae_skip_levels", "anomaly_map", "loss")
-DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm", "coreset_candidates", "patch_position")
+DETECTOR_KEYS = ("memory_size", "patch_layers", "input_norm", "coreset_candidates", "patch_position", "random_features")
 PATCHCORE = "patchcore"
 
 
@@ -146,9 +146,13 @@ class AnomalyTask(Task):
     def check_config(self, cfg: RunConfig, options: AnomalyOptions) -> None:  # type: ignore[override]
         opts = options
         if opts.detector == PATCHCORE:
-            if not cfg.model.pretrained:
+            if not cfg.model.pretrained and not opts.random_features:
                 raise ValueError("task_options.detector: patchcore describes patches with a pretrained backbone; set model.pretrained "
-                                 "(e.g. the backbone.safetensors of `medlens pretrain CONFIG`): random features are not a detector")
+                                 "(e.g. the backbone.safetensors of `medlens pretrain CONFIG`), or task_options.random_features: true "
+                                 "for the seeded random backbone")
+            if cfg.model.pretrained and opts.random_features:
+                raise ValueError("task_options.random_features: true describes patches with a random backbone; remove model.pretrained "
+                                 "or set random_features: false")
             if cfg.trainer.max_epochs != 1:
                 raise ValueError("trainer.max_epochs: patchcore fills its memory in one pass over the training normals; set it to 1")
             refuse_keys(changed_keys(opts, AUTOENCODER_KEYS, "task_options."), "autoencoder options do not act for task_options.detector: patchcore")

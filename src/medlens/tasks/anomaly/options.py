@@ -47,3 +47,7 @@ class AnomalyOptions(TaskOptions):
     # place, weighted w x the features' spread, so it is compared mostly with normal patches from the same part of the
     # image (aligned images: chest X-rays). See benchmarks/anomaly.py
     patch_position: float = Field(0.0, ge=0.0, le=100.0)
+    # patchcore: describe patches with the backbone as randomly initialised under `seed` (no model.pretrained). Off by
+    # default: forgetting `medlens pretrain` is the usual mistake. On Kermany chest X-rays, random features with
+    # patch_position 1 were the validation winner (benchmarks/anomaly.py, configs/anomaly_kermany.yaml)
+    random_features: bool = False
